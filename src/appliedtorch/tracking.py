@@ -1,0 +1,162 @@
+"""MLflow tracking: the only module in appliedtorch that imports mlflow.
+
+One stage execution is one MLflow run:
+
+    with stage_run("math-demos", "math_demos", run_params(p, "math"), p.tracking.uri) as run:
+        run.log_metrics({"max_error": 1e-12})
+        run.log_artifacts([Path("reports/math/metrics.json")])
+
+The run carries the lineage tags of the tracking contract (git.commit, git.dirty, dvc.stage,
+dvc.exp_name) and ends FAILED if the block raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from appliedtorch.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """The nearest directory at or above `start` (default: cwd) holding dvc.yaml or .git."""
+    here = Path(start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "dvc.yaml").exists() or (d / ".git").exists():
+            return d
+    return here
+
+
+def resolve_tracking_uri(uri: str | None, root: str | os.PathLike | None = None) -> str:
+    """MLFLOW_TRACKING_URI wins; else `uri`, with a relative sqlite path anchored at `root`."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///mlflow.db"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = Path(uri[len(prefix) :])
+        if not path.is_absolute():
+            path = Path(root) if root else repo_root()
+            path = path / uri[len(prefix) :]
+        uri = prefix + str(path.resolve())
+    return uri
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def lineage_tags(stage: str, root: Path) -> dict[str, str]:
+    """Tags that tie a run to its code: git commit and dirtiness, DVC stage and experiment."""
+    tags = {"dvc.stage": stage}
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit:
+        tags["git.commit"] = commit
+        status = _git(root, "status", "--porcelain", "--untracked-files=no")
+        tags["git.dirty"] = str(bool(status)).lower()
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+class StageRun:
+    """Handle on the active MLflow run, passed to the stage body."""
+
+    def __init__(self, mlflow_module: Any, run: Any):
+        self._mlflow = mlflow_module
+        self.run = run
+        self.run_id: str = run.info.run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log finite numeric metrics (non-numbers are skipped)."""
+        clean = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
+        """Log report files (directories are logged recursively); missing paths are skipped."""
+        for p in map(Path, paths):
+            if p.is_dir():
+                self._mlflow.log_artifacts(str(p), artifact_path=artifact_path)
+            elif p.exists():
+                self._mlflow.log_artifact(str(p), artifact_path=artifact_path)
+
+    def log_model(self, model: Any, name: str, input_example: Any) -> Any:
+        """Log a torch model with a signature inferred from `input_example` (a numpy array)."""
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        model_cpu = model.to("cpu").eval()
+        import torch
+
+        with torch.inference_mode():
+            out = model_cpu(torch.as_tensor(input_example)).numpy()
+        signature = infer_signature(input_example, out)
+        return mlflow.pytorch.log_model(
+            model_cpu, name=name, signature=signature, input_example=input_example
+        )
+
+
+@contextlib.contextmanager
+def stage_run(
+    experiment: str,
+    stage: str,
+    params: Mapping[str, Any],
+    uri: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[StageRun]:
+    """Start one MLflow run for one stage execution; end it FINISHED, or FAILED if the block raises."""
+    import mlflow
+
+    root = repo_root()
+    tracking_uri = resolve_tracking_uri(uri, root)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if tracking_uri.startswith("sqlite:"):
+                # Keep artifacts beside the database, not wherever the stage happened to run.
+                db = Path(tracking_uri.removeprefix("sqlite:///"))
+                location = (db.parent / "mlartifacts" / experiment).as_uri()
+            try:
+                mlflow.create_experiment(experiment, artifact_location=location)
+            except mlflow.exceptions.MlflowException:
+                pass  # created concurrently by another stage
+        mlflow.set_experiment(experiment)
+        active = mlflow.start_run()
+    except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"cannot use MLflow tracking at {tracking_uri}: {first}") from None
+    run = StageRun(mlflow, active)
+    try:
+        run.set_tags(lineage_tags(stage, root) | dict(tags or {}))
+        mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
+        log.info("MLflow run %s in experiment '%s' at %s", run.run_id, experiment, tracking_uri)
+        yield run
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        mlflow.end_run(status=status)
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
