@@ -13,10 +13,13 @@ dvc.exp_name) and ends FAILED if the block raises.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,43 @@ def lineage_tags(stage: str, root: Path) -> dict[str, str]:
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
+
+
+def dvc_md5(path: str | os.PathLike) -> str:
+    """The hash DVC records in dvc.lock for `path`: a file's md5, or a directory's `<md5>.dir`.
+
+    A directory's hash is the md5 of the JSON list of {"md5", "relpath"} entries sorted by
+    relpath, as dvc-data computes it, so a run's tag can be matched against dvc.lock.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _file_md5(path)
+    entries = [
+        {"md5": _file_md5(f), "relpath": f.relative_to(path).as_posix()}
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+    ]
+    entries.sort(key=lambda e: e["relpath"])
+    blob = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return hashlib.md5(blob).hexdigest() + ".dir"
+
+
+def _file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_tags(name: str, path: str | os.PathLike, source: str) -> dict[str, str]:
+    """Tags naming the exact data a run read: `data.<name>.md5` (DVC's hash) and `data.source`."""
+    return {f"data.{name}.md5": dvc_md5(path), "data.source": source}
+
+
+def params_md5(params: Mapping[str, Any]) -> str:
+    """A stable hash of the params a run used (canonical JSON)."""
+    return hashlib.md5(json.dumps(dict(params), sort_keys=True, default=str).encode()).hexdigest()
 
 
 class StageRun:
@@ -139,18 +179,19 @@ def stage_run(
                 # Keep artifacts beside the database, not wherever the stage happened to run.
                 db = Path(tracking_uri.removeprefix("sqlite:///"))
                 location = (db.parent / "mlartifacts" / experiment).as_uri()
-            try:
+            # Another stage may create it concurrently: then it already exists, which is fine.
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
                 mlflow.create_experiment(experiment, artifact_location=location)
-            except mlflow.exceptions.MlflowException:
-                pass  # created concurrently by another stage
         mlflow.set_experiment(experiment)
-        active = mlflow.start_run()
+        exp_name = os.environ.get("DVC_EXP_NAME")
+        run_name = f"{stage}@{exp_name}" if exp_name else f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+        active = mlflow.start_run(run_name=run_name)
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"cannot use MLflow tracking at {tracking_uri}: {first}") from None
     run = StageRun(mlflow, active)
     try:
-        run.set_tags(lineage_tags(stage, root) | dict(tags or {}))
+        run.set_tags(lineage_tags(stage, root) | {"params.md5": params_md5(params)} | dict(tags or {}))
         mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
         log.info("MLflow run %s in experiment '%s' at %s", run.run_id, experiment, tracking_uri)
         yield run

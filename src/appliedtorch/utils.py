@@ -20,7 +20,7 @@ from appliedtorch.errors import AppliedTorchError
 def seed_everything(seed: int) -> None:
     """Seed Python's `random`, NumPy and torch (CPU and every CUDA device)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds code that uses the global state
     torch.manual_seed(seed)
 
 

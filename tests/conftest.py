@@ -1,0 +1,82 @@
+"""Shared fixtures: repository paths, a pre-migrated MLflow database, subprocess helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite database with its schema created once per session.
+
+    Creating the schema takes several seconds; each test copies this file instead.
+    """
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh sqlite tracking URI in tmp_path, exported as MLFLOW_TRACKING_URI (subprocesses too)."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(mlflow_template_db, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def params_file(tmp_path: Path):
+    """Write params.yaml (the repo's, with overrides) into tmp_path: `params_file({'mlp': {'lr': 1}})`."""
+
+    def write(overrides: dict | None = None, name: str = "params.yaml") -> Path:
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        for section, values in (overrides or {}).items():
+            if isinstance(values, dict) and isinstance(params.get(section), dict):
+                params[section] = _merge(params[section], values)
+            else:
+                params[section] = values
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        return path
+
+    return write
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def run_script(
+    script: str | Path,
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a stage script (path relative to the repo) with this interpreter; capture output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [PYTHON, str(REPO / script), *map(str, args)],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,94 @@
+"""tracking.py: URI resolution, run contents (params, metrics, tags), FAILED runs, DVC hashes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from appliedtorch.tracking import dvc_md5, resolve_tracking_uri, stage_run
+
+
+def test_relative_sqlite_uri_is_anchored_at_repo_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert (
+        resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    )
+    assert resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_relative_sqlite_uri_found_from_a_subdirectory(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    sub = tmp_path / "stages" / "deep"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)
+    assert resolve_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_environment_uri_wins(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/elsewhere.db")
+    assert resolve_tracking_uri("sqlite:///mlflow.db") == "sqlite:////tmp/elsewhere.db"
+
+
+def test_run_has_params_metrics_tags_and_artifacts(tracking_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lark")
+    report = tmp_path / "metrics.json"
+    report.write_text('{"x": 1}\n')
+    params = {"mlp.lr": 0.001, "mlp.train_limit": None, "seed": 42, "device": "cpu"}
+    with stage_run("unit-exp", "train_mlp", params, "ignored-because-env-wins") as run:
+        for epoch in (1, 2, 3):
+            run.log_metrics({"train_loss": 1.0 / epoch, "bad": float("nan")}, step=epoch)
+        run.log_metrics({"test_accuracy": 0.9})
+        run.log_artifacts([report, tmp_path / "missing.png"])
+    client = mlflow.MlflowClient(tracking_uri)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert client.get_experiment(got.info.experiment_id).name == "unit-exp"
+    assert got.data.params == {
+        "mlp.lr": "0.001",
+        "mlp.train_limit": "null",
+        "seed": "42",
+        "device": "cpu",
+    }
+    assert got.data.metrics["test_accuracy"] == pytest.approx(0.9)
+    assert "bad" not in got.data.metrics
+    history = client.get_metric_history(run.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    tags = got.data.tags
+    assert tags["dvc.stage"] == "train_mlp"
+    assert tags["dvc.exp_name"] == "brisk-lark"
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    assert len(tags["params.md5"]) == 32
+    assert got.info.run_name == "train_mlp@brisk-lark"
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["metrics.json"]
+
+
+def test_failing_stage_ends_failed(tracking_uri):
+    with pytest.raises(ZeroDivisionError), stage_run("unit-exp", "boom", {"seed": 1}) as run:
+        run.log_metrics({"before": 1.0})
+        1 / 0  # noqa: B018
+    got = mlflow.MlflowClient(tracking_uri).get_run(run.run_id)
+    assert got.info.status == "FAILED"
+    assert got.data.metrics == {"before": 1.0}
+
+
+def test_dvc_md5_matches_what_dvc_records(tmp_path):
+    """The data tag must equal the hash DVC writes for the same directory."""
+    data = tmp_path / "repo" / "ds"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.bin").write_bytes(bytes(range(256)) * 7)
+    (data / "sub" / "b.txt").write_text("hello\n")
+    repo = data.parent
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc = shutil.which("dvc") or str(Path(__import__("sys").executable).parent / "dvc")
+    subprocess.run([dvc, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([dvc, "add", "-q", "ds"], cwd=repo, check=True)
+    recorded = yaml.safe_load((repo / "ds.dvc").read_text())["outs"][0]["md5"]
+    assert dvc_md5(data) == recorded
+    assert dvc_md5(data / "a.bin") != recorded and len(dvc_md5(data / "a.bin")) == 32
