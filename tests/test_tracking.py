@@ -92,3 +92,34 @@ def test_dvc_md5_matches_what_dvc_records(tmp_path):
     recorded = yaml.safe_load((repo / "ds.dvc").read_text())["outs"][0]["md5"]
     assert dvc_md5(data) == recorded
     assert dvc_md5(data / "a.bin") != recorded and len(dvc_md5(data / "a.bin")) == 32
+
+
+def test_dvc_root_anchors_relative_sqlite_in_temp_experiment_copies(tmp_path, monkeypatch):
+    """`dvc exp run --temp/--queue` runs in a copy but sets DVC_ROOT to the real workspace."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    copy = tmp_path / "workspace" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "workspace"))
+    assert (
+        resolve_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/workspace/mlflow.db"
+    )
+
+
+def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
+    import socket
+    import time
+
+    from appliedtorch.errors import TrackingError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.monotonic()
+    expected = f"MLflow tracking server {uri} is not reachable"
+    with pytest.raises(TrackingError, match=expected), stage_run("unit-exp", "s", {"seed": 1}):
+        raise AssertionError("the stage body must not run")
+    assert time.monotonic() - start < 30

@@ -30,7 +30,14 @@ log = logging.getLogger(__name__)
 
 
 def repo_root(start: str | os.PathLike | None = None) -> Path:
-    """The nearest directory at or above `start` (default: cwd) holding dvc.yaml or .git."""
+    """The project root: DVC_ROOT when DVC runs the stage, else the nearest directory at or
+    above `start` (default: cwd) holding dvc.yaml or .git.
+
+    `dvc exp run --queue/--temp` runs stages in a temporary copy of the repository but sets
+    DVC_ROOT to the real one, so a relative sqlite path still lands in the workspace database.
+    """
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
     here = Path(start or Path.cwd()).resolve()
     for d in (here, *here.parents):
         if (d / "dvc.yaml").exists() or (d / ".git").exists():
@@ -69,7 +76,10 @@ def lineage_tags(stage: str, root: Path) -> dict[str, str]:
         tags["git.commit"] = commit
         status = _git(root, "status", "--porcelain", "--untracked-files=no")
         tags["git.dirty"] = str(bool(status)).lower()
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline")):
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline"),
+    ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
@@ -157,6 +167,26 @@ class StageRun:
         )
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (seconds, not minutes of client retries) when an http(s) tracking server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # the server answered; auth or routing problems surface with their own message
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"MLflow tracking server {uri} is not reachable ({reason}); start it, fix tracking.uri "
+            "in params.yaml, or unset MLFLOW_TRACKING_URI"
+        ) from None
+
+
 @contextlib.contextmanager
 def stage_run(
     experiment: str,
@@ -170,6 +200,7 @@ def stage_run(
 
     root = repo_root()
     tracking_uri = resolve_tracking_uri(uri, root)
+    check_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         exp = mlflow.get_experiment_by_name(experiment)
@@ -184,14 +215,18 @@ def stage_run(
                 mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
         exp_name = os.environ.get("DVC_EXP_NAME")
-        run_name = f"{stage}@{exp_name}" if exp_name else f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_name = (
+            f"{stage}@{exp_name}" if exp_name else f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         active = mlflow.start_run(run_name=run_name)
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"cannot use MLflow tracking at {tracking_uri}: {first}") from None
     run = StageRun(mlflow, active)
     try:
-        run.set_tags(lineage_tags(stage, root) | {"params.md5": params_md5(params)} | dict(tags or {}))
+        run.set_tags(
+            lineage_tags(stage, root) | {"params.md5": params_md5(params)} | dict(tags or {})
+        )
         mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
         log.info("MLflow run %s in experiment '%s' at %s", run.run_id, experiment, tracking_uri)
         yield run
