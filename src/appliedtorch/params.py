@@ -56,6 +56,9 @@ class MLPParams(Section):
     hidden_size: int = Field(128, gt=0)
     train_limit: int | None = Field(None, gt=0)
     eval_batch_size: int = Field(2048, gt=0)
+    bf16: bool = False  # bfloat16 autocast (AMP); pays off on CUDA or a CPU with AVX-512 bf16
+    compile: bool = False  # torch.compile the model (first epoch pays the compile time)
+    threads: int | None = Field(None, gt=0)  # CPU threads while training; null = torch's default
 
 
 class CNNParams(Section):
@@ -70,6 +73,8 @@ class CNNParams(Section):
     eval_batch_size: int = Field(1024, gt=0)
     channels_last: bool = True
     bf16: bool = False  # bfloat16 autocast (CPU with AVX-512 bf16, or CUDA)
+    compile: bool = False  # torch.compile the model (first epoch pays the compile time)
+    threads: int | None = Field(None, gt=0)  # CPU threads while training; null = torch's default
 
 
 class PINNParams(Section):
