@@ -15,9 +15,11 @@ nothing about MLflow: it returns a history and calls `callback(epoch_stats)` aft
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -500,10 +502,26 @@ def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
         "test_samples": len(ev.labels),
         "per_class_accuracy": dict(zip(result.classes, per_class, strict=True)),
         "train_seconds": result.train_seconds,
-        "epoch_seconds": result.train_seconds / max(len(result.history), 1),
+        "mean_epoch_seconds": result.train_seconds / max(len(result.history), 1),
         "eval_seconds": result.eval_seconds,
         "data_source": source,
     }
+
+
+def final_metrics(result: TrainResult, reloaded: Evaluation | None = None) -> dict[str, float]:
+    """Run-level metrics for the tracker; the per-epoch curves are logged by the callback."""
+    out = {
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "mean_epoch_seconds": result.train_seconds / max(len(result.history), 1),
+    }
+    if reloaded is not None:
+        out["reloaded_test_accuracy"] = reloaded.accuracy
+    per_class = result.evaluation.per_class_accuracy(len(result.classes))
+    for name, acc in zip(result.classes, per_class, strict=True):
+        if acc is not None:
+            out[f"class_accuracy.{re.sub(r'[^A-Za-z0-9_. -]', '_', name)}"] = acc
+    return out
 
 
 def write_reports(result: TrainResult, data: ImageData, out_dir: str | Path) -> list[Path]:
@@ -544,6 +562,15 @@ def write_reports(result: TrainResult, data: ImageData, out_dir: str | Path) -> 
         paths["predictions"],
     )
     return list(paths.values())
+
+
+def portable_model(result: TrainResult) -> nn.Module:
+    """A copy of the trained network on the CPU in the default memory format, for export.
+
+    torch.export (MLflow's default format) warns about, and may mis-save, channels_last weights.
+    """
+    model = copy.deepcopy(result.model).to("cpu")
+    return model.to(memory_format=torch.contiguous_format).eval()
 
 
 def input_example(result: TrainResult, data: ImageData, n: int = 4) -> np.ndarray:

@@ -1,0 +1,223 @@
+"""Time one training epoch: the tutorial's loop against the project's, on the same data, in one run.
+
+    python benchmarks/train_speed.py                 # full-size synthetic MNIST and CIFAR-10
+    python benchmarks/train_speed.py --small         # 1/10 of the data: a quick, rough ratio
+    python benchmarks/train_speed.py --model cnn --batches 40 \
+        --variant channels_last=false --variant bf16=true --variant threads=1
+
+The tutorial's loop is what its sections 10-12 do: a Dataset that hands each sample to PIL and
+torchvision transforms (ToTensor, Normalize; for CIFAR-10 RandomCrop(32, padding=4) and
+RandomHorizontalFlip first) through a DataLoader (batch 64 / 128, shuffle, no worker processes),
+and plain Adam. The project's loop is `appliedtorch.training.train_classifier` with the
+params.yaml settings (and each `--variant` override). Both start from the same seed; each is
+timed for the training pass alone, then evaluated on the same test set with the same code.
+With `--batches N` both loops stop after N batches and the epoch time is extrapolated from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from appliedtorch import synthetic
+from appliedtorch.data import ImageData
+from appliedtorch.models import build_model
+from appliedtorch.params import load_params
+from appliedtorch.training import (
+    NORMALIZATION,
+    Normalizer,
+    TrainConfig,
+    evaluate,
+    model_args_for,
+    train_classifier,
+)
+
+SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000)}
+DATASET = {"mlp": "mnist", "cnn": "cifar10"}
+TARGETS = {"mlp": 8.0, "cnn": 3.0}  # issue 4: speed-up over the tutorial's loop to aim for
+
+
+class TutorialDataset(Dataset):
+    """What torchvision.datasets.MNIST / CIFAR10 do per sample: array -> PIL image -> transform."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Any):
+        # torchvision keeps MNIST as (N, 28, 28) and CIFAR-10 as (N, 32, 32, 3) uint8 arrays.
+        self.images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1).copy()
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        mode = "L" if self.images.ndim == 3 else "RGB"
+        img = Image.fromarray(self.images[i], mode=mode)
+        return self.transform(img), self.labels[i]
+
+
+def tutorial_epoch(
+    arch: str, data: ImageData, config: TrainConfig, batches: int | None
+) -> tuple[torch.nn.Module, float, int]:
+    """The tutorial's training loop for one epoch; returns (model, seconds, batches run)."""
+    mean, std = NORMALIZATION[data.name]
+    steps = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    if config.augment:
+        steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), *steps]
+    dataset = TutorialDataset(
+        data.train_images.numpy(), data.train_labels.numpy(), transforms.Compose(steps)
+    )
+    torch.manual_seed(config.seed)
+    model = build_model(arch, **model_args_for(config, data))
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model.train()
+    running_loss, done = 0.0, 0
+    start = time.perf_counter()
+    for images, labels in loader:
+        outputs = model(images)
+        loss = F.cross_entropy(outputs, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+        done += 1
+        if batches is not None and done >= batches:
+            break
+    return model.eval(), time.perf_counter() - start, done
+
+
+def project_epoch(
+    data: ImageData, config: TrainConfig, batches: int | None
+) -> tuple[float, float, int]:
+    """The project's loop for one epoch (or its first `batches` batches); (seconds, acc, batches)."""
+    if batches is not None:
+        limit = min(batches * config.batch_size, len(data.train_images))
+        data = replace(
+            data, train_images=data.train_images[:limit], train_labels=data.train_labels[:limit]
+        )
+    # train_limit would cut the test set too; the slice above cuts only the training set.
+    result = train_classifier(data, replace(config, epochs=1, train_limit=None, progress=False))
+    done = math.ceil(len(data.train_images) / config.batch_size)
+    return result.train_seconds, result.evaluation.accuracy, done
+
+
+def accuracy(model: torch.nn.Module, data: ImageData) -> float:
+    """Test accuracy of the tutorial's model with the project's evaluation (fp32, large batches)."""
+    mean, std = NORMALIZATION[data.name]
+    return evaluate(model, data.test_images, data.test_labels, Normalizer(mean, std), 1024).accuracy
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """'bf16=true,threads=1' -> {'bf16': True, 'threads': 1}."""
+    out: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        key, _, raw = part.partition("=")
+        value: Any = {"true": True, "false": False, "null": None}.get(raw.lower(), raw)
+        if isinstance(value, str):
+            value = int(raw) if raw.lstrip("-").isdigit() else float(raw)
+        out[key.strip()] = value
+    return out
+
+
+def load_synthetic(name: str, scale: float) -> ImageData:
+    """Synthetic data of the upstream size (times `scale`), generated in memory."""
+    n_train, n_test = (max(1, int(n * scale)) for n in SIZES[name])
+    x_train, y_train = synthetic.generate(name, n_train, seed=0, split="train")
+    x_test, y_test = synthetic.generate(name, n_test, seed=0, split="test")
+    classes = synthetic.CIFAR10_CLASSES if name == "cifar10" else [str(i) for i in range(10)]
+    return ImageData(
+        name=name,
+        train_images=torch.from_numpy(x_train),
+        train_labels=torch.from_numpy(y_train),
+        test_images=torch.from_numpy(x_test),
+        test_labels=torch.from_numpy(y_test),
+        classes=classes,
+        source="synthetic",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["mlp", "cnn", "both"], default="both")
+    parser.add_argument("--small", action="store_true", help="1/10 of the full-size data")
+    parser.add_argument("--batches", type=int, help="time only the first N batches, extrapolate")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also time the project's loop with these overrides, e.g. bf16=true,threads=1",
+    )
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    p = load_params(args.params)
+    archs = ["mlp", "cnn"] if args.model == "both" else [args.model]
+    scale = 0.1 if args.small else 1.0
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {platform.processor() or ''}"
+    )
+    results = []
+    for arch in archs:
+        data = load_synthetic(DATASET[arch], scale)
+        base = TrainConfig.from_section(arch, getattr(p, arch), seed=p.seed, device="cpu")
+        base = replace(base, epochs=1, train_limit=None, progress=False)
+        steps_per_epoch = math.ceil(len(data.train_images) / base.batch_size)
+        print(
+            f"\n{arch.upper()} on synthetic {data.name}: {len(data.train_images)} train / "
+            f"{len(data.test_images)} test images, batch {base.batch_size}, "
+            f"{steps_per_epoch} batches per epoch"
+            + (f"; timing {args.batches} batches, extrapolated" if args.batches else "")
+        )
+        model, seconds, done = tutorial_epoch(arch, data, base, args.batches)
+        tut_epoch = seconds / done * steps_per_epoch
+        tut_acc = accuracy(model, data)
+        print(f"  tutorial loop      epoch {tut_epoch:7.2f} s   test acc {100 * tut_acc:6.2f}%")
+        row = {
+            "arch": arch,
+            "train_samples": len(data.train_images),
+            "batches_timed": done,
+            "tutorial_epoch_seconds": tut_epoch,
+            "tutorial_accuracy": tut_acc,
+            "project": [],
+        }
+        for text in ["", *args.variant]:
+            overrides = parse_variant(text)
+            config = replace(base, **overrides)
+            seconds, acc, done = project_epoch(data, config, args.batches)
+            epoch = seconds / done * steps_per_epoch
+            name = text or "params.yaml"
+            ratio = tut_epoch / epoch
+            flag = "meets" if ratio >= TARGETS[arch] else "misses"
+            print(
+                f"  project ({name:<10}) epoch {epoch:7.2f} s   test acc {100 * acc:6.2f}%   "
+                f"{ratio:5.1f}x faster ({flag} the {TARGETS[arch]:g}x target)"
+            )
+            row["project"].append(
+                {"variant": name, "epoch_seconds": epoch, "accuracy": acc, "speedup": ratio}
+            )
+        results.append(row)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
