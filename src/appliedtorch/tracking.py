@@ -20,7 +20,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +236,55 @@ def stage_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def latest_runs(
+    experiments: Sequence[str],
+    uri: str | None = None,
+    prefer_tags: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The newest FINISHED run of each experiment, as plain dicts (for the report).
+
+    `prefer_tags[experiment]` picks the newest run carrying those tags (e.g. the workspace's
+    `params.md5`, so a queued sweep's later runs don't stand in for the workspace's results);
+    with none matching, the newest run is returned with `matched: False`. Experiments without
+    runs are left out. A sqlite database that does not exist yet gives `{}` (nothing is created).
+    """
+    import mlflow
+
+    tracking_uri = resolve_tracking_uri(uri)
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).exists():
+        return {}
+    check_reachable(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for name in experiments:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                continue
+            runs = client.search_runs(
+                [exp.experiment_id],
+                filter_string="attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=200,
+            )
+            if not runs:
+                continue
+            want = dict((prefer_tags or {}).get(name, {}))
+            hits = [r for r in runs if all(r.data.tags.get(k) == v for k, v in want.items())]
+            run = (hits or runs)[0]
+            out[name] = {
+                "experiment": name,
+                "experiment_id": exp.experiment_id,
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
+                "status": run.info.status,
+                "start_time": run.info.start_time,
+                "matched": bool(hits) if want else True,
+                "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+            }
+    except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"cannot read MLflow runs at {tracking_uri}: {first}") from None
+    return out

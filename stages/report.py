@@ -1,0 +1,75 @@
+"""DVC stage `report`: one self-contained HTML page with every stage's numbers, pictures and run.
+
+    python stages/report.py --params params.yaml --reports reports --out reports/index.html
+
+Reads reports/<stage>/metrics.json and the PNGs, looks up each stage's MLflow run (the newest
+finished one whose params.md5 matches the workspace's params), and writes reports/index.html,
+which opens from disk with no server. Logs no MLflow run of its own: it only reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from appliedtorch import report
+from appliedtorch.cli import run_stage
+from appliedtorch.errors import TrackingError
+from appliedtorch.params import load_params, run_params
+from appliedtorch.tracking import (
+    latest_runs,
+    lineage_tags,
+    params_md5,
+    repo_root,
+    resolve_tracking_uri,
+)
+from appliedtorch.utils import write_text
+
+log = logging.getLogger("report")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    parser.add_argument("--out", type=Path, default=Path("reports/index.html"))
+    parser.add_argument(
+        "--ui",
+        default=None,
+        help="MLflow UI address for run links (default: the tracking server, "
+        "or http://127.0.0.1:5000 where `mlflow ui` listens)",
+    )
+    args = parser.parse_args()
+
+    p = load_params(args.params)
+    uri = resolve_tracking_uri(p.tracking.uri)
+    # Prefer the run made with the workspace's params: after a queued sweep the newest run
+    # belongs to some experiment, not necessarily to the results in reports/.
+    prefer = {
+        s.experiment: {"params.md5": params_md5(run_params(p, s.params_section))}
+        for s in report.SECTIONS
+    }
+    runs, problem = {}, None
+    try:
+        runs = latest_runs([s.experiment for s in report.SECTIONS], uri, prefer)
+    except TrackingError as exc:  # the page is still useful without run ids
+        problem = str(exc)
+        log.warning("%s", problem)
+    git = lineage_tags("report", repo_root())
+    ui = args.ui or (uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000")
+    page = report.build_report(
+        args.reports,
+        runs,
+        commit=git.get("git.commit"),
+        dirty=git.get("git.dirty") == "true",
+        tracking_uri=uri,
+        ui_base=ui,
+        runs_problem=problem,
+    )
+    write_text(args.out, page)
+    log.info("wrote %s (%d KiB, %d MLflow runs)", args.out, len(page) // 1024, len(runs))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,194 @@
+"""The one-page report: tables, inlined pictures, SYNTHETIC flag, run ids, missing stages, dvc.yaml."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from appliedtorch import report
+from appliedtorch.errors import TrackingError
+from appliedtorch.tracking import latest_runs, stage_run
+from conftest import REPO
+
+# The smallest valid PNG: 1x1, one grey pixel.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNoAAAAggCBd81ytgAAAABJRU5ErkJggg=="
+)
+
+MLP_METRICS = {
+    "test_accuracy": 0.9312,
+    "test_loss": 0.2345678,
+    "train_loss": 0.25,
+    "epochs": 2,
+    "train_samples": 1000,
+    "test_samples": 300,
+    "per_class_accuracy": {"<zero>": 0.95, "one": None},
+    "train_seconds": 1.5,
+    "epoch_seconds": 0.75,
+    "eval_seconds": 0.1,
+    "data_source": "synthetic",
+}
+
+
+def write_stage(reports: Path, folder: str, metrics: dict | None, pngs: list[str]) -> None:
+    d = reports / folder
+    d.mkdir(parents=True, exist_ok=True)
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    for name in pngs:
+        (d / name).write_bytes(PNG)
+
+
+def fake_run(experiment: str, run_id: str, **tags: str) -> dict:
+    return {
+        "experiment": experiment,
+        "experiment_id": "7",
+        "run_id": run_id,
+        "run_name": f"{experiment}-run",
+        "status": "FINISHED",
+        "matched": True,
+        "tags": {"git.commit": "c0ffee" * 6 + "abcd", **tags},
+    }
+
+
+def test_report_shows_numbers_pictures_runs_and_flags_synthetic_data(tmp_path):
+    reports = tmp_path / "reports"
+    write_stage(reports, "mlp", MLP_METRICS, ["loss.png", "confusion_matrix.png"])
+    write_stage(reports, "math", {"max_error": 4.6e-12, "gd.x": 2.25}, ["gradient_descent.png"])
+    runs = {
+        "mnist-mlp": fake_run("mnist-mlp", "a" * 32, **{"data.mnist.md5": "d41d8cd9.dir"}),
+        "math-demos": fake_run("math-demos", "b" * 32),
+    }
+    page = report.build_report(
+        reports, runs, commit="1234abcd" * 5, dirty=True, ui_base="http://127.0.0.1:5000"
+    )
+
+    assert page.count('id="synthetic-warning"') == 1
+    assert "<title>appliedtorch report (SYNTHETIC DATA)</title>" in page
+    assert "93.12 %" in page and "0.2346" in page and "4.6e-12" in page
+    assert "1234abcd" * 5 in page and "uncommitted changes" in page
+    assert "http://127.0.0.1:5000/#/experiments/7/runs/" + "a" * 32 in page
+    assert "d41d8cd9.dir" in page  # the data hash from the run's lineage tags
+    assert "&lt;zero&gt;" in page and "<zero>" not in page  # class names are escaped
+    # Every picture is inlined, byte for byte, so the file opens from disk with no server.
+    uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(uris) == 3 and all(base64.b64decode(u) == PNG for u in uris)
+    assert "predictions.png: not produced yet" in page
+    assert 'src="http' not in page and "<script" not in page
+    # Stages without outputs say so instead of failing.
+    for stage in ("train_cnn", "pinn"):
+        assert f"Not run yet: run <code>dvc repro {stage}</code>" in page
+
+
+def test_report_without_any_outputs_or_runs_still_renders(tmp_path):
+    page = report.build_report(tmp_path / "nothing-here", runs_problem="server down")
+    assert page.count("Not run yet") == len(report.SECTIONS)
+    assert "MLflow run ids unavailable: server down" in page
+    assert "SYNTHETIC" not in page
+
+
+def test_unreadable_metrics_are_reported_not_raised(tmp_path):
+    (tmp_path / "pinn").mkdir()
+    (tmp_path / "pinn" / "metrics.json").write_text("{not json")
+    (tmp_path / "pinn" / "solution.png").write_text("not a png")
+    page = report.build_report(tmp_path)
+    assert "metrics.json is unreadable" in page
+    assert "solution.png: not produced yet" in page
+
+
+def test_synthetic_flag_also_comes_from_the_run_tag(tmp_path):
+    runs = {"cifar10-cnn": fake_run("cifar10-cnn", "c" * 32, **{"data.source": "synthetic"})}
+    page = report.build_report(tmp_path, runs)
+    assert 'id="synthetic-warning"' in page and "CIFAR-10" in page
+
+
+def test_format_value():
+    assert report.format_value("test_accuracy", 0.98765) == "98.77 %"
+    assert report.format_value("gd.steps", 111.0) == "111"
+    assert report.format_value("x", 1 / 3) == "0.3333"
+    assert report.format_value("ok", True) == "yes"
+    assert report.format_value("x", None) == "—"
+
+
+def test_sections_match_dvc_yaml():
+    """Every picture the report shows is a declared output of its stage and a dep of `report`."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    report_deps = set(stages["report"]["deps"])
+    assert stages["report"]["outs"] == ["reports/index.html"]
+    for s in report.SECTIONS:
+        outs = {o if isinstance(o, str) else next(iter(o)) for o in stages[s.stage]["outs"]}
+        metrics = {next(iter(m)) for m in stages[s.stage]["metrics"]}
+        assert f"reports/{s.folder}/metrics.json" in metrics & report_deps
+        for name, _ in s.figures:
+            path = f"reports/{s.folder}/{name}"
+            assert path in outs, f"{path} is not an output of {s.stage}"
+            assert path in report_deps, f"{path} is not a dependency of report"
+
+
+def test_latest_runs_prefers_the_run_with_the_workspace_params(tracking_uri):
+    ids = {}
+    for lr in (0.1, 0.2, 0.3):
+        with stage_run("math-demos", "math_demos", {"math.gd_lr": lr, "seed": 1}) as run:
+            ids[lr] = run.run_id
+    with pytest.raises(RuntimeError), stage_run("math-demos", "math_demos", {"seed": 1}):
+        raise RuntimeError("a failed run is never picked")
+    client = mlflow.MlflowClient(tracking_uri)
+    md5 = client.get_run(ids[0.2]).data.tags["params.md5"]
+
+    got = latest_runs(["math-demos", "no-such-experiment"], tracking_uri)
+    assert list(got) == ["math-demos"]
+    assert got["math-demos"]["run_id"] == ids[0.3] and got["math-demos"]["status"] == "FINISHED"
+
+    got = latest_runs(["math-demos"], tracking_uri, {"math-demos": {"params.md5": md5}})
+    assert got["math-demos"]["run_id"] == ids[0.2] and got["math-demos"]["matched"]
+    assert got["math-demos"]["tags"]["dvc.stage"] == "math_demos"
+
+    got = latest_runs(["math-demos"], tracking_uri, {"math-demos": {"params.md5": "nope"}})
+    assert got["math-demos"]["run_id"] == ids[0.3] and not got["math-demos"]["matched"]
+
+
+def test_latest_runs_does_not_create_a_missing_database(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "absent.db"
+    assert latest_runs(["math-demos"], f"sqlite:///{db}") == {}
+    assert not db.exists()
+    with pytest.raises(TrackingError, match="not reachable"):
+        latest_runs(["math-demos"], "http://127.0.0.1:9")
+
+
+def run_report_stage(monkeypatch: pytest.MonkeyPatch, *args: object) -> None:
+    """Run stages/report.py in this process (the CLI itself runs under `dvc repro` in test_browser)."""
+    monkeypatch.setattr(sys, "argv", ["report.py", *map(str, args)])
+    runpy.run_path(str(REPO / "stages/report.py"), run_name="__main__")
+
+
+def test_report_stage_writes_the_page_with_run_ids(
+    tmp_path, tracking_uri, params_file, monkeypatch
+):
+    reports = tmp_path / "reports"
+    write_stage(reports, "math", {"max_error": 1e-12}, ["gradient_descent.png", "fft_spectrum.png"])
+    with stage_run("math-demos", "math_demos", {"seed": 1}) as run:
+        pass
+    out = reports / "index.html"
+    run_report_stage(monkeypatch, "--params", params_file(), "--reports", reports, "--out", out)
+    page = out.read_text()
+    assert run.run_id in page
+    assert page.count("data:image/png;base64,") == 2
+
+
+def test_report_stage_survives_an_unreachable_tracking_server(
+    tmp_path, params_file, monkeypatch, caplog
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    out = tmp_path / "index.html"
+    run_report_stage(monkeypatch, "--params", params_file(), "--reports", tmp_path, "--out", out)
+    assert "MLflow run ids unavailable" in out.read_text()
+    assert "not reachable" in caplog.text
