@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,3 +85,65 @@ def run_script(
         text=True,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_mlflow(
+    backend_uri: str, artifacts: Path, log_path: Path, workers: int = 2
+) -> Iterator[str]:
+    """Run a real `mlflow server` on 127.0.0.1 until the block ends; yield its URL."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                str(Path(PYTHON).parent / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                backend_uri,
+                "--artifacts-destination",
+                str(artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(log_path.read_text()[-2000:]) from None
+                    time.sleep(0.5)
+            yield uri
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` with a sqlite backend and artifacts in tmp_path, on 127.0.0.1."""
+    with serve_mlflow(
+        f"sqlite:///{tmp_path}/server.db", tmp_path / "server-artifacts", tmp_path / "server.log"
+    ) as uri:
+        yield uri

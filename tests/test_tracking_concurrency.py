@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -25,12 +21,6 @@ with stage_run("concurrency", name, {"writer": name, "seed": 0}) as run:
     run.log_metrics({"final": 1.0})
 print(run.run_id)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_writers(uri: str) -> list[str]:
@@ -69,49 +59,6 @@ def assert_nothing_lost(uri: str, run_ids: list[str]) -> None:
 def test_concurrent_writers_to_one_sqlite_database(tracking_uri):
     ids = run_writers(tracking_uri)
     assert_nothing_lost(tracking_uri, ids)
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
-    """A real `mlflow server` with a sqlite backend and artifacts in tmp_path, on 127.0.0.1."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError((tmp_path / "server.log").read_text()[-2000:]) from None
-            time.sleep(0.5)
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 @pytest.mark.slow
