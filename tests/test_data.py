@@ -1,0 +1,422 @@
+"""Datasets: synthetic generator and formats, download from mirrors (HTTP on 127.0.0.1 and a
+directory), every failure mode of a download, and loading. Offline: nothing leaves 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import http.server
+import pickle
+import re
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from appliedtorch import data, synthetic
+from appliedtorch.data import DataError, download, load_dataset
+from conftest import REPO
+
+SIZES = {"mnist": (120, 40), "cifar10": (60, 20)}  # (train, test): tiny, still every batch
+MNIST_GZ = "train-images-idx3-ubyte.gz"
+
+
+def write_md5sums(directory: Path) -> None:
+    lines = [
+        f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n"
+        for p in sorted(directory.iterdir())
+    ]
+    (directory / "MD5SUMS").write_text("".join(lines))
+
+
+@pytest.fixture(scope="module")
+def mirror_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A mirror of synthetic files under the upstream names, with MD5SUMS."""
+    d = tmp_path_factory.mktemp("mirror")
+    synthetic.write_mnist(d, 0, *SIZES["mnist"])
+    synthetic.write_cifar10(d, 0, *SIZES["cifar10"])
+    write_md5sums(d)
+    return d
+
+
+@pytest.fixture
+def mirror(mirror_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the mirror that a test may damage."""
+    return Path(shutil.copytree(mirror_template, tmp_path / "mirror"))
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class CutOffHandler(QuietHandler):
+    """Promises the whole file, sends 100 bytes and hangs up (no MD5SUMS)."""
+
+    def do_GET(self) -> None:
+        if self.path.endswith("MD5SUMS"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"\x1f\x8b" + b"\0" * 98)
+        self.close_connection = True
+
+
+@contextlib.contextmanager
+def serve(directory: Path, handler: type = QuietHandler) -> Iterator[str]:
+    """Serve `directory` over HTTP on 127.0.0.1; yield the base URL."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(handler, directory=str(directory))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def leftovers(root: Path) -> list[Path]:
+    return sorted(root.rglob("*")) if root.exists() else []
+
+
+# ---- the synthetic generator and its formats ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_generate_is_deterministic_with_upstream_shapes(name: str) -> None:
+    images, labels = synthetic.generate(name, 50, seed=3)
+    assert images.shape == (50, *synthetic.SHAPES[name]) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and set(labels.tolist()) == set(range(10))  # balanced: 5 each
+    again, again_labels = synthetic.generate(name, 50, seed=3)
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, again_labels)
+    assert not np.array_equal(images, synthetic.generate(name, 50, seed=4)[0])
+    assert not np.array_equal(images, synthetic.generate(name, 50, seed=3, split="test")[0])
+    assert 10 < images.mean() < 200 and images.std() > 20  # not blank, not saturated
+
+
+def test_mnist_files_read_by_torchvision_and_our_loader(mirror: Path, tmp_path: Path) -> None:
+    out = tmp_path / "raw" / "mnist"
+    download("mnist", out, str(mirror))
+    n_train, n_test = SIZES["mnist"]
+    images, labels = synthetic.generate("mnist", n_train, 0, "train")
+    tv = torchvision.datasets.MNIST(out, train=True)  # torchvision's own reader
+    np.testing.assert_array_equal(tv.data.numpy(), images[:, 0])
+    np.testing.assert_array_equal(tv.targets.numpy(), labels)
+    loaded = load_dataset("mnist", out)
+    assert loaded.train_images.dtype == torch.uint8 and loaded.train_labels.dtype == torch.int64
+    np.testing.assert_array_equal(loaded.train_images.numpy(), images)
+    np.testing.assert_array_equal(
+        loaded.test_labels.numpy(), synthetic.generate("mnist", n_test, 0, "test")[1]
+    )
+    assert loaded.classes == torchvision.datasets.MNIST.classes
+    assert loaded.source == str(mirror) and not loaded.synthetic
+
+
+def test_cifar10_batches_pickled_like_upstream(mirror: Path, tmp_path: Path) -> None:
+    out = tmp_path / "raw" / "cifar10"
+    download("cifar10", out, str(mirror))
+    batch = out / "cifar-10-batches-py" / "data_batch_1"
+    # torchvision reads with latin1 (str keys); the CIFAR-10 page's recipe with bytes (b"data").
+    as_str = pickle.loads(batch.read_bytes(), encoding="latin1")
+    as_bytes = pickle.loads(batch.read_bytes(), encoding="bytes")
+    assert set(as_str) == {"batch_label", "labels", "data", "filenames"}
+    assert set(as_bytes) == {b"batch_label", b"labels", b"data", b"filenames"}
+    assert as_str["data"].dtype == np.uint8 and as_str["data"].shape == (12, 3072)
+    assert as_bytes[b"batch_label"] == b"training batch 1 of 5"
+    meta = pickle.loads((batch.parent / "batches.meta").read_bytes(), encoding="latin1")
+    assert meta["label_names"] == synthetic.CIFAR10_CLASSES and meta["num_vis"] == 3072
+    images, labels = synthetic.generate("cifar10", SIZES["cifar10"][0], 0, "train")
+    loaded = load_dataset("cifar10", out)
+    np.testing.assert_array_equal(loaded.train_images.numpy(), images)  # (N, 3, 32, 32)
+    np.testing.assert_array_equal(loaded.train_labels.numpy(), labels)
+    assert loaded.test_images.shape == (SIZES["cifar10"][1], 3, 32, 32)
+    assert loaded.classes == synthetic.CIFAR10_CLASSES
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_synthetic_source_records_itself(name: str, tmp_path: Path) -> None:
+    out = tmp_path / "data" / "raw" / name
+    record = download(name, out, "synthetic", synthetic_seed=1, synthetic_sizes=SIZES[name])
+    assert record["source"] == "synthetic" and record["synthetic"]["seed"] == 1
+    for rel, info in record["files"].items():
+        assert hashlib.md5((out / rel).read_bytes()).hexdigest() == info["md5"]
+    loaded = load_dataset(name, out)
+    assert loaded.source == "synthetic" and loaded.synthetic
+    assert len(loaded.train_labels) == SIZES[name][0] and len(loaded.test_labels) == SIZES[name][1]
+    expected, _ = synthetic.generate(name, SIZES[name][1], 1, "test")
+    np.testing.assert_array_equal(loaded.test_images.numpy(), expected)
+    assert [p.name for p in out.parent.iterdir()] == [name]  # no staging directory left
+
+
+def test_small_model_beats_chance_by_far_but_not_trivially() -> None:
+    torch.manual_seed(0)
+    x, y = (torch.from_numpy(a) for a in synthetic.generate("mnist", 3000, 0, "train"))
+    xt, yt = (torch.from_numpy(a) for a in synthetic.generate("mnist", 1000, 0, "test"))
+    x, xt = x.flatten(1).float() / 255, xt.flatten(1).float() / 255
+    model = torch.nn.Sequential(torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(150):
+        idx = torch.randint(0, len(x), (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = (model(xt).argmax(1) == yt).float().mean().item()
+    assert accuracy > 0.6, accuracy  # chance is 0.1
+    # Not trivially separable: the nearest class mean gets a good way, but far from all.
+    means = torch.stack([x[y == c].mean(0) for c in range(10)])
+    nearest = torch.cdist(xt, means).argmin(1)
+    assert 0.3 < (nearest == yt).float().mean().item() < 0.95
+
+
+# ---- mirrors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_http_mirror_with_md5sums(name: str, mirror: Path, tmp_path: Path) -> None:
+    out = tmp_path / name
+    with serve(mirror) as url:
+        record = download(name, out, url, timeout=5, retries=0)
+    assert {d["checked_against"] for d in record["downloads"]} == {"MD5SUMS"}
+    assert all(d["url"].startswith(url) for d in record["downloads"])
+    assert len(load_dataset(name, out).train_labels) == SIZES[name][0]
+
+
+@pytest.mark.parametrize("transport", ["http", "directory"])
+def test_mirror_without_md5sums_is_checked_against_upstream_sums(
+    transport: str, mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (mirror / "MD5SUMS").unlink()
+    with serve(mirror) as url:
+        source = url if transport == "http" else str(mirror)
+        # The real upstream sums: synthetic files must be refused, naming the sum they missed.
+        with pytest.raises(DataError, match=r"does not match the upstream md5 f68b3c2d"):
+            download("mnist", tmp_path / "refused", source, retries=0)
+        # Pretend upstream published these files' sums: then they pass.
+        sums = [
+            (f, hashlib.md5((mirror / f).read_bytes()).hexdigest())
+            for f, _ in data.UPSTREAM["mnist"].files
+        ]
+        monkeypatch.setitem(data.UPSTREAM, "mnist", data.Upstream(bases=[], files=sums))
+        record = download("mnist", tmp_path / "mnist", source, retries=0)
+    assert {d["checked_against"] for d in record["downloads"]} == {"upstream md5"}
+    assert not (tmp_path / "refused").exists()
+    assert len(load_dataset("mnist", tmp_path / "mnist").test_labels) == SIZES["mnist"][1]
+
+
+def test_directory_mirror_with_md5sums_and_existing_output_replaced(
+    mirror: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "mnist"
+    download("mnist", out, "synthetic", synthetic_sizes=(30, 10))
+    record = download("mnist", out, str(mirror))
+    assert {d["checked_against"] for d in record["downloads"]} == {"MD5SUMS"}
+    assert len(load_dataset("mnist", out).train_labels) == SIZES["mnist"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror", "mnist"]
+
+
+def test_upstream_mirrors_are_tried_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bases = [f"http://127.0.0.1:{closed_port()}/a/", f"http://127.0.0.1:{closed_port()}/b/"]
+    upstream = data.UPSTREAM["mnist"]
+    monkeypatch.setitem(data.UPSTREAM, "mnist", data.Upstream(bases=bases, files=upstream.files))
+    start = time.perf_counter()
+    with pytest.raises(DataError) as exc:
+        download("mnist", tmp_path / "data" / "mnist", "upstream", retries=1, backoff=0.05)
+    message = str(exc.value)
+    assert message.index(bases[0] + MNIST_GZ) < message.index(bases[1] + MNIST_GZ)
+    assert message.count("connection refused") == 2 and "\n" not in message
+    assert "`dvc pull`" in message and "synthetic" in message
+    assert time.perf_counter() - start < 5
+    assert leftovers(tmp_path) == []
+
+
+def test_malformed_md5sums_is_refused(mirror: Path, tmp_path: Path) -> None:
+    (mirror / "MD5SUMS").write_text("not-a-sum  train-images-idx3-ubyte.gz\n")
+    with pytest.raises(DataError, match=r"MD5SUMS line 1 is not in md5sum format"):
+        download("mnist", tmp_path / "mnist", str(mirror))
+    assert not (tmp_path / "mnist").exists()
+
+
+# ---- failures: one line, exit code 1, nothing left behind ---------------------------------------
+
+
+def corrupt(mirror: Path) -> None:
+    path = mirror / MNIST_GZ
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def truncate(mirror: Path) -> None:
+    path = mirror / MNIST_GZ
+    path.write_bytes(path.read_bytes()[:500])
+
+
+def remove(mirror: Path) -> None:
+    (mirror / MNIST_GZ).unlink()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """Accepts connections (the kernel does) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(4)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+FAILURES = {
+    # case: (how to break the mirror, how to serve it, what the error line must say)
+    "corrupt": (
+        corrupt,
+        "http",
+        rf"cannot get {MNIST_GZ} for mnist: tried .*md5 [0-9a-f]{{32}} of \d+ bytes does not match the MD5SUMS",
+    ),
+    "truncated": (truncate, "http", r"md5 [0-9a-f]{32} of 500 bytes does not match the MD5SUMS"),
+    "missing-http": (
+        remove,
+        "http",
+        rf"tried http://127\.0\.0\.1:\d+/{MNIST_GZ} \(not found \(HTTP 404\)\)",
+    ),
+    "missing-dir": (remove, "directory", rf"tried \S+/{MNIST_GZ} \(no such file\)"),
+    "cut-off": (None, "cut-off", r"\(connection closed after 100 of 100000 bytes\)"),
+    "closed-port": (
+        None,
+        "closed",
+        r"cannot read http://127\.0\.0\.1:\d+/MD5SUMS for mnist \(connection refused\)",
+    ),
+    "no-answer": (
+        None,
+        "silent",
+        r"cannot read http://127\.0\.0\.1:\d+/MD5SUMS for mnist \(no answer within 0\.5 s\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FAILURES)
+def test_download_failure_is_one_line_and_leaves_nothing(
+    case: str, mirror: Path, tmp_path: Path, params_file, monkeypatch, capsys
+) -> None:
+    breaker, transport, expected = FAILURES[case]
+    if breaker:
+        breaker(mirror)
+    with contextlib.ExitStack() as stack:
+        if transport == "directory":
+            source = str(mirror)
+        elif transport == "closed":
+            source = f"http://127.0.0.1:{closed_port()}/"
+        elif transport == "silent":
+            source = stack.enter_context(silent_server())
+        else:
+            handler = CutOffHandler if transport == "cut-off" else QuietHandler
+            source = stack.enter_context(serve(mirror, handler))
+        params = params_file({"data": {"source": source, "retries": 0, "timeout": 0.5}})
+        out = tmp_path / "ws" / "data" / "raw" / "mnist"
+        argv = ["download.py", "--params", str(params), "--dataset", "mnist", "--out", str(out)]
+        monkeypatch.setattr(sys, "argv", argv)
+        # The stage script in-process (run_stage and all): a subprocess per case costs seconds.
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(REPO / "stages" / "download.py"), run_name="__main__")
+    assert exit_info.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    assert "mnist" in errors[0] and "data.source" in errors[0] and "`dvc pull`" in errors[0]
+    assert re.search(expected, errors[0]), errors[0]
+    assert leftovers(tmp_path / "ws") == []  # not even data/raw
+
+
+def test_stage_fails_fast_when_the_source_is_unreachable(tmp_path: Path, params_file) -> None:
+    params = params_file({"data": {"source": f"http://127.0.0.1:{closed_port()}/", "retries": 2}})
+    out = tmp_path / "data" / "raw" / "cifar10"
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "stages/download.py"),
+            "--params",
+            str(params),
+            "--dataset",
+            "cifar10",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot read http://127.0.0.1:") and "connection refused" in last
+    assert "retry 2/2" in proc.stderr  # retried with backoff, then gave up
+    assert elapsed < 60, elapsed  # interpreter start-up dominates; the retries take ~1.5 s
+    assert not (tmp_path / "data").exists()
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def test_load_dataset_says_what_is_missing_and_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"dataset mnist not found; run `dvc repro download@mnist`"):
+        load_dataset("mnist", tmp_path / "nothing")
+    with pytest.raises(DataError, match=r"unknown dataset 'svhn'"):
+        load_dataset("svhn", tmp_path)
+
+    out = tmp_path / "mnist"
+    download("mnist", out, "synthetic", synthetic_sizes=(20, 10))
+    images = out / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-5])
+    with pytest.raises(
+        DataError, match=r"t10k-images-idx3-ubyte has \d+ bytes, \d+ expected .*dvc pull"
+    ):
+        load_dataset("mnist", out)
+    images.unlink()
+    with pytest.raises(
+        DataError, match=r"t10k-images-idx3-ubyte is missing; run `dvc repro download@mnist`"
+    ):
+        load_dataset("mnist", out)
+
+    out = tmp_path / "cifar10"
+    download("cifar10", out, "synthetic", synthetic_sizes=(10, 5))
+    (out / "source.json").unlink()  # a bare torchvision-style directory still loads...
+    assert load_dataset("cifar10", out).source == "unknown"
+    (out / "cifar-10-batches-py" / "test_batch").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"test_batch is corrupt"):  # ...until it is damaged
+        load_dataset("cifar10", out)
+
+
+def test_gzip_written_reproducibly(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        synthetic.write_mnist(d, 0, 10, 5)
+        synthetic.write_cifar10(d, 0, 10, 5)
+        time.sleep(1.1)  # gzip headers and tar members would carry the time
+    for f in a.iterdir():
+        assert f.read_bytes() == (b / f.name).read_bytes()
+    assert gzip.decompress((a / MNIST_GZ).read_bytes())[:4] == b"\0\0\x08\x03"  # IDX: ubyte, 3-d
