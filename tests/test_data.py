@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import hashlib
 import http.server
+import os
 import pickle
 import re
 import runpy
@@ -33,21 +34,11 @@ SIZES = {"mnist": (120, 40), "cifar10": (60, 20)}  # (train, test): tiny, still 
 MNIST_GZ = "train-images-idx3-ubyte.gz"
 
 
-def write_md5sums(directory: Path) -> None:
-    lines = [
-        f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n"
-        for p in sorted(directory.iterdir())
-    ]
-    (directory / "MD5SUMS").write_text("".join(lines))
-
-
 @pytest.fixture(scope="module")
 def mirror_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A mirror of synthetic files under the upstream names, with MD5SUMS."""
     d = tmp_path_factory.mktemp("mirror")
-    synthetic.write_mnist(d, 0, *SIZES["mnist"])
-    synthetic.write_cifar10(d, 0, *SIZES["cifar10"])
-    write_md5sums(d)
+    synthetic.write_mirror(d, 0, SIZES["mnist"], SIZES["cifar10"])
     return d
 
 
@@ -169,6 +160,11 @@ def test_synthetic_source_records_itself(name: str, tmp_path: Path) -> None:
     expected, _ = synthetic.generate(name, SIZES[name][1], 1, "test")
     np.testing.assert_array_equal(loaded.test_images.numpy(), expected)
     assert [p.name for p in out.parent.iterdir()] == [name]  # no staging directory left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (
+        out.stat().st_mode & 0o777 == 0o777 & ~umask
+    )  # a normal directory, not a private temp one
 
 
 def test_small_model_beats_chance_by_far_but_not_trivially() -> None:
@@ -233,6 +229,8 @@ def test_directory_mirror_with_md5sums_and_existing_output_replaced(
 ) -> None:
     out = tmp_path / "mnist"
     download("mnist", out, "synthetic", synthetic_sizes=(30, 10))
+    sums = mirror / "MD5SUMS"  # as `md5sum -b` writes it: binary-mode marker, a comment
+    sums.write_text("# md5sum -b *\n" + sums.read_text().replace("  ", " *"))
     record = download("mnist", out, str(mirror))
     assert {d["checked_against"] for d in record["downloads"]} == {"MD5SUMS"}
     assert len(load_dataset("mnist", out).train_labels) == SIZES["mnist"][0]

@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import pickle
+import secrets
 import shutil
 import socket
 import tarfile
-import tempfile
 import threading
 import time
 import urllib.error
@@ -228,7 +228,9 @@ def download(
     _check_name(name)
     out = Path(out_dir)
     created = _make_parents(out.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # Not tempfile.mkdtemp: its 0700 mode would stick to data/raw/<name> after the rename.
+    staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    staging.mkdir()
     try:
         if source == "synthetic":
             sizes = synthetic_sizes or DEFAULT_SIZES[name]

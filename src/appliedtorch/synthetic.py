@@ -288,3 +288,45 @@ def write_cifar10(
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def write_mirror(
+    directory: str | os.PathLike,
+    seed: int = 0,
+    mnist: tuple[int, int] = (60000, 10000),
+    cifar10: tuple[int, int] = (50000, 10000),
+    md5sums: bool = True,
+) -> list[Path]:
+    """A directory laid out like the upstream servers (both datasets), with an MD5SUMS file."""
+    from torchvision.datasets.utils import calculate_md5
+
+    directory = Path(directory)
+    paths = write_mnist(directory, seed, *mnist) + [write_cifar10(directory, seed, *cifar10)]
+    if md5sums:
+        lines = "".join(f"{calculate_md5(p)}  {p.name}\n" for p in paths)
+        with atomic_path(directory / "MD5SUMS") as tmp:
+            tmp.write_text(lines)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m appliedtorch.synthetic DIR`: write a synthetic mirror to try `data.source: DIR`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mnist", type=int, nargs=2, default=(60000, 10000), metavar=("TRAIN", "TEST")
+    )
+    parser.add_argument(
+        "--cifar10", type=int, nargs=2, default=(50000, 10000), metavar=("TRAIN", "TEST")
+    )
+    parser.add_argument("--no-md5sums", action="store_true", help="leave out the MD5SUMS file")
+    args = parser.parse_args(argv)
+    paths = write_mirror(args.directory, args.seed, args.mnist, args.cifar10, not args.no_md5sums)
+    print("\n".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()
