@@ -119,6 +119,8 @@ def serve_mlflow(
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            # MLflow 3's GenAI job runner starts ~7 huey worker processes: not needed here.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         try:
             deadline = time.monotonic() + 120
@@ -141,9 +143,11 @@ def serve_mlflow(
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
+def mlflow_server(tmp_path: Path, mlflow_template_db: Path) -> Iterator[str]:
     """A real `mlflow server` with a sqlite backend and artifacts in tmp_path, on 127.0.0.1."""
+    db = tmp_path / "server.db"
+    shutil.copy(mlflow_template_db, db)  # skips the schema migration at server start
     with serve_mlflow(
-        f"sqlite:///{tmp_path}/server.db", tmp_path / "server-artifacts", tmp_path / "server.log"
+        f"sqlite:///{db}", tmp_path / "server-artifacts", tmp_path / "server.log"
     ) as uri:
         yield uri
