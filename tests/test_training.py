@@ -1,0 +1,340 @@
+"""Classifier training: models learn, batch augmentation is torchvision's, runs are reproducible,
+reports and checkpoints are right, and both stages run end to end with an MLflow run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+from torchvision import transforms
+
+from appliedtorch import synthetic
+from appliedtorch.data import ImageData, download
+from appliedtorch.errors import DivergenceError
+from appliedtorch.models import CNN, MLP, load_checkpoint
+from appliedtorch.training import (
+    NORMALIZATION,
+    Evaluation,
+    Normalizer,
+    TrainConfig,
+    evaluate,
+    random_crop_flip,
+    save_verified_checkpoint,
+    train_classifier,
+    write_reports,
+)
+from conftest import run_script
+
+# threads=1: two OpenMP threads on a busy 2-core runner spin against each other.
+MLP_CONFIG = TrainConfig(arch="mlp", epochs=2, batch_size=64, lr=1e-3, threads=1, progress=False)
+CNN_CONFIG = TrainConfig(
+    arch="cnn",
+    epochs=3,
+    batch_size=32,
+    lr=2e-3,
+    step_size=5,
+    augment=True,
+    channels_last=True,
+    threads=1,
+    progress=False,
+)
+
+
+def make_data(name: str, n_train: int, n_test: int) -> ImageData:
+    """Synthetic data in memory, as `load_dataset` would return it."""
+    x_train, y_train = synthetic.generate(name, n_train, seed=0, split="train")
+    x_test, y_test = synthetic.generate(name, n_test, seed=0, split="test")
+    classes = synthetic.CIFAR10_CLASSES if name == "cifar10" else [f"digit {i}" for i in range(10)]
+    return ImageData(
+        name=name,
+        train_images=torch.from_numpy(x_train),
+        train_labels=torch.from_numpy(y_train),
+        test_images=torch.from_numpy(x_test),
+        test_labels=torch.from_numpy(y_test),
+        classes=classes,
+        source="synthetic",
+    )
+
+
+@pytest.fixture(scope="module")
+def mnist() -> ImageData:
+    return make_data("mnist", 1280, 300)
+
+
+@pytest.fixture(scope="module")
+def cifar() -> ImageData:
+    return make_data("cifar10", 640, 200)
+
+
+@pytest.fixture(scope="module")
+def mlp_result(mnist):
+    return train_classifier(mnist, MLP_CONFIG)
+
+
+# ---- models ------------------------------------------------------------------------------------
+
+
+def test_model_shapes_match_the_tutorial():
+    mlp, cnn = MLP(), CNN()
+    assert mlp(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert cnn(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
+    assert [tuple(m.weight.shape) for m in (mlp.fc1, mlp.fc2, mlp.fc3)] == [
+        (128, 784),
+        (128, 128),
+        (10, 128),
+    ]
+    assert [c.out_channels for c in (cnn.conv1, cnn.conv2, cnn.conv3)] == [32, 64, 128]
+    assert tuple(cnn.fc1.weight.shape) == (512, 2048) and cnn.dropout.p == 0.5
+    assert MLP(hidden_size=32).fc2.weight.shape == (32, 32)
+
+
+# ---- batch transforms --------------------------------------------------------------------------
+
+
+def test_normalizer_matches_torchvision_totensor_normalize():
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    mean, std = NORMALIZATION["cifar10"]
+    expected = torch.stack(
+        [transforms.Normalize(mean, std)(img.float() / 255) for img in images]
+    )  # ToTensor on a uint8 CHW tensor is the division by 255
+    got = Normalizer(mean, std, channels_last=True)(images)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def _identify(original: np.ndarray, augmented: np.ndarray, pad: int = 4) -> list[list[tuple]]:
+    """For each image, every (dy, dx, flipped) that maps `original` onto `augmented`.
+
+    A crop of the zero-padded image at offset (top, left) is the image shifted by
+    (dy, dx) = (pad - top, pad - left) with zero fill; a flip mirrors the crop.
+    """
+    n, _, h, w = original.shape
+    padded = np.pad(original, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    found: list[list[tuple]] = [[] for _ in range(n)]
+    for top in range(2 * pad + 1):
+        for left in range(2 * pad + 1):
+            crop = padded[:, :, top : top + h, left : left + w]
+            for flipped, candidate in ((False, crop), (True, crop[..., ::-1])):
+                hits = (candidate == augmented).all(axis=(1, 2, 3))
+                for i in np.flatnonzero(hits):
+                    found[i].append((pad - top, pad - left, flipped))
+    return found
+
+
+def test_crop_flip_is_a_zero_filled_shift_and_maybe_a_flip():
+    # Pixel values >= 1, so the zero fill of a shift cannot be mistaken for image content.
+    images = torch.randint(1, 256, (400, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    found = _identify(images.numpy(), out.numpy())
+    assert all(len(m) == 1 for m in found), "each output is exactly one zero-filled shift (+ flip)"
+    assert {m[0][2] for m in found} == {False, True}
+    assert len({m[0][:2] for m in found}) > 60  # most of the 81 shifts occur
+
+
+def _shift_flip_sample(images: torch.Tensor, augmented: torch.Tensor) -> list[tuple]:
+    found = _identify(images.numpy(), augmented.numpy())
+    assert all(len(m) == 1 for m in found)
+    return [m[0] for m in found]
+
+
+def test_crop_flip_has_torchvisions_distribution():
+    images = torch.randint(1, 256, (2000, 1, 32, 32), dtype=torch.uint8)
+    ours = _shift_flip_sample(images, random_crop_flip(images, torch.Generator().manual_seed(1)))
+    torch.manual_seed(2)
+    per_sample = transforms.Compose(
+        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+    )
+    some = images[:600]
+    theirs = _shift_flip_sample(some, torch.stack([per_sample(img) for img in some]))
+
+    for sample in (ours, theirs):
+        flips = sum(f for _, _, f in sample) / len(sample)
+        # Binomial(n, 1/2): within 5 standard deviations of one half.
+        assert abs(flips - 0.5) < 5 * 0.5 / np.sqrt(len(sample))
+        for axis in (0, 1):
+            counts = Counter(s[axis] for s in sample)
+            assert sorted(counts) == list(range(-4, 5))  # every shift -4..4 occurs
+            assert chisquare([counts[k] for k in range(-4, 5)]).pvalue > 1e-3  # uniform
+    # The same law: shift frequencies of ours and torchvision's agree within sampling error.
+    for axis in (0, 1):
+        ours_freq = np.array([Counter(s[axis] for s in ours)[k] for k in range(-4, 5)]) / len(ours)
+        theirs_freq = np.array([Counter(s[axis] for s in theirs)[k] for k in range(-4, 5)]) / 600
+        assert np.abs(ours_freq - theirs_freq).max() < 0.07
+
+
+def test_crop_flip_without_padding_and_flip_is_identity():
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(random_crop_flip(images, padding=0, flip_p=0.0), images)
+    assert torch.equal(random_crop_flip(images, padding=0, flip_p=1.0), images.flip(-1))
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+def test_mlp_beats_chance_by_far(mlp_result):
+    history = mlp_result.history
+    assert len(history) == 2
+    assert mlp_result.evaluation.accuracy > 0.6  # chance is 0.1
+    assert history[-1].train_loss < history[0].train_loss
+    assert mlp_result.train_samples == 1280 and mlp_result.train_seconds > 0
+
+
+def test_cnn_beats_chance_by_far(cifar):
+    result = train_classifier(cifar, CNN_CONFIG)
+    assert result.evaluation.accuracy > 0.3  # chance is 0.1
+    assert result.history[-1].test_loss < result.history[0].test_loss
+
+
+def test_two_seeded_runs_give_identical_numbers(mnist, cifar):
+    timing = {"seconds", "eval_seconds"}
+
+    def numbers(result):
+        return [{k: v for k, v in vars(h).items() if k not in timing} for h in result.history]
+
+    a, b = (train_classifier(mnist, replace(MLP_CONFIG, epochs=1)) for _ in range(2))
+    assert numbers(a) == numbers(b)
+    assert torch.equal(a.evaluation.predictions, b.evaluation.predictions)
+    # The CNN draws augmentation and dropout randomness too.
+    cnn = replace(CNN_CONFIG, epochs=1, train_limit=192)
+    c, d = (train_classifier(cifar, cnn) for _ in range(2))
+    assert numbers(c) == numbers(d)
+    other = train_classifier(cifar, replace(cnn, seed=1))
+    assert numbers(other) != numbers(c)
+
+
+def test_callback_gets_every_epoch(mnist):
+    seen = []
+    train_classifier(mnist, replace(MLP_CONFIG, train_limit=256), callback=seen.append)
+    assert [s.epoch for s in seen] == [1, 2]
+    assert set(seen[0].metrics()) >= {"train_loss", "test_loss", "test_accuracy", "epoch_seconds"}
+
+
+def test_divergence_raises_with_epoch_step_and_lr(mnist):
+    with pytest.raises(DivergenceError, match=r"epoch 1, step \d+ \(lr inf\).*mlp\.lr"):
+        train_classifier(mnist, replace(MLP_CONFIG, lr=float("inf"), train_limit=256))
+
+
+def test_evaluation_confusion_matches_a_direct_count_and_sums_to_test_size():
+    labels = torch.tensor([0, 1, 2, 2, 1, 0, 2])
+    preds = torch.tensor([0, 2, 2, 1, 1, 0, 2])
+    ev = Evaluation(loss=0.0, accuracy=4 / 7, predictions=preds, labels=labels)
+    cm = ev.confusion(4)
+    expected = np.zeros((4, 4), dtype=int)
+    for a, p in zip(labels.tolist(), preds.tolist(), strict=True):
+        expected[a, p] += 1
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.sum() == 7
+    assert ev.per_class_accuracy(4) == [1.0, 0.5, 2 / 3, None]  # class 3 absent
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+
+def test_reports_and_reloaded_checkpoint(mlp_result, mnist, tmp_path):
+    model_path = tmp_path / "models" / "mlp.pt"
+    again = save_verified_checkpoint(mlp_result, mnist, model_path)
+    assert torch.equal(again.predictions, mlp_result.evaluation.predictions)
+
+    model, ckpt = load_checkpoint(model_path)
+    assert ckpt["arch"] == "mlp" and ckpt["classes"] == mnist.classes
+    mean, std = ckpt["mean"], ckpt["std"]
+    reloaded = evaluate(model, mnist.test_images, mnist.test_labels, Normalizer(mean, std))
+    assert torch.equal(reloaded.predictions, mlp_result.evaluation.predictions)
+
+    paths = write_reports(mlp_result, mnist, tmp_path / "reports")
+    names = {p.name for p in paths}
+    assert names == {
+        "metrics.json",
+        "history.csv",
+        "confusion.json",
+        "loss.png",
+        "confusion_matrix.png",
+        "per_class_accuracy.png",
+        "predictions.png",
+    }
+    assert all(p.stat().st_size > 0 for p in paths)
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == mlp_result.evaluation.accuracy
+    assert metrics["test_samples"] == 300 and metrics["data_source"] == "synthetic"
+    assert set(metrics["per_class_accuracy"]) == set(mnist.classes)
+
+    # confusion.json: one record per test sample, counts equal to the confusion matrix.
+    records = json.loads((tmp_path / "reports" / "confusion.json").read_text())
+    assert len(records) == 300
+    cm = mlp_result.evaluation.confusion(10)
+    idx = {name: i for i, name in enumerate(mnist.classes)}
+    counted = np.zeros_like(cm)
+    for r in records:
+        counted[idx[r["actual"]], idx[r["predicted"]]] += 1
+    np.testing.assert_array_equal(counted, cm)
+    from sklearn.metrics import confusion_matrix
+
+    np.testing.assert_array_equal(
+        cm, confusion_matrix(mnist.test_labels.numpy(), mlp_result.evaluation.predictions.numpy())
+    )
+
+    header = (tmp_path / "reports" / "history.csv").read_text().splitlines()[0]
+    assert header == "epoch,train_loss,test_loss,test_accuracy,seconds,lr"
+
+
+# ---- stages end to end -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stage", "dataset", "experiment", "section", "sizes", "min_accuracy"),
+    [
+        ("train_mlp", "mnist", "mnist-mlp", {"epochs": 2, "train_limit": 800}, (1000, 200), 0.3),
+        # Four CNN steps learn little; the in-process CNN test checks learning.
+        ("train_cnn", "cifar10", "cifar10-cnn", {"epochs": 2, "train_limit": 256}, (300, 100), 0),
+    ],
+)
+def test_stage_end_to_end(
+    stage, dataset, experiment, section, sizes, min_accuracy, tmp_path, tracking_uri, params_file
+):
+    arch = stage.removeprefix("train_")
+    data_dir = tmp_path / "data" / "raw" / dataset
+    download(dataset, data_dir, source="synthetic", synthetic_sizes=sizes)
+    params = params_file({"device": "cpu", arch: section})
+    model, reports = tmp_path / "models" / f"{arch}.pt", tmp_path / "reports" / arch
+    proc = run_script(
+        f"stages/{stage}.py",
+        "--params", params, "--data", data_dir, "--model", model, "--reports", reports,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "epoch 2: train loss" in proc.stderr
+    assert "reloaded model accuracy" in proc.stderr
+
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert min_accuracy <= metrics["test_accuracy"] <= 1 and metrics["epochs"] == 2
+    assert metrics["train_samples"] == section["train_limit"]
+    _, ckpt = load_checkpoint(model)
+    assert ckpt["arch"] == arch and ckpt["test_accuracy"] == metrics["test_accuracy"]
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params[f"{arch}.epochs"] == "2"
+    assert run.data.tags["data.source"] == "synthetic"
+    assert run.data.tags[f"data.{dataset}.md5"].endswith(".dir")
+    history = client.get_metric_history(run.info.run_id, "test_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    assert history[-1].value == pytest.approx(metrics["test_accuracy"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "history.csv", "confusion.json", "confusion_matrix.png"} <= artifacts
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[exp.experiment_id], output_format="list"
+    )
+    loaded = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
+    x = np.zeros((2, *ckpt["input_shape"]), dtype=np.float32)
+    assert tuple(loaded(torch.from_numpy(x)).shape) == (2, 10)
