@@ -34,6 +34,13 @@ SIZES = {"mnist": (120, 40), "cifar10": (60, 20)}  # (train, test): tiny, still 
 MNIST_GZ = "train-images-idx3-ubyte.gz"
 
 
+@pytest.fixture(autouse=True)
+def no_proxy_for_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An http_proxy in the environment must not swallow requests to the test servers."""
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+
+
 @pytest.fixture(scope="module")
 def mirror_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A mirror of synthetic files under the upstream names, with MD5SUMS."""

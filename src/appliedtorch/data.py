@@ -227,10 +227,13 @@ def download(
     """
     _check_name(name)
     out = Path(out_dir)
-    created = _make_parents(out.parent)
-    # Not tempfile.mkdtemp: its 0700 mode would stick to data/raw/<name> after the rename.
-    staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    staging.mkdir()
+    try:
+        created = _make_parents(out.parent)
+        # Not tempfile.mkdtemp: its 0700 mode would stick to data/raw/<name> after the rename.
+        staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        staging.mkdir()
+    except OSError as exc:
+        raise DataError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         if source == "synthetic":
             sizes = synthetic_sizes or DEFAULT_SIZES[name]
@@ -264,11 +267,13 @@ def download(
         }
         (staging / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _replace_dir(staging, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         for d in reversed(created):
             with contextlib.suppress(OSError):
                 d.rmdir()  # only if still empty
+        if isinstance(exc, OSError):  # e.g. the disk filled up
+            raise DataError(f"cannot write {out}: {exc.strerror or exc}") from None
         raise
     return record
 
@@ -546,7 +551,7 @@ def _extract(name: str, staging: Path, fetched: list[_Fetched], source: str) -> 
             try:
                 with gzip.open(f.path, "rb") as src, open(folder / f.name[:-3], "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-            except (OSError, EOFError, zlib.error) as exc:
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
                 raise DataError(
                     f"{f.name} from {f.url} is not a valid gzip file ({exc}); {hint}"
                 ) from None
@@ -572,7 +577,7 @@ def _extract(name: str, staging: Path, fetched: list[_Fetched], source: str) -> 
                     raise DataError(f"{archive.name}: {info.name} is not a regular file; {hint}")
                 with src, open(folder / member, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(
             f"{archive.name} from {archive.url} is not a valid tar.gz ({exc}); {hint}"
         ) from None
