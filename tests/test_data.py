@@ -425,3 +425,14 @@ def test_gzip_written_reproducibly(tmp_path: Path) -> None:
     for f in a.iterdir():
         assert f.read_bytes() == (b / f.name).read_bytes()
     assert gzip.decompress((a / MNIST_GZ).read_bytes())[:4] == b"\0\0\x08\x03"  # IDX: ubyte, 3-d
+
+
+def test_a_hanging_name_lookup_is_bounded_by_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # urlopen's timeout does not cover DNS; a resolver that never answers must not hang the stage.
+    monkeypatch.setattr(data.socket, "getaddrinfo", lambda *a, **k: time.sleep(3))
+    start = time.perf_counter()
+    with pytest.raises(
+        data._FetchError, match=r"host lookup for example\.invalid took over 0\.2 s"
+    ):
+        data._fetch("http://example.invalid/x.gz", Path("unused"), timeout=0.2)
+    assert time.perf_counter() - start < 1.5
