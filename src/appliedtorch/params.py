@@ -78,15 +78,24 @@ class CNNParams(Section):
 
 
 class PINNParams(Section):
+    """PINN recipe. These defaults are the tutorial's (soft BC, Adam only, float32, fixed grid);
+    params.yaml holds the accurate recipe (hard BC, float64, Adam -> L-BFGS -> L-M)."""
+
     hidden_sizes: list[int] = Field(default_factory=lambda: [10, 10], min_length=1)
+    boundary: Literal["soft", "hard"] = "soft"
+    bc_weight: float = Field(1.0, gt=0)  # weight of the boundary penalty (soft only)
+    dtype: Literal["float32", "float64"] = "float32"
+    collocation_points: int = Field(100, gt=1)
+    resample_every: int = Field(0, ge=0)  # Adam draws fresh random points every N steps; 0: fixed grid
     adam_steps: int = Field(10000, ge=0)
     lr: float = Field(0.01, gt=0)
-    collocation_points: int = Field(100, gt=1)
-    resample_every: int = Field(0, ge=0)  # 0: fixed points
     lbfgs_steps: int = Field(0, ge=0)
-    boundary: Literal["soft", "hard"] = "soft"
-    bc_weight: float = Field(1.0, gt=0)
-    dtype: Literal["float32", "float64"] = "float64"
+    lbfgs_history: int = Field(50, gt=0)
+    lbfgs_tolerance_grad: float = Field(0.0, ge=0)  # torch's 1e-7 stops L-BFGS too early here
+    lbfgs_tolerance_change: float = Field(0.0, ge=0)  # torch's 1e-9 is absolute: same problem
+    lbfgs_restarts: int = Field(5, ge=0)  # fresh L-BFGS starts allowed when one stops early
+    lm_steps: int = Field(0, ge=0)  # Levenberg-Marquardt steps after L-BFGS
+    num_threads: int = Field(1, ge=0)  # torch intra-op threads while solving; 0: leave as is
     eval_points: int = Field(1000, gt=1)
 
     @field_validator("hidden_sizes")
