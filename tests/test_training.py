@@ -338,3 +338,22 @@ def test_stage_end_to_end(
     loaded = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
     x = np.zeros((2, *ckpt["input_shape"]), dtype=np.float32)
     assert tuple(loaded(torch.from_numpy(x)).shape) == (2, 10)
+
+
+def test_cnn_pools_before_relu_exactly_like_the_tutorial_order():
+    torch.manual_seed(0)
+    cnn = CNN(dropout=0.0)
+    x = torch.randn(4, 3, 32, 32)
+
+    def tutorial_forward(x):  # the tutorial's pool(relu(conv(x)))
+        for conv in (cnn.conv1, cnn.conv2, cnn.conv3):
+            x = cnn.pool(torch.relu(conv(x)))
+        return cnn.fc2(torch.relu(cnn.fc1(x.flatten(1))))
+
+    ours = cnn(x)
+    grads_ours = torch.autograd.grad(ours.square().sum(), list(cnn.parameters()))
+    theirs = tutorial_forward(x)
+    grads_theirs = torch.autograd.grad(theirs.square().sum(), list(cnn.parameters()))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    for a, b in zip(grads_ours, grads_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

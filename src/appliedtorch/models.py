@@ -59,9 +59,11 @@ class CNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.conv1(x)))  # (B, 32, 16, 16)
-        x = self.pool(F.relu(self.conv2(x)))  # (B, 64, 8, 8)
-        x = self.pool(F.relu(self.conv3(x)))  # (B, 128, 4, 4)
+        # relu(pool(.)) == pool(relu(.)) exactly (ReLU is monotone), values and gradients alike;
+        # pooling first runs ReLU and its backward on a quarter of the values.
+        x = F.relu(self.pool(self.conv1(x)))  # (B, 32, 16, 16)
+        x = F.relu(self.pool(self.conv2(x)))  # (B, 64, 8, 8)
+        x = F.relu(self.pool(self.conv3(x)))  # (B, 128, 4, 4)
         x = x.flatten(1)  # (B, 2048)
         x = self.dropout(F.relu(self.fc1(x)))  # (B, 512)
         return self.fc2(x)  # (B, 10) logits
