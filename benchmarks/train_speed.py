@@ -163,6 +163,11 @@ def main() -> None:
         default=[],
         help="also time the project's loop with these overrides, e.g. bf16=true,threads=1",
     )
+    parser.add_argument(
+        "--tutorial-threads",
+        type=int,
+        help="CPU threads for the tutorial's loop (default: torch's default, as the tutorial runs)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -186,10 +191,14 @@ def main() -> None:
             f"{steps_per_epoch} batches per epoch"
             + (f"; timing {args.batches} batches, extrapolated" if args.batches else "")
         )
+        default_threads = torch.get_num_threads()
+        torch.set_num_threads(args.tutorial_threads or default_threads)
         model, seconds, done = tutorial_epoch(arch, data, base, args.batches)
+        torch.set_num_threads(default_threads)
         tut_epoch = seconds / done * steps_per_epoch
         tut_acc = accuracy(model, data)
-        print(f"  tutorial loop      epoch {tut_epoch:7.2f} s   test acc {100 * tut_acc:6.2f}%")
+        label = f"tutorial loop, {args.tutorial_threads or default_threads} threads"
+        print(f"  {label:<46} epoch {tut_epoch:7.2f} s   test acc {100 * tut_acc:6.2f}%")
         row = {
             "arch": arch,
             "train_samples": len(data.train_images),
@@ -203,11 +212,11 @@ def main() -> None:
             config = replace(base, **overrides)
             seconds, acc, done = project_epoch(data, config, args.batches)
             epoch = seconds / done * steps_per_epoch
-            name = text or "params.yaml"
+            name = text or f"params.yaml (threads={base.threads or default_threads})"
             ratio = tut_epoch / epoch
             flag = "meets" if ratio >= TARGETS[arch] else "misses"
             print(
-                f"  project ({name:<10}) epoch {epoch:7.2f} s   test acc {100 * acc:6.2f}%   "
+                f"  {'project, ' + name:<46} epoch {epoch:7.2f} s   test acc {100 * acc:6.2f}%   "
                 f"{ratio:5.1f}x faster ({flag} the {TARGETS[arch]:g}x target)"
             )
             row["project"].append(

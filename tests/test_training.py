@@ -23,6 +23,7 @@ from appliedtorch.training import (
     Evaluation,
     Normalizer,
     TrainConfig,
+    cpu_threads,
     evaluate,
     random_crop_flip,
     save_verified_checkpoint,
@@ -245,7 +246,8 @@ def test_reports_and_reloaded_checkpoint(mlp_result, mnist, tmp_path):
     model, ckpt = load_checkpoint(model_path)
     assert ckpt["arch"] == "mlp" and ckpt["classes"] == mnist.classes
     mean, std = ckpt["mean"], ckpt["std"]
-    reloaded = evaluate(model, mnist.test_images, mnist.test_labels, Normalizer(mean, std))
+    with cpu_threads(MLP_CONFIG.threads):  # as in training: thread count can change last bits
+        reloaded = evaluate(model, mnist.test_images, mnist.test_labels, Normalizer(mean, std))
     assert torch.equal(reloaded.predictions, mlp_result.evaluation.predictions)
 
     paths = write_reports(mlp_result, mnist, tmp_path / "reports")

@@ -21,7 +21,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -219,7 +219,7 @@ def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMan
 
 
 @contextlib.contextmanager
-def _threads(n: int | None):
+def cpu_threads(n: int | None) -> Iterator[None]:
     """Use n CPU threads inside the block (None: leave torch's setting alone)."""
     if n is None:
         yield
@@ -348,7 +348,7 @@ def train_classifier(
     train_seconds = 0.0
     eval_seconds = 0.0
 
-    with _threads(config.threads):
+    with cpu_threads(config.threads):
         for epoch in range(1, config.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             net.train()
@@ -462,14 +462,15 @@ def save_verified_checkpoint(result: TrainResult, data: ImageData, path: str | P
         if config.channels_last:
             reloaded = reloaded.to(memory_format=torch.channels_last)
         normalizer = Normalizer(result.mean, result.std, device, config.channels_last)
-        again = evaluate(
-            reloaded,
-            data.test_images[:limit].to(device),
-            data.test_labels[:limit],
-            normalizer,
-            config.eval_batch_size,
-            config.bf16,
-        )
+        with cpu_threads(config.threads):  # the thread count can change the last bits of a sum
+            again = evaluate(
+                reloaded,
+                data.test_images[:limit].to(device),
+                data.test_labels[:limit],
+                normalizer,
+                config.eval_batch_size,
+                config.bf16,
+            )
         # Bit-identical on the CPU; a GPU may pick other kernels, so allow one sample in 1000.
         tolerance = 0.0 if device.type == "cpu" else 1e-3
         if abs(again.accuracy - result.evaluation.accuracy) > tolerance:
