@@ -362,7 +362,7 @@ def train_classifier(
                 desc=f"epoch {epoch}/{config.epochs}",
                 unit="batch",
                 leave=False,
-                disable=not config.progress,
+                disable=None if config.progress else True,  # None: only on a terminal
                 mininterval=0.5,
             )
             for k in bar:
