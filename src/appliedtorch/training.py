@@ -503,7 +503,7 @@ def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
         "test_samples": len(ev.labels),
         "per_class_accuracy": dict(zip(result.classes, per_class, strict=True)),
         "train_seconds": result.train_seconds,
-        "mean_epoch_seconds": result.train_seconds / max(len(result.history), 1),
+        "epoch_seconds": result.train_seconds / max(len(result.history), 1),  # mean
         "eval_seconds": result.eval_seconds,
         "data_source": source,
     }
