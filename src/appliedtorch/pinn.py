@@ -340,6 +340,13 @@ def _lm(net: PINNNet, cfg: PINNParams, x: Tensor, losses: list[float]) -> None:
 
 def solve(cfg: PINNParams, net: PINNNet | None = None) -> PINNResult:
     """Train a PINN for the problem: Adam, then L-BFGS, then Levenberg-Marquardt, per `cfg`."""
+    # Set the thread count before torch does any work here: building even this tiny net under
+    # the default count starts a thread pool whose spinning workers slow every later step.
+    with _threads(cfg.num_threads):
+        return _solve(cfg, net)
+
+
+def _solve(cfg: PINNParams, net: PINNNet | None) -> PINNResult:
     dtype = _dtype(cfg.dtype)
     net = net or PINNNet(cfg.hidden_sizes, cfg.boundary, dtype)
     result = PINNResult(net=net)
@@ -363,13 +370,12 @@ def solve(cfg: PINNParams, net: PINNNet | None = None) -> PINNResult:
         log.info("%s: %d steps, loss %.3e, %.2f s", name, steps, last, result.seconds[name])
 
     total = time.perf_counter()
-    with _threads(cfg.num_threads):
-        if cfg.adam_steps:
-            phase("adam", lambda: _adam(net, cfg, dtype, result.loss))
-        if cfg.lbfgs_steps:
-            phase("lbfgs", lambda: _lbfgs(net, cfg, fixed, result))
-        if cfg.lm_steps:
-            phase("lm", lambda: _lm(net, cfg, fixed, result.loss))
+    if cfg.adam_steps:
+        phase("adam", lambda: _adam(net, cfg, dtype, result.loss))
+    if cfg.lbfgs_steps:
+        phase("lbfgs", lambda: _lbfgs(net, cfg, fixed, result))
+    if cfg.lm_steps:
+        phase("lm", lambda: _lm(net, cfg, fixed, result.loss))
     result.seconds["total"] = time.perf_counter() - total
     return result
 
