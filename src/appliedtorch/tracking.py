@@ -154,16 +154,23 @@ class StageRun:
     def log_model(self, model: Any, name: str, input_example: Any) -> Any:
         """Log a torch model with a signature inferred from `input_example` (a numpy array)."""
         import mlflow.pytorch
+        import torch
         from mlflow.models import infer_signature
 
         model_cpu = model.to("cpu").eval()
-        import torch
-
         with torch.inference_mode():
             out = model_cpu(torch.as_tensor(input_example)).numpy()
         signature = infer_signature(input_example, out)
+        # Name the requirements instead of letting MLflow infer them: inference imports the model
+        # in a subprocess and costs 10-20 s per run. The local build tag (+cu130) is dropped so
+        # the pin resolves from PyPI.
+        torch_version = torch.__version__.split("+")[0]
         return mlflow.pytorch.log_model(
-            model_cpu, name=name, signature=signature, input_example=input_example
+            model_cpu,
+            name=name,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=[f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"],
         )
 
 
