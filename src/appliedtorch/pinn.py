@@ -10,8 +10,9 @@ The tutorial trains a 1-10-10-1 tanh net with Adam on a penalty (soft) boundary 
 and stops at a max error of about 1e-3 to 5e-3. `solve` keeps that recipe reachable by params
 and adds what makes the same network accurate: float64, an ansatz that satisfies both boundary
 conditions exactly (hard), resampled collocation points for Adam, then L-BFGS, then a
-Levenberg-Marquardt (damped Gauss-Newton) polish on the residual least-squares problem. The last step is what reaches 1e-8:
-torch's L-BFGS stalls between 1e-6 and 1e-5 on this ill-conditioned loss, even after 3,000 steps.
+Levenberg-Marquardt (damped Gauss-Newton) polish on the residual least-squares problem. The
+last step is what reaches 1e-8: torch's L-BFGS stalls between 1e-6 and 1e-5 on this
+ill-conditioned loss, even after 3,000 steps.
 
 The network is tiny (141 weights), so every step is dominated by per-op overhead: it always runs on
 the CPU, by default on one thread (more threads only add synchronisation).
