@@ -91,12 +91,12 @@ SECTIONS: tuple[StageSection, ...] = (
         (
             "max_abs_error",
             "l2_relative_error",
-            "rel_l2_error",
-            "mean_abs_error",
-            "final_loss",
-            "residual_rms",
             "boundary_error",
-            "train_seconds",
+            "final_loss",
+            "adam_steps",
+            "lbfgs_steps",
+            "lm_steps",
+            "seconds",
         ),
     ),
     StageSection(
@@ -325,6 +325,7 @@ code { font: 13px ui-monospace, SFMono-Regular, Menlo, monospace; background: #f
 .meta, .note { color: #4a5560; } .note { font-style: italic; }
 .synthetic { background: #b00020; color: #fff; padding: .8rem 1rem; border-radius: 6px;
              font-size: 1.05rem; margin: 1rem 0; }
+.synthetic code { background: rgba(255, 255, 255, .2); color: #fff; }
 .badge { background: #b00020; color: #fff; font-size: .7em; padding: .1em .5em;
          border-radius: 4px; vertical-align: middle; }
 .missing { background: #fff4e5; border-left: 4px solid #f0a030; padding: .6rem .9rem; }
@@ -382,7 +383,9 @@ def build_report(
     if info:
         head.append(f'<p class="meta">{" · ".join(info)}</p>')
     if synthetic:
-        which = ", ".join(synthetic)
+        which = " and ".join(
+            [", ".join(synthetic[:-1]), synthetic[-1]] if synthetic[1:] else synthetic
+        )
         head.append(
             '<div class="synthetic" id="synthetic-warning"><b>SYNTHETIC DATA.</b> '
             f"The {html.escape(which)} results were trained and tested on generated stand-in data "

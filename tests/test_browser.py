@@ -1,0 +1,208 @@
+"""The MLflow UI and reports/index.html checked as a person would: rendered in headless Chromium.
+
+After a small `dvc repro` of the whole pipeline in a temporary git+DVC workspace, `mlflow server`
+serves the workspace's database on 127.0.0.1 and Debian's `chromium` loads the React UI with
+`--dump-dom` after its scripts ran (`--virtual-time-budget`), plus `--screenshot`. The checks
+read the rendered text; the screenshots are kept in .test-artifacts/browser/ for a person.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+from test_pipeline import BIN, make_workspace, run
+
+from conftest import REPO, serve_mlflow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = REPO / ".test-artifacts" / "browser"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Debian's `chromium` is not installed (`apt-get install -y chromium`; .ci/run does)",
+    ),
+]
+
+# experiment -> (DVC stage, a metric the UI must show for its run)
+EXPERIMENTS = {
+    "mnist-mlp": ("train_mlp", "test_accuracy"),
+    "cifar10-cnn": ("train_cnn", "test_accuracy"),
+    "pinn-ode": ("pinn", "max_abs_error"),
+    "math-demos": ("math_demos", "max_error"),
+}
+
+# Smaller than test_pipeline's: this test is about what the pages show, not about accuracy.
+TINY = {
+    "device": "cpu",
+    "data": {
+        "source": "synthetic",
+        "synthetic": {
+            "mnist_train": 600,
+            "mnist_test": 200,
+            "cifar10_train": 300,
+            "cifar10_test": 100,
+        },
+    },
+    "mlp": {"epochs": 2, "train_limit": 500},
+    "cnn": {"epochs": 1, "train_limit": 200},
+    "pinn": {"adam_steps": 200, "lbfgs_steps": 20, "lm_steps": 20},
+}
+
+
+SWEEP = (0.01, 0.1)
+
+
+class Chromium:
+    """Headless Chromium, a fresh profile per page load."""
+
+    def __init__(self, profiles: Path):
+        self.profiles = profiles
+        self.count = 0
+
+    def dom(self, url: str, screenshot: str, size: tuple[int, int], budget_ms: int) -> str:
+        """Load `url`, let its scripts run for `budget_ms` of virtual time; screenshot; the DOM."""
+        self.count += 1
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={self.profiles / f'profile{self.count}'}",
+            f"--window-size={size[0]},{size[1]}",
+            # Virtual time runs the page's timers and waits for its fetches, then dumps the DOM.
+            f"--virtual-time-budget={budget_ms}",
+            f"--screenshot={ARTIFACTS / screenshot}",
+            "--dump-dom",
+            url,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (ARTIFACTS / screenshot).stat().st_size > 10_000, "blank screenshot"
+        return proc.stdout
+
+    def text(
+        self,
+        url: str,
+        screenshot: str,
+        expect: list[str],
+        size: tuple[int, int] = (1600, 1000),
+        budget_ms: int = 15000,
+    ) -> str:
+        """The page's visible text once all of `expect` shows, loading again (at most twice
+        more, with more time) while the UI is still fetching; the caller asserts on it."""
+        for attempt in range(3):
+            text = visible_text(self.dom(url, screenshot, size, budget_ms * (attempt + 1)))
+            if all(e in text for e in expect):
+                break
+        return text
+
+
+def visible_text(dom: str) -> str:
+    """The page's text as a person reads it: no scripts, styles or tags; spaces collapsed."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, mlflow_template_db):
+    """A workspace after `dvc repro` of every stage plus `report`, tracked in its own mlflow.db."""
+    root = tmp_path_factory.mktemp("browser")
+    ws, env = make_workspace(root, TINY, tracking_uri="unused")
+    del env["MLFLOW_TRACKING_URI"]  # as a user runs it: the relative path in params.yaml
+    shutil.copy(mlflow_template_db, ws / "mlflow.db")  # git-ignored; skips the schema migration
+    dvc = str(BIN / "dvc")
+    run([dvc, "repro"], ws, env)
+    # A learning-rate sweep on top: with the baseline, three comparable mnist-mlp runs.
+    for lr in SWEEP:
+        run([dvc, "exp", "run", "-S", f"mlp.lr={lr}", "train_mlp"], ws, env)
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    return ws
+
+
+def test_mlflow_ui_shows_the_experiments_runs_and_metrics(pipeline, tmp_path):
+    db = f"sqlite:///{pipeline / 'mlflow.db'}"
+    client = mlflow.MlflowClient(db)
+    exps = {name: client.get_experiment_by_name(name) for name in EXPERIMENTS}
+    runs, sweep = {}, []
+    for name, exp in exps.items():
+        for r in client.search_runs([exp.experiment_id]):
+            if "dvc.exp_name" in r.data.tags:
+                sweep.append(r)
+            else:
+                assert name not in runs, f"{name}: more than one `dvc repro` run"
+                runs[name] = r
+    assert sorted(float(r.data.params["mlp.lr"]) for r in sweep) == sorted(SWEEP)
+
+    browser = Chromium(tmp_path)
+    with serve_mlflow(db, pipeline / "mlartifacts", tmp_path / "server.log") as ui:
+        text = browser.text(f"{ui}/#/experiments", "01-experiments.png", list(EXPERIMENTS))
+        for name in EXPERIMENTS:
+            assert name in text, f"experiment {name} is not listed: {text[:3000]}"
+
+        # Each run's own page: status, metrics (a table of all of them) and lineage tags.
+        for i, (name, (stage, metric)) in enumerate(EXPERIMENTS.items(), 2):
+            r = runs[name]
+            url = f"{ui}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}"
+            must = [
+                r.info.run_name,
+                r.info.run_id,
+                "Finished",
+                f"Metrics ({len(r.data.metrics)})",
+                metric,
+                f"dvc.stage : {stage}",
+                f"git.commit : {r.data.tags['git.commit']}",
+                f"params.md5 : {r.data.tags['params.md5']}",
+            ]
+            if name in ("mnist-mlp", "cifar10-cnn"):
+                data_tag = next(
+                    k for k in r.data.tags if k.startswith("data.") and k != "data.source"
+                )
+                must += [f"{data_tag} : {r.data.tags[data_tag]}", "data.source : synthetic"]
+            text = browser.text(url, f"0{i}-run-{name}.png", must, size=(1600, 2600))
+            missing = [m for m in must if m not in text]
+            assert not missing, f"{name}: the run page does not show {missing}: {text[:3000]}"
+
+        # The sweep in the comparison view: three runs and a chart per metric.
+        exp = exps["mnist-mlp"]
+        url = f"{ui}/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART"
+        must = [r.info.run_name for r in [runs["mnist-mlp"], *sweep]]
+        must += [f"Model metrics ({len(runs['mnist-mlp'].data.metrics)})", "3 matching runs"]
+        text = browser.text(url, "06-mnist-mlp-charts.png", must, size=(1600, 1400))
+        assert all(m in text for m in must), text[:3000]
+
+
+def test_report_page_renders_from_disk(pipeline, tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
+    # The report was made by `dvc repro`, before the sweep: it names the baseline runs.
+    run_ids = [
+        r.info.run_id
+        for name in EXPERIMENTS
+        for r in client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        if "dvc.exp_name" not in r.data.tags
+    ]
+    assert len(run_ids) == len(EXPERIMENTS)
+    page = (pipeline / "reports" / "index.html").resolve()
+    dom = Chromium(tmp_path).dom(page.as_uri(), "07-report.png", size=(1300, 9000), budget_ms=2000)
+    text = visible_text(dom)
+    assert "SYNTHETIC DATA. The MNIST and CIFAR-10 results" in text
+    assert "not run yet" not in text.lower() and "not produced yet" not in text
+    for run_id in run_ids:
+        assert run_id in text
+    assert "max_abs_error" in text and "test_accuracy" in text and "max_error" in text
+    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == 13
