@@ -260,7 +260,10 @@ def latest_runs(
     import mlflow
 
     tracking_uri = resolve_tracking_uri(uri)
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).exists():
+    if (
+        tracking_uri.startswith("sqlite:///")
+        and not Path(tracking_uri[len("sqlite:///") :]).exists()
+    ):
         return {}
     check_reachable(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
@@ -270,17 +273,26 @@ def latest_runs(
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 continue
+            want = dict((prefer_tags or {}).get(name, {}))
+            finished = "attributes.status = 'FINISHED'"
+            tagged = "".join(f" and tags.`{k}` = '{v}'" for k, v in want.items())
             runs = client.search_runs(
                 [exp.experiment_id],
-                filter_string="attributes.status = 'FINISHED'",
+                filter_string=finished + tagged,
                 order_by=["attributes.start_time DESC"],
-                max_results=200,
+                max_results=1,
             )
+            matched = bool(runs)
+            if not runs and want:
+                runs = client.search_runs(
+                    [exp.experiment_id],
+                    filter_string=finished,
+                    order_by=["attributes.start_time DESC"],
+                    max_results=1,
+                )
             if not runs:
                 continue
-            want = dict((prefer_tags or {}).get(name, {}))
-            hits = [r for r in runs if all(r.data.tags.get(k) == v for k, v in want.items())]
-            run = (hits or runs)[0]
+            run = runs[0]
             out[name] = {
                 "experiment": name,
                 "experiment_id": exp.experiment_id,
@@ -288,7 +300,7 @@ def latest_runs(
                 "run_name": run.info.run_name,
                 "status": run.info.status,
                 "start_time": run.info.start_time,
-                "matched": bool(hits) if want else True,
+                "matched": matched,
                 "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
             }
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
