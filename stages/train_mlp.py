@@ -46,9 +46,14 @@ def main() -> None:
         outputs = training.write_reports(result, data, args.reports)
         run.log_metrics(training.final_metrics(result, reloaded))
         run.log_artifacts(outputs)
-        run.log_model(
-            training.portable_model(result), "model", training.input_example(result, data)
+        info = run.log_model(
+            training.portable_model(result),
+            "model",
+            training.input_example(result, data),
+            metadata=training.model_metadata(result, data),
         )
+        if p.tracking.register_models:
+            run.register_model(info, EXPERIMENT, reloaded.accuracy)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,8 @@ class MathParams(Section):
 
 class TrackingParams(Section):
     uri: str = Field("sqlite:///mlflow.db", min_length=1)
+    # Register classifiers as mnist-mlp / cifar10-cnn; alias `champion` follows the best one.
+    register_models: bool = False
 
 
 class Params(Section):

@@ -151,8 +151,14 @@ class StageRun:
             elif p.exists():
                 self._mlflow.log_artifact(str(p), artifact_path=artifact_path)
 
-    def log_model(self, model: Any, name: str, input_example: Any) -> Any:
-        """Log a torch model with a signature inferred from `input_example` (a numpy array)."""
+    def log_model(
+        self, model: Any, name: str, input_example: Any, metadata: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Log a torch model with a signature inferred from `input_example` (a numpy array).
+
+        `metadata` (class names, normalisation, ...) is stored with the model so that `predict`
+        can use a registered model on its own.
+        """
         import mlflow.pytorch
         import torch
         from mlflow.models import infer_signature
@@ -171,7 +177,76 @@ class StageRun:
             signature=signature,
             input_example=input_example,
             pip_requirements=[f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"],
+            metadata=dict(metadata or {}),
         )
+
+    def register_model(self, model_info: Any, name: str, test_accuracy: float) -> dict[str, Any]:
+        """Register the logged model as a new version of `name`; move alias `champion` to it
+        when it beats the current champion (see `should_promote`). Returns what was done."""
+        client = self._mlflow.MlflowClient()
+        tags = self.run.data.tags | client.get_run(self.run_id).data.tags
+        data_hash = next(
+            (v for k, v in tags.items() if k.startswith("data.") and k.endswith(".md5")), ""
+        )
+        version_tags = {
+            "test_accuracy": repr(float(test_accuracy)),
+            "data.md5": data_hash,
+            "data.source": tags.get("data.source", ""),
+            "run_id": self.run_id,
+        }
+        mv = self._mlflow.register_model(model_info.model_uri, name, tags=version_tags)
+        champion = None
+        with contextlib.suppress(self._mlflow.exceptions.MlflowException):
+            champion = client.get_model_version_by_alias(name, CHAMPION)
+        promote, why = should_promote(version_tags, champion.tags if champion else None)
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, mv.version)
+        log.info("registered %s version %s; %s", name, mv.version, why)
+        result = {
+            "registry.name": name,
+            "registry.version": mv.version,
+            "registry.champion": promote,
+        }
+        self.set_tags(result | {"registry.decision": why})
+        return result
+
+
+CHAMPION = "champion"
+
+
+def should_promote(new: Mapping[str, str], champion: Mapping[str, str] | None) -> tuple[bool, str]:
+    """Whether a new model version takes the `champion` alias, and why.
+
+    Test accuracies are only comparable on the same test data (same `data.md5`). A model trained
+    on real data replaces a champion trained on synthetic data; other cross-data cases keep the
+    champion (move the alias by hand if that is wanted).
+    """
+    if champion is None:
+        return True, "first version: champion"
+    acc, champ_acc = float(new["test_accuracy"]), float(champion.get("test_accuracy", "-inf"))
+    if new.get("data.md5") == champion.get("data.md5"):
+        if acc > champ_acc:
+            return True, f"test accuracy {acc:.4f} beats champion's {champ_acc:.4f}: champion"
+        return False, f"test accuracy {acc:.4f} does not beat champion's {champ_acc:.4f}"
+    if champion.get("data.source") == "synthetic" and new.get("data.source") != "synthetic":
+        return True, "first model on real data replaces a synthetic-data champion"
+    return False, "champion was evaluated on other data; accuracies not comparable, alias kept"
+
+
+def load_model(uri: str) -> tuple[Any, dict[str, Any]]:
+    """Load a logged model (`models:/name@alias`, `runs:/<id>/model`, `models:/m-...`) and its
+    metadata; a one-line TrackingError when it cannot be found."""
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(None))
+    try:
+        info = mlflow.models.get_model_info(uri)
+        model = mlflow.pytorch.load_model(uri)  # logged from the CPU (portable_model)
+    except Exception as exc:  # noqa: BLE001 - unknown name, alias, run or a broken store
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"model '{uri}' not found or not loadable: {first}") from None
+    return model, dict(info.metadata or {})
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -578,3 +578,15 @@ def input_example(result: TrainResult, data: ImageData, n: int = 4) -> np.ndarra
     """A few normalised test images as float32 numpy: what the logged model takes as input."""
     normalizer = Normalizer(result.mean, result.std)
     return normalizer(data.test_images[:n]).numpy().astype(np.float32)
+
+
+def model_metadata(result: TrainResult, data: ImageData) -> dict[str, Any]:
+    """What a user of the logged model needs besides the weights (read by `predict`)."""
+    return {
+        "classes": list(result.classes),
+        "mean": list(result.mean),
+        "std": list(result.std),
+        "input_shape": list(data.test_images.shape[1:]),
+        "dataset": data.name,
+        "data_source": data.source,
+    }

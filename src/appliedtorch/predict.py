@@ -1,0 +1,119 @@
+"""Classify image files with a trained classifier.
+
+    appliedtorch-predict --model models:/mnist-mlp@champion digit.png
+    appliedtorch-predict --model models/cnn.pt --top 3 cat.png ship.jpg
+
+Prints one tab-separated line per image: the path, then class and probability for each of the
+`--top` most likely classes.
+
+`--model` takes a registered model (`models:/name@alias` or `models:/name/version`), a run's model
+(`runs:/<run_id>/model`) or a checkpoint file written by a training stage (`models/mlp.pt`). Images
+are converted the way the model was trained: grayscale 28x28 for MNIST (white digit on black, as in
+MNIST), RGB 32x32 for CIFAR-10, then normalised with the training mean and std.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from appliedtorch.cli import run_stage
+from appliedtorch.errors import AppliedTorchError
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A model plus what it needs to turn image files into inputs."""
+
+    model: Any  # callable: float32 (B, C, H, W) -> logits (B, K)
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    input_shape: tuple[int, int, int]  # (C, H, W)
+
+
+def load_classifier(uri: str) -> Classifier:
+    """Load a checkpoint file or an MLflow model URI, with its class names and normalisation."""
+    if "://" not in uri and not uri.startswith("models:/"):
+        from appliedtorch.models import load_checkpoint
+
+        model, meta = load_checkpoint(uri)
+    else:
+        from appliedtorch.tracking import load_model
+
+        model, meta = load_model(uri)
+    missing = {"classes", "mean", "std", "input_shape"} - meta.keys()
+    if missing:
+        raise AppliedTorchError(f"model '{uri}' lacks {', '.join(sorted(missing))}; retrain it")
+    return Classifier(
+        model=model,
+        classes=list(meta["classes"]),
+        mean=[float(m) for m in meta["mean"]],
+        std=[float(s) for s in meta["std"]],
+        input_shape=tuple(int(d) for d in meta["input_shape"]),  # type: ignore[arg-type]
+    )
+
+
+def read_image(path: str | Path, shape: tuple[int, int, int]) -> torch.Tensor:
+    """An image file as uint8 (C, H, W) in the model's input shape; one-line error if unusable."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = shape
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise AppliedTorchError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise AppliedTorchError(f"{path}: not an image file PIL can read ({exc})") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)
+
+
+def classify(clf: Classifier, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (B, K) for uint8 images (B, C, H, W)."""
+    mean = torch.tensor(clf.mean).view(1, -1, 1, 1)
+    std = torch.tensor(clf.std).view(1, -1, 1, 1)
+    x = (images.float() / 255.0 - mean) / std
+    with torch.inference_mode():
+        logits = clf.model(x)
+    return torch.softmax(logits.float(), dim=1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script `appliedtorch-predict`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", required=True, help="models:/name@alias, runs:/id/model or a .pt"
+    )
+    parser.add_argument("--top", type=int, default=1, help="show the K most likely classes")
+    parser.add_argument("images", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+
+    def predict() -> None:
+        clf = load_classifier(args.model)
+        batch = torch.stack([read_image(p, clf.input_shape) for p in args.images])
+        probs = classify(clf, batch)
+        k = max(1, min(args.top, len(clf.classes)))
+        for path, row in zip(args.images, probs, strict=True):
+            top = torch.topk(row, k)
+            guesses = "\t".join(
+                f"{clf.classes[i]}\t{p:.4f}"
+                for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            )
+            print(f"{path}\t{guesses}")
+
+    run_stage(predict)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Model registry (alias `champion`) and the `appliedtorch-predict` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from appliedtorch.data import download, load_dataset
+from appliedtorch.tracking import should_promote
+from conftest import run_script
+
+PREDICT = str(Path(sys.executable).parent / "appliedtorch-predict")
+
+
+def predict(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PREDICT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def version(acc: float, md5: str = "a.dir", source: str = "upstream") -> dict[str, str]:
+    return {"test_accuracy": repr(acc), "data.md5": md5, "data.source": source}
+
+
+@pytest.mark.parametrize(
+    ("new", "champion", "promote"),
+    [
+        (version(0.9), None, True),
+        (version(0.91), version(0.90), True),
+        (version(0.90), version(0.90), False),  # a tie keeps the champion
+        (version(0.89), version(0.90), False),
+        (
+            version(0.5, "b.dir"),
+            version(0.9, "a.dir", "synthetic"),
+            True,
+        ),  # real data beats synthetic
+        (version(0.99, "b.dir"), version(0.5, "a.dir"), False),  # other test data: not comparable
+        (version(0.99, "b.dir", "synthetic"), version(0.5, "a.dir"), False),
+    ],
+)
+def test_champion_rule(new, champion, promote):
+    assert should_promote(new, champion)[0] is promote
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mlflow_template_db):
+    """A tiny MLP trained by the real stage with registration on, in its own tracking DB."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("predict")
+    db = root / "mlflow.db"
+    shutil.copy(mlflow_template_db, db)
+    uri = f"sqlite:///{db}"
+    data_dir = root / "data" / "raw" / "mnist"
+    download("mnist", data_dir, source="synthetic", synthetic_sizes=(1500, 300))
+    return root, uri, data_dir
+
+
+def run_mlp(root: Path, uri: str, data_dir: Path, **mlp) -> subprocess.CompletedProcess:
+    import yaml
+
+    from conftest import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["device"] = "cpu"
+    params["mlp"].update(mlp)
+    params["tracking"]["register_models"] = True
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    env = {"MLFLOW_TRACKING_URI": uri}
+    proc = run_script(
+        "stages/train_mlp.py",
+        "--params", path, "--data", data_dir, "--model", root / "models" / "mlp.pt",
+        "--reports", root / "reports" / "mlp", cwd=root, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_register_champion_and_predict_a_png(trained, monkeypatch):
+    root, uri, data_dir = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_mlp(root, uri, data_dir, epochs=2)
+    client = mlflow.MlflowClient(uri)
+    champion = client.get_model_version_by_alias("mnist-mlp", "champion")
+    assert str(champion.version) == "1"
+
+    # A much weaker model on the same data: registered as version 2, champion stays at 1.
+    run_mlp(root, uri, data_dir, epochs=1, lr=1e-6)
+    versions = client.search_model_versions("name='mnist-mlp'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert str(client.get_model_version_by_alias("mnist-mlp", "champion").version) == "1"
+
+    # Test images written as PNGs, classified through the registry and through the .pt file.
+    data = load_dataset("mnist", data_dir)
+    paths = []
+    for i in range(8):
+        path = root / f"digit{i}.png"
+        Image.fromarray(data.test_images[i, 0].numpy()).save(path)
+        paths.append(path)
+    env_uri = {"MLFLOW_TRACKING_URI": uri}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env_uri["MLFLOW_TRACKING_URI"])
+    by_registry = predict("--model", "models:/mnist-mlp@champion", *paths, cwd=root)
+    assert by_registry.returncode == 0, by_registry.stderr[-2000:]
+    lines = by_registry.stdout.strip().splitlines()
+    assert len(lines) == 8
+    labels = [line.split("\t")[1] for line in lines]
+    probs = [float(line.split("\t")[2]) for line in lines]
+    assert all(0.0 < p <= 1.0 for p in probs)
+    truth = [data.classes[int(y)] for y in data.test_labels[:8]]
+    assert sum(a == b for a, b in zip(labels, truth, strict=True)) >= 5  # the champion learned
+
+    # A checkpoint file works too (here the weaker second model), with the top 3 classes.
+    by_file = predict("--model", root / "models" / "mlp.pt", "--top", "3", paths[0], cwd=root)
+    assert by_file.returncode == 0, by_file.stderr
+    fields = by_file.stdout.strip().split("\t")
+    assert len(fields) == 7 and fields[0] == str(paths[0])
+    assert float(fields[2]) >= float(fields[4]) >= float(fields[6])
+
+
+@pytest.mark.slow
+def test_predict_errors_are_one_line(trained, tmp_path, monkeypatch):
+    root, uri, data_dir = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = root / "models" / "mlp.pt"
+    if not model.exists():
+        run_mlp(root, uri, data_dir, epochs=1)
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    image = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    cases = [
+        (["--model", tmp_path / "nope.pt", image], "nope.pt: model file not found"),
+        (["--model", model, not_image], "notes.png: not an image file"),
+        (["--model", model, tmp_path / "missing.png"], "missing.png: file not found"),
+        (
+            ["--model", "models:/no-such-model@champion", image],
+            "model 'models:/no-such-model@champion' not found",
+        ),
+    ]
+    for args, message in cases:
+        proc = predict(*args, cwd=tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
+            proc.stderr
+        )
