@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from appliedtorch import training
+from appliedtorch import distributed, training
 from appliedtorch.cli import run_stage
 from appliedtorch.data import load_dataset
 from appliedtorch.params import load_params, run_params
-from appliedtorch.tracking import data_tags, stage_run
+from appliedtorch.tracking import data_tags
 from appliedtorch.utils import resolve_device, seed_everything
 
 DATASET, ARCH, EXPERIMENT = "cifar10", "cnn", "cifar10-cnn"
@@ -31,17 +31,27 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params(args.params)
+    world = distributed.launch(p.device)  # torchrun's process group; one process without it
     seed_everything(p.seed)
     data = load_dataset(DATASET, args.data)
-    config = training.TrainConfig.from_section(ARCH, p.cnn, seed=p.seed, device=p.device)
+    config = training.TrainConfig.from_section(
+        ARCH, p.cnn, seed=p.seed, device=world.device_name(p.device)
+    )
     tags = {
         **data_tags(DATASET, args.data, data.source),
         "device.resolved": resolve_device(p.device),
     }
-    with stage_run(EXPERIMENT, f"train_{ARCH}", run_params(p, ARCH), p.tracking.uri, tags) as run:
+    with distributed.main_stage_run(  # the MLflow run on rank 0; one that records nothing elsewhere
+        world, EXPERIMENT, f"train_{ARCH}", run_params(p, ARCH), p.tracking.uri, tags
+    ) as run:
         result = training.train_classifier(
-            data, config, callback=lambda e: run.log_metrics(e.metrics(), step=e.epoch)
+            data,
+            config,
+            callback=lambda e: run.log_metrics(e.metrics(), step=e.epoch),
+            world=world,
         )
+        if not world.is_main:  # rank 0 alone writes the outputs
+            return
         reloaded = training.save_verified_checkpoint(result, data, args.model)
         outputs = training.write_reports(result, data, args.reports)
         run.log_metrics(training.final_metrics(result, reloaded))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from appliedtorch.distributed import SINGLE, World
 from appliedtorch.errors import AppliedTorchError, DivergenceError
 from appliedtorch.models import build_model, load_checkpoint, save_checkpoint
 from appliedtorch.utils import atomic_path, resolve_device
@@ -287,11 +288,23 @@ def model_args_for(config: TrainConfig, data: ImageData) -> dict[str, Any]:
 
 
 def _check_finite(
-    losses: torch.Tensor, upto: int, checked: int, epoch: int, lr: float, arch: str
+    losses: torch.Tensor,
+    upto: int,
+    checked: int,
+    epoch: int,
+    lr: float,
+    arch: str,
+    world: World = SINGLE,
 ) -> int:
     """Raise DivergenceError naming the first step in [checked, upto) with a NaN/inf loss."""
     window = losses[checked:upto]
     bad = ~torch.isfinite(window)
+    # With several processes all of them stop together (one alone would leave the rest waiting).
+    if world.any(bool(bad.any())) and not bool(bad.any()):
+        raise DivergenceError(
+            f"training diverged in another process at epoch {epoch} (lr {lr:g}); "
+            f"lower {arch}.lr in params.yaml"
+        )
     if bool(bad.any()):
         step = checked + int(bad.nonzero()[0, 0]) + 1
         value = float(window[step - checked - 1])
@@ -306,8 +319,13 @@ def train_classifier(
     data: ImageData,
     config: TrainConfig,
     callback: Callable[[EpochStats], None] | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
-    """Train the configured network on `data` (in memory) and evaluate it after every epoch."""
+    """Train the configured network on `data` (in memory) and evaluate it after every epoch.
+
+    With a distributed `world` (torchrun), each process trains on its shard of every epoch's
+    permutation and the metrics are combined across processes (see `appliedtorch.distributed`).
+    """
     device = resolve_device(config.device)
     mean, std = NORMALIZATION.get(data.name, NORMALIZATION["cifar10"])
     if len(mean) != data.train_images.shape[1]:
@@ -324,6 +342,9 @@ def train_classifier(
     n = len(train_x)
     if n == 0 or len(test_x) == 0:
         raise AppliedTorchError(f"dataset '{data.name}' has no training or no test samples")
+    batch_size = world.local_batch_size(config.batch_size, config.arch)  # config's, alone
+    n_local = world.shard_size(n)  # n, alone
+    eval_x, eval_y = world.shard_eval(test_x, test_y, config.eval_batch_size)
 
     torch.manual_seed(config.seed)  # weight init and dropout
     generator = torch.Generator(device=device).manual_seed(config.seed)  # shuffling, augmentation
@@ -331,9 +352,12 @@ def train_classifier(
         torch.backends.cudnn.benchmark = True
     model_args = model_args_for(config, data)
     model = build_model(config.arch, **model_args).to(device)
+    world.seed_rank(config.seed)
+    augment_generator = world.augment_generator(generator, config.seed, device)  # alone: generator
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = torch.compile(model) if config.compile else model
+    net: nn.Module = world.wrap(model, device)  # DistributedDataParallel with several processes
+    net = torch.compile(net) if config.compile else net
     optimizer = _make_optimizer(model, config.lr, device)
     scheduler = (
         torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
@@ -341,9 +365,9 @@ def train_classifier(
         else None
     )
     normalizer = Normalizer(mean, std, device, config.channels_last)
-    steps = math.ceil(n / config.batch_size)
-    sizes = torch.full((steps,), float(config.batch_size), device=device)
-    sizes[-1] = n - (steps - 1) * config.batch_size  # the last batch may be short, as in DataLoader
+    steps = math.ceil(n_local / batch_size)
+    sizes = torch.full((steps,), float(batch_size), device=device)
+    sizes[-1] = n_local - (steps - 1) * batch_size  # the last batch may be short, as in DataLoader
     history: list[EpochStats] = []
     train_seconds = 0.0
     eval_seconds = 0.0
@@ -356,20 +380,20 @@ def train_classifier(
             checked = 0
             _sync(device)
             start = time.perf_counter()
-            perm = torch.randperm(n, generator=generator, device=device)
+            perm = world.shard(torch.randperm(n, generator=generator, device=device))
             bar = tqdm(
                 range(steps),
                 desc=f"epoch {epoch}/{config.epochs}",
                 unit="batch",
                 leave=False,
-                disable=None if config.progress else True,  # None: only on a terminal
+                disable=None if config.progress and world.is_main else True,  # None: a terminal
                 mininterval=0.5,
             )
             for k in bar:
-                idx = perm[k * config.batch_size : (k + 1) * config.batch_size]
+                idx = perm[k * batch_size : (k + 1) * batch_size]
                 xb = train_x[idx]  # (B, C, H, W) uint8
                 if config.augment:
-                    xb = random_crop_flip(xb, generator)
+                    xb = random_crop_flip(xb, augment_generator)
                 xb = normalizer(xb)
                 with _autocast(device, config.bf16):
                     logits = net(xb)
@@ -379,18 +403,20 @@ def train_classifier(
                 optimizer.step()
                 losses[k] = loss.detach()  # no host sync here; checked every CHECK_EVERY steps
                 if (k + 1) % CHECK_EVERY == 0:
-                    checked = _check_finite(losses, k + 1, checked, epoch, lr, config.arch)
+                    checked = _check_finite(losses, k + 1, checked, epoch, lr, config.arch, world)
                     bar.set_postfix(loss=f"{float(losses[k]):.4f}", refresh=False)
-            _check_finite(losses, steps, checked, epoch, lr, config.arch)
+            _check_finite(losses, steps, checked, epoch, lr, config.arch, world)
             _sync(device)
             seconds = time.perf_counter() - start
             bar.close()
             train_seconds += seconds
-            train_loss = float((losses * sizes).sum()) / n  # per-sample mean over the epoch
+            train_loss = world.mean((losses * sizes).sum(), n_local)  # per-sample mean
             if scheduler is not None:
                 scheduler.step()
-            evaluation = evaluate(
-                net, test_x, test_y, normalizer, config.eval_batch_size, config.bf16
+            evaluation = world.merge_evaluation(
+                evaluate(net, eval_x, eval_y, normalizer, config.eval_batch_size, config.bf16),
+                test_y,
+                config.eval_batch_size,
             )
             eval_seconds += evaluation.seconds
             stats = EpochStats(

@@ -1,0 +1,33 @@
+"""Run by tests/test_distributed.py under torchrun: train both classifiers, rank 0 writes JSON.
+
+python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py out.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+from test_distributed import CONFIGS, make_data
+
+from appliedtorch import distributed
+from appliedtorch.training import train_classifier
+
+
+def main() -> None:
+    world = distributed.launch("cpu")
+    out = {"world_size": world.size}
+    for name, (dataset, config) in CONFIGS.items():
+        result = train_classifier(make_data(dataset), config, world=world)
+        out[name] = {
+            "history": [dataclasses.asdict(h) for h in result.history],
+            "predictions": result.evaluation.predictions.tolist(),
+        }
+    if world.is_main:
+        with open(sys.argv[1], "w") as f:
+            json.dump(out, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Distributed training: the sharding arithmetic, and 2 processes (torchrun, gloo, CPU) giving the
+same results as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from appliedtorch import synthetic
+from appliedtorch.data import ImageData, download, load_dataset
+from appliedtorch.distributed import SINGLE, World
+from appliedtorch.errors import AppliedTorchError
+from appliedtorch.params import load_params
+from appliedtorch.training import TrainConfig, train_classifier
+from conftest import PYTHON, REPO
+
+SIZES = {"mnist": (1024, 300), "cifar10": (256, 100)}
+# Sample counts divisible by the global batch: no padding, no short batch, so two processes
+# with half batches average to exactly the one-process gradients (up to float sum order).
+# The CNN runs without augmentation or dropout, whose random streams are per process.
+CONFIGS = {
+    "mlp": (
+        "mnist",
+        TrainConfig("mlp", epochs=2, batch_size=64, lr=1e-3, threads=1, progress=False),
+    ),
+    "cnn": (
+        "cifar10",
+        TrainConfig(
+            "cnn",
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            dropout=0.0,
+            threads=1,
+            channels_last=True,
+            eval_batch_size=64,
+            progress=False,
+        ),
+    ),  # fmt: skip
+    # 250 samples: the shards are padded and the last batch is short; with augmentation.
+    "cnn_uneven": (
+        "cifar10_250",
+        TrainConfig(
+            "cnn",
+            epochs=2,
+            batch_size=32,
+            lr=2e-3,
+            augment=True,
+            threads=1,
+            channels_last=True,
+            eval_batch_size=48,
+            progress=False,
+        ),
+    ),  # fmt: skip
+}
+
+
+@cache
+def make_data(name: str) -> ImageData:
+    """Tiny synthetic data in memory ('cifar10_250': 250 training images)."""
+    base, _, n = name.partition("_")
+    n_train, n_test = SIZES[base]
+    x, y = synthetic.generate(base, int(n or n_train), seed=0, split="train")
+    xt, yt = synthetic.generate(base, n_test, seed=0, split="test")
+    return ImageData(
+        base,
+        torch.from_numpy(x),
+        torch.from_numpy(y),
+        torch.from_numpy(xt),
+        torch.from_numpy(yt),
+        [str(i) for i in range(10)],
+        "synthetic",
+    )
+
+
+def torchrun(*args: object, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 ...` with this interpreter (it picks a free port)."""
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run(
+        [*cmd, *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ---- arithmetic, no processes -------------------------------------------------------------------
+
+
+def test_single_world_changes_nothing():
+    perm = torch.randperm(10)
+    x, y = torch.arange(10), torch.arange(10)
+    assert SINGLE.shard(perm) is perm
+    assert SINGLE.local_batch_size(64, "mlp") == 64 and SINGLE.shard_size(10) == 10
+    assert all(a is b for a, b in zip(SINGLE.shard_eval(x, y, 4), (x, y), strict=True))
+    assert SINGLE.mean(torch.tensor(3.0), 2) == 1.5 and SINGLE.any(True) and not SINGLE.any(False)
+
+
+def test_shards_split_every_global_batch_between_the_ranks():
+    n, size, batch = 10, 3, 6  # 10 samples padded to 12; global batch 6 = 3 ranks x 2
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    shards = [World(size=size, rank=r).shard(perm) for r in range(size)]
+    assert [len(s) for s in shards] == [4, 4, 4]
+    padded = torch.cat([perm, perm[:2]])
+    assert sorted(torch.cat(shards).tolist()) == sorted(padded.tolist())
+    local = World(size=size).local_batch_size(batch, "cnn")
+    for k in range(2):  # step k of every rank together is global batch k
+        step = torch.cat([s[k * local : (k + 1) * local] for s in shards])
+        assert sorted(step.tolist()) == sorted(padded[k * batch : (k + 1) * batch].tolist())
+
+
+def test_evaluation_parts_are_whole_one_process_batches():
+    world = World(size=2)
+    assert world.eval_indices(10, 4, 0).tolist() == [0, 1, 2, 3, 8, 9]
+    assert world.eval_indices(10, 4, 1).tolist() == [4, 5, 6, 7]
+    assert World(size=4).eval_indices(5, 4, 3).tolist() == []
+
+
+def test_batch_size_not_divisible_by_the_processes_is_one_clear_error():
+    with pytest.raises(
+        AppliedTorchError, match=r"mlp.batch_size \(64\) must be divisible .* \(3\)"
+    ):
+        World(size=3).local_batch_size(64, "mlp")
+
+
+# ---- two processes ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    out = tmp_path / "out.json"
+    proc = torchrun(REPO / "tests" / "ddp_worker.py", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["world_size"] == 2
+    for name in ("mlp", "cnn"):
+        dataset, config = CONFIGS[name]
+        one = train_classifier(make_data(dataset), config)
+        two = got[name]["history"]
+        assert len(two) == len(one.history) == config.epochs
+        for a, b in zip(one.history, two, strict=True):
+            for key in ("train_loss", "test_loss"):
+                assert b[key] == pytest.approx(getattr(a, key), rel=1e-3), (name, key)
+            assert abs(b["test_accuracy"] - a.test_accuracy) <= 0.02, name
+        agree = (torch.tensor(got[name]["predictions"]) == one.evaluation.predictions).float()
+        assert agree.mean() >= 0.97, name
+    # Padded shards, a short last batch and per-process augmentation: it runs and learns.
+    uneven = got["cnn_uneven"]["history"]
+    assert len(uneven) == 2 and uneven[1]["train_loss"] < uneven[0]["train_loss"]
+    assert uneven[-1]["test_loss"] < 2.2  # chance: ln 10 = 2.30
+    assert len(got["cnn_uneven"]["predictions"]) == SIZES["cifar10"][1]
+
+
+@pytest.mark.slow
+def test_train_mlp_stage_under_torchrun(tmp_path, tracking_uri, params_file):
+    data_dir = tmp_path / "data" / "raw" / "mnist"
+    download(
+        "mnist",
+        data_dir,
+        source="synthetic",
+        synthetic_sizes=(1024, 256),
+    )
+    params = params_file({"device": "cpu", "mlp": {"epochs": 2, "train_limit": 1024}})
+    model, reports = tmp_path / "models" / "mlp.pt", tmp_path / "reports" / "mlp"
+    proc = torchrun(
+        REPO / "stages" / "train_mlp.py",
+        "--params", params, "--data", data_dir, "--model", model, "--reports", reports,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("epoch 2: train loss") == 1  # rank 1 logs warnings only
+
+    p = load_params(params)
+    config = TrainConfig.from_section("mlp", p.mlp, seed=p.seed, device="cpu")
+    one = train_classifier(load_dataset("mnist", data_dir), config)
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert metrics["test_loss"] == pytest.approx(one.evaluation.loss, rel=1e-3)
+    assert abs(metrics["test_accuracy"] - one.evaluation.accuracy) <= 0.02
+    assert metrics["train_samples"] == 1024 and model.exists()
+
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["distributed.world_size"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
