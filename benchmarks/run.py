@@ -1,0 +1,526 @@
+"""Every speed figure of the project in one run: tutorial vs project loops, PINN, evaluation, DVC.
+
+    python benchmarks/run.py                  # full size, 3 repetitions, medians (~10 min, 2 cores)
+    python benchmarks/run.py --quick          # small data, 2 repetitions: a smoke run (~2 min)
+    python benchmarks/run.py --only mlp,cnn --reps 5
+    python benchmarks/run.py --dvc-repo .     # time `dvc repro` in this (already reproduced) repo
+
+One process times, on the same data and with the median of several repetitions:
+
+- **MLP epoch**: the tutorial's loop (per-sample PIL transforms through a DataLoader, plain Adam,
+  torch's default thread count; `train_speed.tutorial_epoch`) against the project's
+  `train_classifier` with params.yaml's `mlp` section, on full-size synthetic MNIST generated in
+  memory (`appliedtorch.synthetic.generate`).
+- **CNN epoch**: the same for the CIFAR-10 CNN; both loops run `--cnn-batches` batches and the
+  epoch time is extrapolated to the full 391-batch epoch (a full tutorial epoch takes minutes).
+- The project's loop is timed with params.yaml's `threads` and with torch's default thread count,
+  so the `threads` default can be chosen on the machine that will run it.
+- **Evaluation pass** over the 10,000 test images: the tutorial's DataLoader loop (`torch.no_grad`,
+  batches of the training batch size) against `appliedtorch.training.evaluate`.
+- **PINN**: params.yaml's recipe over 5 seeds (median max error and seconds) and the tutorial's
+  recipe once (`pinn_seeds.run_once`).
+- **`dvc repro` with nothing changed**: in a temporary git+DVC copy of the project reproduced once
+  with full-size synthetic data and shrunk training (`--quick`: small data), or in `--dvc-repo`.
+
+Prints a table with the ratios and targets and writes reports/benchmarks.json atomically.
+Timings on a shared machine mean little: the load average at start and end is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from appliedtorch.data import ImageData
+from appliedtorch.models import build_model
+from appliedtorch.params import PINNParams, load_params
+from appliedtorch.training import (
+    NORMALIZATION,
+    Normalizer,
+    TrainConfig,
+    cpu_threads,
+    evaluate,
+    model_args_for,
+)
+from appliedtorch.utils import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pinn_seeds  # noqa: E402 - the sibling benchmark scripts, reused
+import train_speed  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TARGETS = {
+    "mlp_epoch": 8.0,  # speed-up over the tutorial's loop
+    "cnn_epoch": 3.0,
+    "pinn_max_error": 1e-7,  # median over 5 seeds
+    "pinn_seconds": 10.0,
+    "dvc_noop_seconds": 3.0,
+}
+SECTIONS = ("mlp", "cnn", "eval", "pinn", "dvc")
+
+
+def median_of(run: Callable[[], float], reps: int) -> tuple[float, list[float]]:
+    """Call `run` reps times; (median, all values)."""
+    values = [run() for _ in range(reps)]
+    return statistics.median(values), values
+
+
+def thread_options(config: TrainConfig) -> list[int]:
+    """params.yaml's thread count first, then torch's default if it differs."""
+    default = torch.get_num_threads()
+    return list(dict.fromkeys([config.threads or default, default]))
+
+
+def with_test_subset(data: ImageData, n: int) -> ImageData:
+    """The same data with only the first n test images (evaluation cost out of training timings)."""
+    return dataclasses.replace(
+        data, test_images=data.test_images[:n], test_labels=data.test_labels[:n]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Training epochs
+
+
+def epoch_benchmark(
+    arch: str, data: ImageData, base: TrainConfig, batches: int | None, reps: int
+) -> dict[str, Any]:
+    """Tutorial vs project epoch seconds (median of reps, alternating), per thread count."""
+    steps = math.ceil(len(data.train_images) / base.batch_size)
+    tutorial_runs: list[float] = []
+    project_runs: dict[int, list[float]] = {t: [] for t in thread_options(base)}
+    tutorial_acc = project_acc = None
+    for rep in range(reps):
+        # Alternate the loops so a change in machine load hits both alike.
+        model, seconds, done = train_speed.tutorial_epoch(arch, data, base, batches)
+        tutorial_runs.append(seconds / done * steps)
+        if rep == 0 and batches is None:
+            tutorial_acc = train_speed.accuracy(model, data)
+        for threads, runs in project_runs.items():
+            config = dataclasses.replace(base, threads=threads)
+            timed = data if batches is None else with_test_subset(data, 256)
+            seconds, acc, done = train_speed.project_epoch(timed, config, batches)
+            runs.append(seconds / done * steps)
+            if rep == 0 and batches is None and threads == thread_options(base)[0]:
+                project_acc = acc
+    tutorial = statistics.median(tutorial_runs)
+    project = {t: statistics.median(r) for t, r in project_runs.items()}
+    chosen = thread_options(base)[0]
+    return {
+        "train_samples": len(data.train_images),
+        "batch_size": base.batch_size,
+        "batches_per_epoch": steps,
+        "batches_timed": batches or steps,
+        "extrapolated": batches is not None and batches < steps,
+        "tutorial_threads": torch.get_num_threads(),
+        "tutorial_seconds": tutorial,
+        "tutorial_runs": tutorial_runs,
+        "tutorial_accuracy": tutorial_acc,
+        "project_threads": chosen,
+        "project_seconds": project[chosen],
+        "project_accuracy": project_acc,
+        "project_by_threads": {
+            str(t): {"seconds": project[t], "runs": project_runs[t], "ratio": tutorial / project[t]}
+            for t in project
+        },
+        "fastest_threads": min(project, key=project.get),
+        "ratio": tutorial / project[chosen],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation pass
+
+
+def tutorial_evaluation(model: torch.nn.Module, data: ImageData, batch_size: int) -> float:
+    """The tutorial's test loop (DataLoader of PIL transforms, no_grad, .item() per batch); seconds."""
+    mean, std = NORMALIZATION[data.name]
+    dataset = train_speed.TutorialDataset(
+        data.test_images.numpy(),
+        data.test_labels.numpy(),
+        transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)]),
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    model.eval()
+    correct = total = 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for images, labels in loader:
+            outputs = model(images)
+            _, predicted = torch.max(outputs.data, 1)
+            total += labels.size(0)
+            correct += (predicted == labels).sum().item()
+    return time.perf_counter() - start
+
+
+def project_evaluation(model: torch.nn.Module, data: ImageData, config: TrainConfig) -> float:
+    """`appliedtorch.training.evaluate` as the training loop calls it; seconds."""
+    mean, std = NORMALIZATION[data.name]
+    normalizer = Normalizer(mean, std, "cpu", config.channels_last)
+    with cpu_threads(config.threads):
+        ev = evaluate(model, data.test_images, data.test_labels, normalizer, config.eval_batch_size)
+    return ev.seconds
+
+
+def eval_benchmark(arch: str, data: ImageData, base: TrainConfig, reps: int) -> dict[str, Any]:
+    """Tutorial vs project evaluation pass over the test set, same (untrained) weights."""
+    torch.manual_seed(base.seed)
+    tutorial_model = build_model(arch, **model_args_for(base, data))
+    project_model = build_model(arch, **model_args_for(base, data))
+    project_model.load_state_dict(tutorial_model.state_dict())
+    if base.channels_last:
+        project_model = project_model.to(memory_format=torch.channels_last)
+    tutorial_runs, project_runs = [], []
+    for _ in range(reps):
+        tutorial_runs.append(tutorial_evaluation(tutorial_model, data, base.batch_size))
+        project_runs.append(project_evaluation(project_model, data, base))
+    tutorial, project = statistics.median(tutorial_runs), statistics.median(project_runs)
+    return {
+        "test_samples": len(data.test_images),
+        "tutorial_batch_size": base.batch_size,
+        "project_batch_size": base.eval_batch_size,
+        "tutorial_seconds": tutorial,
+        "tutorial_runs": tutorial_runs,
+        "project_seconds": project,
+        "project_runs": project_runs,
+        "ratio": tutorial / project,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# PINN
+
+
+def pinn_benchmark(params_path: Path, seeds: int) -> dict[str, Any]:
+    """params.yaml's PINN recipe over `seeds` seeds, the tutorial's recipe once."""
+    cfg = load_params(params_path).pinn
+    runs = [pinn_seeds.run_once(cfg, seed) for seed in range(seeds)]
+    tutorial = pinn_seeds.run_once(PINNParams(num_threads=0), 0)  # as pinn_seeds does
+    return {
+        "seeds": seeds,
+        "runs": runs,
+        "max_error_median": statistics.median(r["max_abs_error"] for r in runs),
+        "max_error_worst": max(r["max_abs_error"] for r in runs),
+        "seconds_median": statistics.median(r["total_seconds"] for r in runs),
+        "tutorial": tutorial,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# dvc repro with nothing changed
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc_env(tracking_uri: str | None) -> dict[str, str]:
+    """Environment for DVC subprocesses: this venv first on PATH, no analytics."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    for key, value in (("GIT_AUTHOR_NAME", "bench"), ("GIT_AUTHOR_EMAIL", "bench@invalid")):
+        env.setdefault(key, value)
+        env.setdefault(key.replace("AUTHOR", "COMMITTER"), value)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def make_workspace(ws: Path, quick: bool) -> dict[str, str]:
+    """A git+DVC copy of the project (as tests/test_pipeline.py builds it), reproduced once."""
+    ws.mkdir(parents=True)
+    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml", ".gitignore"):
+        shutil.copy(REPO / name, ws / name)
+    for name in ("stages", "src"):
+        shutil.copytree(
+            REPO / name, ws / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    # Full-size synthetic data (what DVC hashes in a real workspace), training shrunk to seconds.
+    sizes = {"mnist_train": 2000, "mnist_test": 500, "cifar10_train": 1000, "cifar10_test": 300}
+    overrides = {
+        "device": "cpu",
+        "data": {"source": "synthetic", **({"synthetic": sizes} if quick else {})},
+        "mlp": {"epochs": 1, "train_limit": 1000},
+        "cnn": {"epochs": 1, "train_limit": 500},
+        "pinn": {"adam_steps": 300, "lbfgs_steps": 50},
+    }
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dvc_env(f"sqlite:///{ws / 'mlflow.db'}")
+    dvc = str(BIN / "dvc")
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        [dvc, "init", "-q"],
+        [dvc, "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "benchmark workspace"],
+    ):
+        _run(cmd, ws, env)
+    print(f"  reproducing the pipeline once in {ws} (minutes) ...", flush=True)
+    _run([dvc, "repro"], ws, env)
+    return env
+
+
+@contextlib.contextmanager
+def dvc_workspace(args: argparse.Namespace) -> Iterator[tuple[Path, dict[str, str]]]:
+    """The workspace to time: --dvc-repo as is, --workspace (kept, built if new), or a temp one."""
+    if args.dvc_repo:
+        yield args.dvc_repo.resolve(), dvc_env(None)
+        return
+    if args.workspace:
+        ws = args.workspace.resolve()
+        env = dvc_env(f"sqlite:///{ws / 'mlflow.db'}")
+        if not (ws / "dvc.lock").exists():
+            env = make_workspace(ws, args.quick)
+        yield ws, env
+        return
+    with tempfile.TemporaryDirectory(prefix="appliedtorch-bench-") as tmp:
+        ws = Path(tmp) / "ws"
+        yield ws, make_workspace(ws, args.quick)
+
+
+def dvc_benchmark(args: argparse.Namespace, reps: int) -> dict[str, Any]:
+    """Seconds of `dvc repro` when nothing changed (one untimed warm-up run first)."""
+    with dvc_workspace(args) as (ws, env):
+        dvc = str(BIN / "dvc")
+        _run([dvc, "repro"], ws, env)  # warm-up: OS file cache, DVC's state database
+        runs, did_work = [], False
+        for _ in range(reps):
+            start = time.perf_counter()
+            proc = _run([dvc, "repro"], ws, env)
+            runs.append(time.perf_counter() - start)
+            did_work |= "Running stage" in proc.stdout
+        raw = ws / "data" / "raw"
+        raw_bytes = (
+            sum(f.stat().st_size for f in raw.rglob("*") if f.is_file()) if raw.exists() else 0
+        )
+    try:
+        # ruamel.yaml.clib: DVC's YAML parsing in C (dvc.yaml, dvc.lock, params.yaml, 13 parses
+        # per repro); measured 1.5 s instead of 1.8 s for a no-op repro on the quiet 2-core machine.
+        import _ruamel_yaml  # noqa: F401
+
+        c_yaml = True
+    except ImportError:
+        c_yaml = False
+    return {
+        "workspace": str(args.dvc_repo or args.workspace or "temporary"),
+        "data_raw_bytes": raw_bytes,
+        "seconds": statistics.median(runs),
+        "runs": runs,
+        "nothing_ran": not did_work,
+        "ruamel_c_parser": c_yaml,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _fmt_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g} s" if x < 10 else f"{x:.1f} s"
+
+
+def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """Rows: (benchmark, tutorial, project, ratio, target, verdict)."""
+    rows = []
+    for arch in ("mlp", "cnn"):
+        r = results.get(f"{arch}_epoch")
+        if not r:
+            continue
+        target = TARGETS[f"{arch}_epoch"]
+        note = f", {r['batches_timed']} batches timed" if r["extrapolated"] else ""
+        rows.append(
+            (
+                f"{arch.upper()} epoch ({r['train_samples']} images{note})",
+                f"{_fmt_s(r['tutorial_seconds'])} ({r['tutorial_threads']} thr)",
+                f"{_fmt_s(r['project_seconds'])} ({r['project_threads']} thr)",
+                f"{r['ratio']:.1f}x",
+                f">= {target:g}x",
+                "ok" if r["ratio"] >= target else "MISSED",
+            )
+        )
+        for t, v in r["project_by_threads"].items():
+            if int(t) != r["project_threads"]:
+                rows.append(
+                    (
+                        "  project, other threads",
+                        "",
+                        f"{_fmt_s(v['seconds'])} ({t} thr)",
+                        f"{v['ratio']:.1f}x",
+                        "",
+                        "",
+                    )
+                )
+    for arch in ("mlp", "cnn"):
+        r = results.get(f"{arch}_eval")
+        if r:
+            rows.append(
+                (
+                    f"{arch.upper()} evaluation ({r['test_samples']} images)",
+                    _fmt_s(r["tutorial_seconds"]),
+                    _fmt_s(r["project_seconds"]),
+                    f"{r['ratio']:.1f}x",
+                    "",
+                    "",
+                )
+            )
+    r = results.get("pinn")
+    if r:
+        tut = r["tutorial"]
+        err_ok = r["max_error_median"] <= TARGETS["pinn_max_error"]
+        rows.append(
+            (
+                f"PINN max error (median of {r['seeds']} seeds)",
+                f"{tut['max_abs_error']:.1e}",
+                f"{r['max_error_median']:.1e}",
+                f"{tut['max_abs_error'] / r['max_error_median']:.0f}x",
+                f"<= {TARGETS['pinn_max_error']:g}",
+                "ok" if err_ok else "MISSED",
+            )
+        )
+        rows.append(
+            (
+                "PINN seconds (median)",
+                _fmt_s(tut["total_seconds"]),
+                _fmt_s(r["seconds_median"]),
+                f"{tut['total_seconds'] / r['seconds_median']:.1f}x",
+                f"<= {TARGETS['pinn_seconds']:g} s",
+                "ok" if r["seconds_median"] <= TARGETS["pinn_seconds"] else "MISSED",
+            )
+        )
+    r = results.get("dvc_noop")
+    if r:
+        ok = r["seconds"] <= TARGETS["dvc_noop_seconds"] and r["nothing_ran"]
+        rows.append(
+            (
+                f"dvc repro, nothing changed ({r['data_raw_bytes'] / 1e6:.0f} MB data)",
+                "",
+                _fmt_s(r["seconds"]),
+                "",
+                f"<= {TARGETS['dvc_noop_seconds']:g} s",
+                ("ok" if ok else "MISSED") + ("" if r["nothing_ran"] else " (a stage ran)"),
+            )
+        )
+    return rows
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    header = ("benchmark", "tutorial", "project", "ratio", "target", "")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1/10 of the data, 2 repetitions")
+    parser.add_argument("--reps", type=int, help="repetitions per timing (default 3; quick: 2)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"subset of {SECTIONS}")
+    parser.add_argument("--cnn-batches", type=int, help="CNN batches timed (default 40; quick: 8)")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--dvc-repo", type=Path, help="time `dvc repro` here instead")
+    parser.add_argument("--workspace", type=Path, help="keep (or reuse) the DVC workspace here")
+    parser.add_argument("--json", type=Path, default=REPO / "reports" / "benchmarks.json")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    if unknown := only - set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}")
+    reps = args.reps or (2 if args.quick else 3)
+    scale = 0.1 if args.quick else 1.0
+    cnn_batches = args.cnn_batches or (8 if args.quick else 40)
+
+    p = load_params(args.params)
+    machine = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_default_threads": torch.get_num_threads(),
+        "load_average_start": os.getloadavg()[0],
+        "quick": args.quick,
+        "reps": reps,
+    }
+    print(
+        f"torch {machine['torch']}, {machine['cpu_count']} CPUs ({machine['cpu_capability']}), "
+        f"{machine['torch_default_threads']} default threads, load average "
+        f"{machine['load_average_start']:.2f}; {reps} repetitions, medians"
+    )
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    for arch in ("mlp", "cnn"):
+        if arch not in only and "eval" not in only:
+            continue
+        data = train_speed.load_synthetic(train_speed.DATASET[arch], scale)
+        base = TrainConfig.from_section(arch, getattr(p, arch), seed=p.seed, device="cpu")
+        base = dataclasses.replace(base, epochs=1, train_limit=None, progress=False)
+        if arch in only:
+            print(f"{arch.upper()} epoch ...", flush=True)
+            batches = cnn_batches if arch == "cnn" else None
+            results[f"{arch}_epoch"] = epoch_benchmark(arch, data, base, batches, reps)
+        if "eval" in only:
+            print(f"{arch.upper()} evaluation ...", flush=True)
+            results[f"{arch}_eval"] = eval_benchmark(arch, data, base, reps)
+    if "pinn" in only:
+        print("PINN (5 seeds + the tutorial's recipe) ...", flush=True)
+        results["pinn"] = pinn_benchmark(args.params, seeds=5)
+    if "dvc" in only:
+        print("dvc repro with nothing changed ...", flush=True)
+        results["dvc_noop"] = dvc_benchmark(args, max(reps, 3))
+    machine["load_average_end"] = os.getloadavg()[0]
+    machine["seconds"] = time.perf_counter() - started
+    rows = table(results)
+    print()
+    print_table(rows)
+    print(
+        f"\nload average {machine['load_average_start']:.2f} -> {machine['load_average_end']:.2f}"
+    )
+    for arch in ("mlp", "cnn"):
+        r = results.get(f"{arch}_epoch")
+        if r and r["fastest_threads"] != r["project_threads"]:
+            print(
+                f"note: {arch}.threads = {r['fastest_threads']} was faster here than "
+                f"{r['project_threads']} (params.yaml)"
+            )
+    write_json(
+        args.json,
+        {
+            "machine": machine,
+            "targets": TARGETS,
+            "results": results,
+            "table": [list(r) for r in rows],
+        },
+    )
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
