@@ -16,7 +16,7 @@ from appliedtorch import demos, plots
 from appliedtorch.cli import run_stage
 from appliedtorch.params import load_params, run_params
 from appliedtorch.tracking import stage_run
-from appliedtorch.utils import save_figure, seed_everything, write_json
+from appliedtorch.utils import check_writable, save_figure, seed_everything, write_json
 
 log = logging.getLogger("math_demos")
 
@@ -28,6 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params(args.params)
+    check_writable(args.reports)  # before any work and before an MLflow run is started
     seed_everything(p.seed)
     with stage_run("math-demos", "math_demos", run_params(p, "math"), p.tracking.uri) as run:
         results = demos.run_all(p.math, device=p.device)

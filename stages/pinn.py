@@ -16,7 +16,7 @@ from appliedtorch import pinn
 from appliedtorch.cli import run_stage
 from appliedtorch.params import load_params, run_params
 from appliedtorch.tracking import stage_run
-from appliedtorch.utils import seed_everything
+from appliedtorch.utils import check_writable, seed_everything
 
 log = logging.getLogger("pinn")
 
@@ -29,6 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params(args.params)
+    check_writable(args.model.parent, args.reports)  # before any work, not after solving
     seed_everything(p.seed)
     tags = {"device.resolved": "cpu"}  # a 141-weight net is latency-bound: the CPU beats a GPU
     with stage_run("pinn-ode", "pinn", run_params(p, "pinn"), p.tracking.uri, tags) as run:

@@ -82,12 +82,38 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:
 
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+            fig.savefig(
+                tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None}
+            )
     finally:
         plt.close(fig)
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save, atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save, atomically; equal objects give byte-identical files."""
+    # A file object, not the path: given a path, torch names the zip archive's root folder after
+    # the file, and the temporary name is random, so two saves of equal tensors differed.
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)
+
+
+def check_writable(*dirs: str | os.PathLike) -> None:
+    """Fail before any work if files cannot be written into each of `dirs` (created later).
+
+    The nearest existing ancestor must be a directory this process may write to. A parent that
+    is a regular file stops root as well as anyone (chmod does not stop root).
+    """
+    for d in map(Path, dirs):
+        existing = next((p for p in (d, *d.parents) if p.exists()), None)
+        if existing is None:
+            continue
+        if not existing.is_dir():
+            raise AppliedTorchError(
+                f"cannot write {d}: {existing} is a file, not a directory; "
+                "move it away or pass another output path"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise AppliedTorchError(
+                f"cannot write {d}: no write permission on {existing}; "
+                "fix its permissions or pass another output path"
+            )
