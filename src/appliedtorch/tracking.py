@@ -55,7 +55,46 @@ def resolve_tracking_uri(uri: str | None, root: str | os.PathLike | None = None)
             path = Path(root) if root else repo_root()
             path = path / uri[len(prefix) :]
         uri = prefix + str(path.resolve())
+    check_uri(uri)
     return uri
+
+
+# Schemes MLflow's tracking client accepts (a `+driver` suffix, e.g. postgresql+psycopg, is allowed).
+_SCHEMES = {"sqlite", "http", "https", "file", "postgresql", "mysql", "mssql"}
+_SCHEMES |= {"databricks", "databricks-uc", "uc"}
+
+
+def check_uri(uri: str) -> None:
+    """Reject a malformed tracking URI with one line naming it and what is expected.
+
+    Without this a typo fails late and obscurely: `http://host:port5000` ended in a traceback,
+    `htp://...` in a model-registry message, and `sqlite://` (in memory) would lose every run.
+    """
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.split("+")[0].lower()
+    problem = None
+    if scheme in ("", "file") and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
+        problem = "is a plain path (MLflow 3 refuses its file store)"
+    elif scheme not in _SCHEMES and scheme != "":
+        problem = f"has an unknown scheme '{parts.scheme}'"
+    elif scheme == "sqlite" and not (uri.startswith("sqlite:///") and len(uri) > 10):
+        problem = "is not sqlite:///<path to the database file>"
+    elif scheme in ("http", "https"):
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            problem = "has an invalid port"
+        else:
+            if not parts.hostname:
+                problem = "has no host"
+    if problem:
+        where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
+        raise TrackingError(
+            f"tracking URI '{uri}' {problem}; set {where} to sqlite:///path/to/mlflow.db or "
+            "http(s)://host:port"
+        )
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -253,6 +292,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast (seconds, not minutes of client retries) when an http(s) tracking server is down."""
     if not uri.startswith(("http://", "https://")):
         return
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -261,7 +301,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             pass
     except urllib.error.HTTPError:
         return  # the server answered; auth or routing problems surface with their own message
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(
             f"MLflow tracking server {uri} is not reachable ({reason}); start it, fix tracking.uri "
@@ -276,13 +316,19 @@ def stage_run(
     params: Mapping[str, Any],
     uri: str | None = None,
     tags: Mapping[str, Any] | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[StageRun]:
-    """Start one MLflow run for one stage execution; end it FINISHED, or FAILED if the block raises."""
-    import mlflow
+    """Start one MLflow run for one stage execution; end it FINISHED, or FAILED if the block raises.
 
+    `resume_run_id` (from a training checkpoint) continues that run, tagged `resumed: true`;
+    if it cannot be reopened (e.g. another tracking store), a new run links to it with the tag
+    `resumed_from`.
+    """
     root = repo_root()
     tracking_uri = resolve_tracking_uri(uri, root)
     check_reachable(tracking_uri)
+    import mlflow  # after the checks: importing it takes seconds that a dead server should not
+
     mlflow.set_tracking_uri(tracking_uri)
     try:
         exp = mlflow.get_experiment_by_name(experiment)
@@ -300,14 +346,24 @@ def stage_run(
         run_name = (
             f"{stage}@{exp_name}" if exp_name else f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
-        active = mlflow.start_run(run_name=run_name)
+        resume_tags: dict[str, str] = {}
+        active = _reopen_run(mlflow, resume_run_id) if resume_run_id else None
+        if active is not None:
+            resume_tags = {"resumed": "true"}
+        else:
+            active = mlflow.start_run(run_name=run_name)
+            if resume_run_id:
+                resume_tags = {"resumed_from": resume_run_id}
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"cannot use MLflow tracking at {tracking_uri}: {first}") from None
     run = StageRun(mlflow, active)
     try:
         run.set_tags(
-            lineage_tags(stage, root) | {"params.md5": params_md5(params)} | dict(tags or {})
+            lineage_tags(stage, root)
+            | {"params.md5": params_md5(params)}
+            | dict(tags or {})
+            | resume_tags
         )
         mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
         log.info("MLflow run %s in experiment '%s' at %s", run.run_id, experiment, tracking_uri)
@@ -318,6 +374,16 @@ def stage_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def _reopen_run(mlflow: Any, run_id: str) -> Any:
+    """Continue an interrupted run; None (with a warning) if this store does not have it."""
+    try:
+        return mlflow.start_run(run_id=run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("cannot continue MLflow run %s (%s); starting a new one", run_id, first)
+        return None
 
 
 def latest_runs(
