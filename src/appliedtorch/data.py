@@ -111,6 +111,11 @@ def load_dataset(name: str, root: str | os.PathLike) -> ImageData:
     if not root.is_dir():
         raise DataError(f"{root}: dataset {name} not found; {_redo(name)}")
     record = _read_record(root, name)
+    if record.get("dataset", name) != name:
+        raise DataError(
+            f"{root} holds {record['dataset']}, not {name}; pass the {name} directory "
+            f"(data/raw/{name}) or {_redo(name)}"
+        )
     # Sizes are cheap to check and catch truncated files; DVC already verifies content hashes.
     for rel, info in record.get("files", {}).items():
         path = root / rel
@@ -149,7 +154,10 @@ def _read_mnist(root: Path) -> dict[str, Any]:
             ds = MNIST(root, train=train)
         except (RuntimeError, AssertionError, ValueError, TypeError, KeyError) as exc:
             folder = Path(root) / "MNIST" / "raw"
-            raise DataError(f"{folder}: MNIST {split} files missing or corrupt ({exc})") from None
+            # torchvision's text is empty for a bad IDX header and advises download=True for
+            # missing files, which is not how this project gets its data.
+            why = str(exc).split(" You can use download=True")[0].rstrip(".") or "bad IDX header"
+            raise DataError(f"{folder}: MNIST {split} files missing or corrupt ({why})") from None
         images, labels = ds.data, ds.targets
         if images.shape[1:] != (28, 28) or len(images) != len(labels):
             raise DataError(
@@ -176,7 +184,7 @@ def _read_cifar10(root: Path) -> dict[str, Any]:
         except FileNotFoundError:
             raise DataError(f"{path} is missing") from None
         except Exception as exc:  # noqa: BLE001 - unpickling a damaged file can raise anything
-            raise DataError(f"{path} is corrupt ({type(exc).__name__}: {exc})") from None
+            raise DataError(f"{path} is corrupt ({type(exc).__name__}: {_brief(exc)})") from None
 
     out: dict[str, Any] = {}
     for split, names in (("train", CIFAR10_BATCHES[:5]), ("test", ["test_batch"])):
@@ -198,6 +206,12 @@ def _read_cifar10(root: Path) -> dict[str, Any]:
         raise DataError(f"{folder / 'batches.meta'} lacks the 10 label_names")
     out["classes"] = [str(c) for c in classes]
     return out
+
+
+def _brief(exc: BaseException, limit: int = 100) -> str:
+    """An exception as short printable text: a damaged file's bytes can end up in its message."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(exc))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_labels(labels: torch.Tensor, what: str) -> None:

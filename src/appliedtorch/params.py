@@ -26,9 +26,10 @@ PositiveInt = Field(gt=0)
 
 
 class Section(BaseModel):
-    """Base for every section: unknown keys and silent type coercion are errors."""
+    """Base for every section: unknown keys, silent type coercion and inf/nan are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: `lr: .inf` passed `gt=0` and only failed as a diverged run.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class SyntheticSizes(Section):
@@ -189,6 +190,8 @@ def _describe(err: dict[str, Any], name: str) -> str:
         bound = next(iter(ctx.values()))
         bound = f"{bound:g}" if isinstance(bound, (int, float)) else bound
         return f"{name}: {key} must be {bounds[kind]} {bound} (got {got!r})"
+    if kind == "finite_number":
+        return f"{name}: {key} must be a finite number (got {got!r})"
     if kind == "literal_error":
         return f"{name}: {key} must be {ctx.get('expected')} (got {got!r})"
     if kind in ("too_short", "string_too_short"):
