@@ -13,11 +13,12 @@ import argparse
 from pathlib import Path
 
 from appliedtorch import distributed, training
+from appliedtorch.checkpoint import Checkpointer, checkpoint_path, fingerprint
 from appliedtorch.cli import run_stage
 from appliedtorch.data import load_dataset
 from appliedtorch.params import load_params, run_params
 from appliedtorch.tracking import data_tags
-from appliedtorch.utils import resolve_device, seed_everything
+from appliedtorch.utils import check_writable, resolve_device, seed_everything
 
 DATASET, ARCH, EXPERIMENT = "mnist", "mlp", "mnist-mlp"
 
@@ -31,6 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params(args.params)
+    check_writable(args.model.parent, args.reports)  # before any work, not after training
     world = distributed.launch(p.device)  # torchrun's process group; one process without it
     seed_everything(p.seed)
     data = load_dataset(DATASET, args.data)
@@ -41,13 +43,17 @@ def main() -> None:
         **data_tags(DATASET, args.data, data.source),
         "device.resolved": resolve_device(p.device),
     }
+    # Resumes a run killed mid-training (models/.<arch>.ckpt) if params and data are the same.
+    ckpt = Checkpointer.open(checkpoint_path(args.model), fingerprint(run_params(p, ARCH), tags))
     with distributed.main_stage_run(  # the MLflow run on rank 0; one that records nothing elsewhere
-        world, EXPERIMENT, f"train_{ARCH}", run_params(p, ARCH), p.tracking.uri, tags
+        world, EXPERIMENT, f"train_{ARCH}", run_params(p, ARCH), p.tracking.uri, tags, ckpt.run_id
     ) as run:
+        ckpt.run_id = run.run_id
         result = training.train_classifier(
             data,
             config,
             callback=lambda e: run.log_metrics(e.metrics(), step=e.epoch),
+            checkpoint=None if world.distributed else ckpt,  # resuming: one process only
             world=world,
         )
         if not world.is_main:  # rank 0 alone writes the outputs
@@ -64,6 +70,7 @@ def main() -> None:
         )
         if p.tracking.register_models:
             run.register_model(info, EXPERIMENT, reloaded.accuracy)
+        ckpt.remove()  # every output is written: the next run starts fresh
 
 
 if __name__ == "__main__":

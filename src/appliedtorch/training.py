@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from appliedtorch import checkpoint as ckpt
 from appliedtorch.distributed import SINGLE, World
 from appliedtorch.errors import AppliedTorchError, DivergenceError
 from appliedtorch.models import build_model, load_checkpoint, save_checkpoint
@@ -40,6 +41,7 @@ from appliedtorch.utils import atomic_path, resolve_device
 if TYPE_CHECKING:
     import pandas as pd
 
+    from appliedtorch.checkpoint import Checkpointer
     from appliedtorch.data import ImageData
 
 log = logging.getLogger(__name__)
@@ -319,10 +321,12 @@ def train_classifier(
     data: ImageData,
     config: TrainConfig,
     callback: Callable[[EpochStats], None] | None = None,
+    checkpoint: Checkpointer | None = None,
     world: World = SINGLE,
 ) -> TrainResult:
     """Train the configured network on `data` (in memory) and evaluate it after every epoch.
 
+    With `checkpoint`, the state is saved after every epoch and a loaded state is resumed from.
     With a distributed `world` (torchrun), each process trains on its shard of every epoch's
     permutation and the metrics are combined across processes (see `appliedtorch.distributed`).
     """
@@ -371,9 +375,14 @@ def train_classifier(
     history: list[EpochStats] = []
     train_seconds = 0.0
     eval_seconds = 0.0
+    done, evaluation = 0, None
+    if checkpoint is not None and checkpoint.state is not None:
+        done = ckpt.restore(checkpoint.state, model, optimizer, scheduler, generator)
+        history = [EpochStats(**h) for h in checkpoint.state["history"]]
+        train_seconds, eval_seconds = checkpoint.state["seconds"]
 
     with cpu_threads(config.threads):
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(done + 1, config.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             net.train()
             losses = torch.zeros(steps, device=device)
@@ -439,6 +448,18 @@ def train_classifier(
             )
             if callback is not None:
                 callback(stats)
+            if checkpoint is not None:
+                extra = {
+                    "history": [dataclasses.asdict(h) for h in history],
+                    "seconds": (train_seconds, eval_seconds),
+                }
+                checkpoint.save(ckpt.capture(epoch, model, optimizer, scheduler, generator, extra))
+        if evaluation is None:  # resumed after the last epoch: only the final evaluation is left
+            evaluation = world.merge_evaluation(
+                evaluate(net, eval_x, eval_y, normalizer, config.eval_batch_size, config.bf16),
+                test_y,
+                config.eval_batch_size,
+            )
 
     model.eval()
     return TrainResult(
