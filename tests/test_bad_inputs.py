@@ -1,0 +1,324 @@
+"""A catalogue of bad inputs, each run through a real stage script: params, data, environment.
+
+Every case must end with exactly one line `error: <problem and what to do>` on stderr, no
+traceback, a nonzero exit code (2 for params, 1 otherwise), and the workspace untouched: every
+file (earlier outputs, data, the tracking database) keeps its bytes and mtime, and nothing new
+(not even a temporary file) appears.
+
+The scripts run in-process (`runpy`, as `python stages/<stage>.py` would, `run_stage` and all;
+an escaping exception fails the test the way a traceback fails a user); a subprocess costs ~10 s
+of imports per case on a busy machine. `test_real_process` runs a few cases as real processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from appliedtorch.data import download
+from conftest import REPO, _merge
+
+ARGS = {  # as in dvc.yaml, relative to the workspace
+    "download": ["--dataset", "mnist", "--out", "data/raw/mnist"],
+    "math_demos": ["--reports", "reports/math"],
+    "pinn": ["--model", "models/pinn.pt", "--reports", "reports/pinn"],
+    "train_mlp": ["--data", "data/raw/mnist", "--model", "models/mlp.pt", "--reports", "reports/mlp"],
+    "train_cnn": ["--data", "data/raw/cifar10", "--model", "models/cnn.pt",
+                  "--reports", "reports/cnn"],
+}  # fmt: skip
+TINY = {
+    "device": "cpu",
+    "data": {"source": "synthetic", "synthetic": {"mnist_train": 40, "mnist_test": 20}},
+    "mlp": {"epochs": 1, "train_limit": 32},
+    "cnn": {"epochs": 1, "train_limit": 32},
+    "pinn": {"adam_steps": 10, "lbfgs_steps": 0, "lm_steps": 0},
+    "math": {"gd_steps": 50},
+}
+PREVIOUS = {  # outputs of an earlier good run, which a failed run must leave alone
+    "models/mlp.pt": b"previous mlp",
+    "models/cnn.pt": b"previous cnn",
+    "models/pinn.pt": b"previous pinn",
+    **{f"reports/{r}/metrics.json": b'{"previous": 1}\n' for r in ("mlp", "cnn", "math", "pinn")},
+}
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- ways to break a workspace -----------------------------------------------------------------
+
+
+def rm(rel: str) -> Callable[[Path], None]:
+    return lambda ws: shutil.rmtree(ws / rel)
+
+
+def truncate(rel: str) -> Callable[[Path], None]:
+    def go(ws: Path) -> None:
+        path = ws / rel
+        path.write_bytes(path.read_bytes()[:-100])
+
+    return go
+
+
+def overwrite_start(rel: str, garbage: bytes) -> Callable[[Path], None]:
+    """Same size, damaged content: the size check cannot see it, the parser must."""
+
+    def go(ws: Path) -> None:
+        path = ws / rel
+        raw = path.read_bytes()
+        path.write_bytes(garbage + raw[len(garbage) :])
+
+    return go
+
+
+def make_file(rel: str) -> Callable[[Path], None]:
+    """Put a regular file where an output directory goes: no write succeeds there, not even as
+    root (root ignores permission bits, so chmod would not make this test mean anything)."""
+
+    def go(ws: Path) -> None:
+        path = ws / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        path.write_bytes(b"a file in the way\n")
+
+    return go
+
+
+def write(rel: str, text: str) -> Callable[[Path], None]:
+    return lambda ws: (ws / rel).write_text(text)
+
+
+def mkdir(rel: str) -> Callable[[Path], None]:
+    return lambda ws: (ws / rel).mkdir()
+
+
+# ---- the catalogue ---------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    stage: str
+    message: str  # regex that the text after `error: ` must match from its start
+    code: int = 1
+    params: dict | str | None = None  # overrides, or the whole file's text
+    setup: Callable[[Path], None] | None = None
+    env: dict[str, str | None] = field(default_factory=dict)  # None: unset
+    args: dict[str, str] = field(default_factory=dict)  # replaced command-line values
+
+
+MNIST_RAW = "data/raw/mnist/MNIST/raw"
+GPU = torch.cuda.is_available()
+CUDA = f"cuda:{torch.cuda.device_count()}" if GPU else "cuda"  # a device that is not there
+HINT_URI = r"; set (tracking\.uri|MLFLOW_TRACKING_URI) to sqlite:///path/to/mlflow\.db or http\(s\)://host:port$"
+REDO = r"; run `dvc repro download@(mnist|cifar10)` \(or `dvc pull` from the team remote\)$"
+
+CASES = {
+    # params.yaml: ParamsError, exit code 2, one line naming the key
+    "unknown-key": Case("train_mlp", r"params\.yaml: unknown key 'mlp\.learning_rate'$", 2,
+                        {"mlp": {"learning_rate": 0.1}}),
+    "wrong-type-int": Case("train_mlp", r"params\.yaml: mlp\.epochs must be an integer \(got 'five'\)$",
+                           2, {"mlp": {"epochs": "five"}}),
+    "wrong-type-bool": Case("train_cnn", r"params\.yaml: cnn\.augment must be true or false \(got 'yes'\)$",
+                            2, {"cnn": {"augment": "yes"}}),
+    "negative-lr": Case("train_mlp", r"params\.yaml: mlp\.lr must be > 0 \(got -1\)$", 2,
+                        {"mlp": {"lr": -1}}),
+    "zero-lr": Case("train_cnn", r"params\.yaml: cnn\.lr must be > 0 \(got 0\)$", 2, {"cnn": {"lr": 0}}),
+    "infinite-lr": Case("train_mlp", r"params\.yaml: mlp\.lr must be a finite number \(got inf\)$", 2,
+                        {"mlp": {"lr": float("inf")}}),
+    "zero-epochs": Case("train_cnn", r"params\.yaml: cnn\.epochs must be > 0 \(got 0\)$", 2,
+                        {"cnn": {"epochs": 0}}),
+    "negative-epochs": Case("train_mlp", r"params\.yaml: mlp\.epochs must be > 0 \(got -3\)$", 2,
+                            {"mlp": {"epochs": -3}}),
+    "zero-batch-size": Case("train_mlp", r"params\.yaml: mlp\.batch_size must be > 0 \(got 0\)$", 2,
+                            {"mlp": {"batch_size": 0}}),
+    "negative-batch-size": Case("train_cnn", r"params\.yaml: cnn\.batch_size must be > 0 \(got -8\)$",
+                                2, {"cnn": {"batch_size": -8}}),
+    "dropout-one": Case("train_cnn", r"params\.yaml: cnn\.dropout must be < 1 \(got 1\.0\)$", 2,
+                        {"cnn": {"dropout": 1.0}}),
+    "dropout-negative": Case("train_cnn", r"params\.yaml: cnn\.dropout must be >= 0 \(got -0\.1\)$",
+                             2, {"cnn": {"dropout": -0.1}}),
+    "negative-steps": Case("pinn", r"params\.yaml: pinn\.adam_steps must be >= 0 \(got -1\)$", 2,
+                           {"pinn": {"adam_steps": -1}}),
+    "bad-device-name": Case("math_demos",
+                            r"params\.yaml: device must be auto, cpu, cuda or cuda:N \(got 'gpu'\)$",
+                            2, {"device": "gpu"}),
+    "malformed-yaml": Case("math_demos", r"params\.yaml: not valid YAML at line 2, column 1: ", 2,
+                           "seed: [1, 2\n"),
+    "empty-file": Case("pinn", r"params\.yaml: file is empty; it needs the sections data, mlp, ", 2, ""),
+    "params-not-found": Case("train_mlp", r"missing\.yaml: file not found \(run from the repository root\)$",
+                             2, args={"--params": "missing.yaml"}),
+    # the device: asked for, not there
+    "cuda-without-gpu": Case("train_mlp", rf"device '{CUDA}' (was asked for but no CUDA GPU is "
+                             r"available; set device: auto or device: cpu|does not exist)",
+                             params={"device": CUDA}),
+    # data: DataError, naming the file and how to get the data again
+    "missing-data-raw": Case("train_mlp", r"data/raw/mnist: dataset mnist not found" + REDO,
+                             setup=rm("data/raw/mnist")),
+    "truncated-file": Case("train_mlp", rf"{MNIST_RAW}/t10k-images-idx3-ubyte has \d+ bytes, \d+ "
+                           r"expected \(truncated or modified\)" + REDO,
+                           setup=truncate(f"{MNIST_RAW}/t10k-images-idx3-ubyte")),
+    "corrupt-idx-header": Case("train_mlp", rf"{MNIST_RAW}: MNIST train files missing or corrupt "
+                               r"\(bad IDX header\)" + REDO,
+                               setup=overwrite_start(f"{MNIST_RAW}/train-images-idx3-ubyte", b"\xff" * 4)),
+    "corrupt-pickle": Case("train_cnn", r"data/raw/cifar10/cifar-10-batches-py/test_batch is corrupt "
+                           r"\(\w+: .{1,100}\)" + REDO,
+                           setup=overwrite_start("data/raw/cifar10/cifar-10-batches-py/test_batch",
+                                                 b"garbage!")),
+    "wrong-dataset": Case("train_mlp", r"data/raw/cifar10 holds cifar10, not mnist; pass the mnist "
+                          r"directory \(data/raw/mnist\) or " + REDO[2:],
+                          args={"--data": "data/raw/cifar10"}),
+    "unreadable-record": Case("train_cnn", r"data/raw/cifar10/source\.json is unreadable \(.*\)" + REDO,
+                              setup=write("data/raw/cifar10/source.json", "{not json")),
+    "mirror-without-files": Case("download", r"cannot get train-images-idx3-ubyte\.gz for mnist: "
+                                 r"tried \S+/empty-mirror/train-images-idx3-ubyte\.gz \(no such file\)"
+                                 r"; set data\.source in params\.yaml to upstream, another mirror or "
+                                 r"synthetic, or get data/raw/mnist with `dvc pull`$",
+                                 params={"data": {"source": "empty-mirror"}}, setup=mkdir("empty-mirror")),
+    "source-nowhere": Case("download", r"data\.source 'no/such/mirror' is not upstream, synthetic, an "
+                           r"http\(s\):// URL or an existing directory; set data\.source in params\.yaml$",
+                           params={"data": {"source": "no/such/mirror"}}),
+    # environment: outputs that cannot be written are found before any work
+    "models-unwritable": Case("train_mlp", r"cannot write models: models is a file, not a directory; "
+                              "move it away or pass another output path$", setup=make_file("models")),
+    "reports-unwritable": Case("train_mlp", r"cannot write reports/mlp: reports/mlp is a file, not a "
+                               "directory; ", setup=make_file("reports/mlp")),
+    "pinn-models-unwritable": Case("pinn", r"cannot write models: models is a file",
+                                   setup=make_file("models")),
+    "math-reports-unwritable": Case("math_demos", r"cannot write reports/math: reports/math is a file",
+                                    setup=make_file("reports/math")),
+    # tracking: unreachable or malformed URI, before any work is lost
+    "tracking-unreachable": Case("math_demos", r"MLflow tracking server http://127\.0\.0\.1:\d+ is not "
+                                 r"reachable \(.*[Rr]efused\); start it, fix tracking\.uri in params\.yaml, "
+                                 "or unset MLFLOW_TRACKING_URI$",
+                                 env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{closed_port}"}),
+    "tracking-bad-port": Case("train_mlp", r"tracking URI 'http://localhost:port5000' has an invalid port"
+                              + HINT_URI, params={"tracking": {"uri": "http://localhost:port5000"}},
+                              env={"MLFLOW_TRACKING_URI": None}),
+    "tracking-bad-scheme": Case("math_demos", r"tracking URI 'htp://localhost:5000' has an unknown scheme "
+                                r"'htp'" + HINT_URI, env={"MLFLOW_TRACKING_URI": "htp://localhost:5000"}),
+    "tracking-in-memory": Case("pinn", r"tracking URI 'sqlite://' is not sqlite:///<path to the database "
+                               r"file>" + HINT_URI, env={"MLFLOW_TRACKING_URI": "sqlite://"}),
+}  # fmt: skip
+
+
+# ---- running a case ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path) -> Path:
+    """A workspace as after a good run: params.yaml, data/raw, earlier outputs, tracking DB."""
+    ws = tmp_path_factory.mktemp("bad-inputs")
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    download("mnist", ws / "data/raw/mnist", "synthetic", synthetic_sizes=(40, 20))
+    download("cifar10", ws / "data/raw/cifar10", "synthetic", synthetic_sizes=(20, 10))
+    for rel, content in PREVIOUS.items():
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_bytes(content)
+    shutil.copy(mlflow_template_db, ws / "mlflow.db")
+    return ws
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under `root`: size, mtime and hash."""
+    return {
+        p.relative_to(root).as_posix(): (
+            p.stat().st_size,
+            p.stat().st_mtime_ns,
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+        )
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def prepare(case: Case, template: Path, tmp_path: Path) -> tuple[Path, list[str], dict]:
+    """A private broken workspace, the stage's arguments and its environment."""
+    ws = Path(shutil.copytree(template, tmp_path / "ws"))
+    if isinstance(case.params, str):
+        (ws / "params.yaml").write_text(case.params)
+    elif case.params:
+        params = _merge(yaml.safe_load((ws / "params.yaml").read_text()), case.params)
+        (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if case.setup:
+        case.setup(ws)
+    argv = ["--params", "params.yaml", *ARGS[case.stage]]
+    for flag, value in case.args.items():
+        argv[argv.index(flag) + 1] = value
+    env: dict[str, str | None] = {"MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}"}
+    for key, value in case.env.items():
+        env[key] = value.format(closed_port=closed_port()) if value else None
+    return ws, argv, env
+
+
+def check_error(case: Case, code: int | None, stderr: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr[-3000:]
+    assert code == case.code, (code, lines)
+    assert lines[0].startswith("error: ") and lines[0].isprintable(), lines
+    assert re.match(case.message, lines[0].removeprefix("error: ")), lines[0]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input(name: str, template: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    case = CASES[name]
+    ws, argv, env = prepare(case, template, tmp_path)
+    before = snapshot(ws)
+    monkeypatch.chdir(ws)
+    for key, value in env.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "argv", [f"{case.stage}.py", *argv])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "stages" / f"{case.stage}.py"), run_name="__main__")
+    check_error(case, exit_info.value.code, capsys.readouterr().err)
+    assert snapshot(ws) == before  # nothing written, replaced, half-written or left behind
+
+
+@pytest.mark.slow
+def test_real_process(template: Path, tmp_path: Path) -> None:
+    """The same contract from a real `python stages/<stage>.py`: stderr is the one line.
+
+    (test_reliability runs two more real processes: a diverging run and a hung tracking server.)
+    """
+    case = CASES["reports-unwritable"]
+    ws, argv, env = prepare(case, template, tmp_path)
+    before = snapshot(ws)
+    full_env = {k: v for k, v in os.environ.items() if k not in env} | {
+        k: v for k, v in env.items() if v is not None
+    }
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{case.stage}.py"), *argv],
+        cwd=ws,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    check_error(case, proc.returncode, proc.stderr)
+    assert snapshot(ws) == before
+
+
+def test_catalogue_is_broad() -> None:
+    assert len(CASES) >= 20
+    assert {c.stage for c in CASES.values()} == set(ARGS)  # every stage script is exercised
