@@ -34,13 +34,17 @@ def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tracking_uri(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def tracking_uri(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch):
     """A fresh sqlite tracking URI in tmp_path, exported as MLFLOW_TRACKING_URI (subprocesses too)."""
     db = tmp_path / "mlflow.db"
     shutil.copy(mlflow_template_db, db)
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+    yield uri
+    # In-process stage_run calls set MLflow's global URI; don't let it leak into later tests.
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture

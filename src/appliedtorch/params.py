@@ -89,7 +89,9 @@ class PINNParams(Section):
     bc_weight: float = Field(1.0, gt=0)  # weight of the boundary penalty (soft only)
     dtype: Literal["float32", "float64"] = "float32"
     collocation_points: int = Field(100, gt=1)
-    resample_every: int = Field(0, ge=0)  # Adam draws fresh random points every N steps; 0: fixed grid
+    resample_every: int = Field(
+        0, ge=0
+    )  # Adam draws fresh random points every N steps; 0: fixed grid
     adam_steps: int = Field(10000, ge=0)
     lr: float = Field(0.01, gt=0)
     lbfgs_steps: int = Field(0, ge=0)
