@@ -13,8 +13,10 @@ One process times, on the same data and with the median of several repetitions:
   memory (`appliedtorch.synthetic.generate`).
 - **CNN epoch**: the same for the CIFAR-10 CNN; both loops run `--cnn-batches` batches and the
   epoch time is extrapolated to the full 391-batch epoch (a full tutorial epoch takes minutes).
-- The project's loop is timed with params.yaml's `threads` and with torch's default thread count,
-  so the `threads` default can be chosen on the machine that will run it.
+- The project's loop is timed with params.yaml's `threads`, with 1 thread and with torch's default
+  (all cores), so the `threads` defaults can be checked on the machine that will run them.
+- Everything runs with OMP_WAIT_POLICY=PASSIVE unless the environment sets it (appliedtorch sets
+  it, as in the stages; on the quiet machine it left the tutorial's loops unchanged).
 - **Evaluation pass** over the 10,000 test images: the tutorial's DataLoader loop (`torch.no_grad`,
   batches of the training batch size) against `appliedtorch.training.evaluate`.
 - **PINN**: params.yaml's recipe over 5 seeds (median max error and seconds) and the tutorial's
@@ -27,6 +29,9 @@ Timings on a shared machine mean little: the load average at start and end is re
 """
 
 from __future__ import annotations
+
+# First, as in the stages: appliedtorch sets OMP_WAIT_POLICY before torch loads OpenMP.
+import appliedtorch  # noqa: F401  # isort: skip
 
 import argparse
 import contextlib
@@ -85,9 +90,9 @@ def median_of(run: Callable[[], float], reps: int) -> tuple[float, list[float]]:
 
 
 def thread_options(config: TrainConfig) -> list[int]:
-    """params.yaml's thread count first, then torch's default if it differs."""
+    """params.yaml's thread count first, then 1 and torch's default (all cores) where they differ."""
     default = torch.get_num_threads()
-    return list(dict.fromkeys([config.threads or default, default]))
+    return list(dict.fromkeys([config.threads or default, 1, default]))
 
 
 def with_test_subset(data: ImageData, n: int) -> ImageData:
@@ -293,7 +298,11 @@ def make_workspace(ws: Path, quick: bool) -> dict[str, str]:
 def dvc_workspace(args: argparse.Namespace) -> Iterator[tuple[Path, dict[str, str]]]:
     """The workspace to time: --dvc-repo as is, --workspace (kept, built if new), or a temp one."""
     if args.dvc_repo:
-        yield args.dvc_repo.resolve(), dvc_env(None)
+        repo, env = args.dvc_repo.resolve(), dvc_env(None)
+        status = _run([str(BIN / "dvc"), "status"], repo, env).stdout
+        if "up to date" not in status:  # a timed `dvc repro` would train for real
+            raise SystemExit(f"--dvc-repo {repo}: not up to date; run `dvc repro` there first")
+        yield repo, env
         return
     if args.workspace:
         ws = args.workspace.resolve()
@@ -465,13 +474,15 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_default_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_start": os.getloadavg()[0],
         "quick": args.quick,
         "reps": reps,
     }
     print(
         f"torch {machine['torch']}, {machine['cpu_count']} CPUs ({machine['cpu_capability']}), "
-        f"{machine['torch_default_threads']} default threads, load average "
+        f"{machine['torch_default_threads']} default threads, "
+        f"OMP_WAIT_POLICY={machine['omp_wait_policy']}, load average "
         f"{machine['load_average_start']:.2f}; {reps} repetitions, medians"
     )
     results: dict[str, Any] = {}

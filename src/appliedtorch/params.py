@@ -59,7 +59,8 @@ class MLPParams(Section):
     eval_batch_size: int = Field(2048, gt=0)
     bf16: bool = False  # bfloat16 autocast (AMP); pays off on CUDA or a CPU with AVX-512 bf16
     compile: bool = False  # torch.compile the model (first epoch pays the compile time)
-    # 1: on a busy 2-core machine two OpenMP threads spin against each other (measured 3-80x slower)
+    # 1: small GEMMs; 2 threads gained ~10% on the quiet 2-core CPU but lost 3x with another process
+    # busy (spinning), and waking sleeping threads (OMP_WAIT_POLICY=PASSIVE) cost more than they gave
     threads: int | None = Field(1, gt=0)  # CPU threads while training; None = torch's default
 
 
@@ -76,8 +77,9 @@ class CNNParams(Section):
     channels_last: bool = True
     bf16: bool = False  # bfloat16 autocast (CPU with AVX-512 bf16, or CUDA)
     compile: bool = False  # torch.compile the model (first epoch pays the compile time)
-    # 1: on a busy 2-core machine two OpenMP threads spin against each other (measured 3-80x slower)
-    threads: int | None = Field(1, gt=0)  # CPU threads while training; None = torch's default
+    # None (all cores): with OMP_WAIT_POLICY=PASSIVE (appliedtorch sets it) 2 threads were 1.8x
+    # faster than 1 on the quiet 2-core CPU and as fast with another process busy (benchmarks/run.py)
+    threads: int | None = Field(None, gt=0)  # CPU threads while training; None = torch's default
 
 
 class PINNParams(Section):
