@@ -9,7 +9,6 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 
@@ -186,6 +185,8 @@ def test_train_mlp_stage_under_torchrun(tmp_path, tracking_uri, params_file):
     assert metrics["test_loss"] == pytest.approx(one.evaluation.loss, rel=1e-3)
     assert abs(metrics["test_accuracy"] - one.evaluation.accuracy) <= 0.02
     assert metrics["train_samples"] == 1024 and model.exists()
+
+    import mlflow  # here, not at the top: ddp_worker.py imports this module in every process
 
     client = mlflow.MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id])
