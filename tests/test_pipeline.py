@@ -87,32 +87,70 @@ def make_workspace(root: Path, overrides: dict, tracking_uri: str) -> tuple[Path
     return ws, env
 
 
+EXPERIMENTS = {
+    "math-demos": "math_demos",
+    "pinn-ode": "pinn",
+    "mnist-mlp": "train_mlp",
+    "cifar10-cnn": "train_cnn",
+}
+
+
 @pytest.mark.slow
-def test_repro_math_and_pinn_then_nothing_to_do(tmp_path, tracking_uri):
+def test_full_repro_on_synthetic_data_then_nothing_to_do(tmp_path, tracking_uri):
+    """`dvc repro` builds every stage offline; runs lead back to the data dvc.lock records."""
     ws, env = make_workspace(tmp_path, SHRUNK, tracking_uri)
     dvc = str(BIN / "dvc")
-    run([dvc, "repro", "math_demos", "pinn"], ws, env)
+    run([dvc, "repro"], ws, env)
 
     math = json.loads((ws / "reports/math/metrics.json").read_text())
     assert math["max_error"] < 1e-6
     pinn = json.loads((ws / "reports/pinn/metrics.json").read_text())
     assert pinn["max_abs_error"] < 1e-2
-    for png in ("math/gradient_descent.png", "math/fft_spectrum.png", "pinn/solution.png"):
+    mlp = json.loads((ws / "reports/mlp/metrics.json").read_text())
+    assert mlp["test_accuracy"] > 0.3  # chance is 0.1
+    cnn = json.loads((ws / "reports/cnn/metrics.json").read_text())
+    assert 0 <= cnn["test_accuracy"] <= 1
+    for png in (
+        "math/gradient_descent.png", "math/fft_spectrum.png", "pinn/solution.png",
+        "mlp/confusion_matrix.png", "cnn/loss.png", "cnn/predictions.png",
+    ):  # fmt: skip
         assert (ws / "reports" / png).stat().st_size > 1000
-    assert (ws / "models/pinn.pt").exists()
+    for model in ("pinn.pt", "mlp.pt", "cnn.pt"):
+        assert (ws / "models" / model).exists()
+    page = (ws / "reports/index.html").read_text()
+    assert "SYNTHETIC DATA" in page
 
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    locked_md5 = {name: lock[f"download@{name}"]["outs"][0]["md5"] for name in ("mnist", "cifar10")}
     client = mlflow.MlflowClient(tracking_uri)
-    for experiment, stage in (("math-demos", "math_demos"), ("pinn-ode", "pinn")):
+    head = run(["git", "rev-parse", "HEAD"], ws, env).stdout.strip()
+    for experiment, stage in EXPERIMENTS.items():
         runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
         assert len(runs) == 1
+        tags = runs[0].data.tags
         assert runs[0].info.status == "FINISHED"
-        assert runs[0].data.tags["dvc.stage"] == stage
+        assert tags["dvc.stage"] == stage and tags["git.commit"] == head
         assert runs[0].data.params["seed"] == "42"
+    for experiment, dataset in (("mnist-mlp", "mnist"), ("cifar10-cnn", "cifar10")):
+        (r,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+        assert r.data.tags[f"data.{dataset}.md5"] == locked_md5[dataset]
+        assert r.data.tags["data.source"] == "synthetic"
 
-    again = run([dvc, "repro", "math_demos", "pinn"], ws, env)
+    # `dvc plots show` renders the five plots of dvc.yaml, each with data from this workspace.
+    shown = json.loads(run([dvc, "plots", "show", "--json"], ws, env).stdout)
+    plots = shown["data"]
+    assert not shown.get("errors"), shown.get("errors")
+    expected = {
+        "MNIST MLP loss", "CIFAR-10 CNN loss", "Test accuracy",
+        "MNIST MLP confusion matrix", "CIFAR-10 CNN confusion matrix",
+    }  # fmt: skip
+    assert expected <= set(plots), sorted(plots)
+    assert all(plots[name] and plots[name][0].get("type") == "vega" for name in expected), {
+        k: str(v)[:300] for k, v in plots.items()
+    }
+    assert (ws / "dvc_plots").exists() is False  # --json renders nothing to disk
+
+    again = run([dvc, "repro"], ws, env)
     assert "Running stage" not in again.stdout, again.stdout
-    assert (
-        run([dvc, "status", "math_demos", "pinn"], ws, env)
-        .stdout.strip()
-        .endswith("Data and pipelines are up to date.")
-    )
+    status = run([dvc, "status"], ws, env).stdout.strip()
+    assert status.endswith("Data and pipelines are up to date."), status
