@@ -34,8 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from appliedtorch import synthetic
-from appliedtorch.data import ImageData
+from appliedtorch.data import ImageData, synthetic_in_memory
 from appliedtorch.models import build_model
 from appliedtorch.params import load_params
 from appliedtorch.training import (
@@ -137,18 +136,7 @@ def parse_variant(text: str) -> dict[str, Any]:
 def load_synthetic(name: str, scale: float) -> ImageData:
     """Synthetic data of the upstream size (times `scale`), generated in memory."""
     n_train, n_test = (max(1, int(n * scale)) for n in SIZES[name])
-    x_train, y_train = synthetic.generate(name, n_train, seed=0, split="train")
-    x_test, y_test = synthetic.generate(name, n_test, seed=0, split="test")
-    classes = synthetic.CIFAR10_CLASSES if name == "cifar10" else [str(i) for i in range(10)]
-    return ImageData(
-        name=name,
-        train_images=torch.from_numpy(x_train),
-        train_labels=torch.from_numpy(y_train),
-        test_images=torch.from_numpy(x_test),
-        test_labels=torch.from_numpy(y_test),
-        classes=classes,
-        source="synthetic",
-    )
+    return synthetic_in_memory(name, n_train, n_test)
 
 
 def main() -> None:

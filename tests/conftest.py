@@ -155,3 +155,12 @@ def mlflow_server(tmp_path: Path, mlflow_template_db: Path) -> Iterator[str]:
         f"sqlite:///{db}", tmp_path / "server-artifacts", tmp_path / "server.log"
     ) as uri:
         yield uri
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """A port on 127.0.0.1 that accepts connections (the kernel does) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"

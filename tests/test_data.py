@@ -28,7 +28,7 @@ import torchvision
 
 from appliedtorch import data, synthetic
 from appliedtorch.data import DataError, download, load_dataset
-from conftest import REPO
+from conftest import REPO, silent_server
 
 SIZES = {"mnist": (120, 40), "cifar10": (60, 20)}  # (train, test): tiny, still every batch
 MNIST_GZ = "train-images-idx3-ubyte.gz"
@@ -287,15 +287,6 @@ def remove(mirror: Path) -> None:
     (mirror / MNIST_GZ).unlink()
 
 
-@contextlib.contextmanager
-def silent_server() -> Iterator[str]:
-    """Accepts connections (the kernel does) and never answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(4)
-        yield f"http://127.0.0.1:{s.getsockname()[1]}/"
-
-
 FAILURES = {
     # case: (how to break the mirror, how to serve it, what the error line must say)
     "corrupt": (
@@ -337,7 +328,7 @@ def test_download_failure_is_one_line_and_leaves_nothing(
         elif transport == "closed":
             source = f"http://127.0.0.1:{closed_port()}/"
         elif transport == "silent":
-            source = stack.enter_context(silent_server())
+            source = stack.enter_context(silent_server()) + "/"
         else:
             handler = CutOffHandler if transport == "cut-off" else QuietHandler
             source = stack.enter_context(serve(mirror, handler))

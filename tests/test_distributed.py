@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from appliedtorch import synthetic
-from appliedtorch.data import ImageData, download, load_dataset
+from appliedtorch.data import ImageData, download, load_dataset, synthetic_in_memory
 from appliedtorch.distributed import SINGLE, World
 from appliedtorch.errors import AppliedTorchError
 from appliedtorch.params import load_params
@@ -66,17 +65,7 @@ def make_data(name: str) -> ImageData:
     """Tiny synthetic data in memory ('cifar10_250': 250 training images)."""
     base, _, n = name.partition("_")
     n_train, n_test = SIZES[base]
-    x, y = synthetic.generate(base, int(n or n_train), seed=0, split="train")
-    xt, yt = synthetic.generate(base, n_test, seed=0, split="test")
-    return ImageData(
-        base,
-        torch.from_numpy(x),
-        torch.from_numpy(y),
-        torch.from_numpy(xt),
-        torch.from_numpy(yt),
-        [str(i) for i in range(10)],
-        "synthetic",
-    )
+    return synthetic_in_memory(base, int(n or n_train), n_test)
 
 
 def torchrun(*args: object, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

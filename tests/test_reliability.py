@@ -6,16 +6,13 @@ Timing values (`*_seconds`, `seconds`) are the only ones allowed to differ betwe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from appliedtorch.data import download
 from appliedtorch.errors import TrackingError
 from appliedtorch.tracking import resolve_tracking_uri
 from appliedtorch.training import TrainConfig, train_classifier
-from conftest import REPO, _merge
+from conftest import REPO, _merge, silent_server
 
 # Small, but every stage does all of its work (the CNN: dropout, augmentation and a StepLR drop).
 SMALL = {
@@ -315,15 +312,6 @@ def test_diverging_stage_stops_in_epoch_one_fails_the_run_and_writes_nothing(wor
 
 
 # ---- 4. a dead tracking server ------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[str]:
-    """A port that accepts connections (the kernel does) and never answers: a hung server."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(8)
-        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 @pytest.mark.slow

@@ -14,8 +14,7 @@ import torch
 from scipy.stats import chisquare
 from torchvision import transforms
 
-from appliedtorch import synthetic
-from appliedtorch.data import ImageData, download
+from appliedtorch.data import ImageData, download, synthetic_in_memory
 from appliedtorch.errors import DivergenceError
 from appliedtorch.models import CNN, MLP, load_checkpoint
 from appliedtorch.training import (
@@ -49,18 +48,7 @@ CNN_CONFIG = TrainConfig(
 
 def make_data(name: str, n_train: int, n_test: int) -> ImageData:
     """Synthetic data in memory, as `load_dataset` would return it."""
-    x_train, y_train = synthetic.generate(name, n_train, seed=0, split="train")
-    x_test, y_test = synthetic.generate(name, n_test, seed=0, split="test")
-    classes = synthetic.CIFAR10_CLASSES if name == "cifar10" else [f"digit {i}" for i in range(10)]
-    return ImageData(
-        name=name,
-        train_images=torch.from_numpy(x_train),
-        train_labels=torch.from_numpy(y_train),
-        test_images=torch.from_numpy(x_test),
-        test_labels=torch.from_numpy(y_test),
-        classes=classes,
-        source="synthetic",
-    )
+    return synthetic_in_memory(name, n_train, n_test)
 
 
 @pytest.fixture(scope="module")

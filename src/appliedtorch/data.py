@@ -146,6 +146,24 @@ def _read_record(root: Path, name: str) -> dict[str, Any]:
     return record
 
 
+def synthetic_in_memory(name: str, n_train: int, n_test: int, seed: int = 0) -> ImageData:
+    """Synthetic data generated in memory, shaped as `load_dataset` returns it (tests, benchmarks)."""
+    from torchvision.datasets import MNIST
+
+    x_train, y_train = synthetic.generate(name, n_train, seed=seed, split="train")
+    x_test, y_test = synthetic.generate(name, n_test, seed=seed, split="test")
+    classes = list(MNIST.classes) if name == "mnist" else list(synthetic.CIFAR10_CLASSES)
+    return ImageData(
+        name=name,
+        train_images=torch.from_numpy(x_train),
+        train_labels=torch.from_numpy(y_train),
+        test_images=torch.from_numpy(x_test),
+        test_labels=torch.from_numpy(y_test),
+        classes=classes,
+        source="synthetic",
+    )
+
+
 def _read_mnist(root: Path) -> dict[str, Any]:
     """MNIST through torchvision's own class, which reads the extracted IDX files."""
     out: dict[str, Any] = {}
