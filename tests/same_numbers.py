@@ -1,0 +1,112 @@
+"""Run every stage on tiny synthetic data with fixed seeds; collect metrics and model hashes.
+
+    python tests/same_numbers.py > tests/golden/same_numbers.json   # re-record (rarely!)
+
+`tests/test_same_numbers.py` runs this and compares with the recorded file: moving or tidying
+code must not change a single number on the CPU. Timing values are left out (they are the only
+values allowed to differ between two runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "seed": 7,
+    "device": "cpu",
+    "data": {
+        "source": "synthetic",
+        "synthetic": {
+            "seed": 3,
+            "mnist_train": 600,
+            "mnist_test": 200,
+            "cifar10_train": 300,
+            "cifar10_test": 100,
+        },
+    },
+    "mlp": {"epochs": 2, "batch_size": 32},
+    "cnn": {"epochs": 2, "batch_size": 32, "step_size": 1},
+    "pinn": {"adam_steps": 200, "lbfgs_steps": 30, "lm_steps": 50},
+}
+
+STAGES = {
+    "mlp": ["stages/train_mlp.py", "--data", "{w}/data/mnist", "--model", "{w}/models/mlp.pt",
+            "--reports", "{w}/reports/mlp"],
+    "cnn": ["stages/train_cnn.py", "--data", "{w}/data/cifar10", "--model", "{w}/models/cnn.pt",
+            "--reports", "{w}/reports/cnn"],
+    "pinn": ["stages/pinn.py", "--model", "{w}/models/pinn.pt", "--reports", "{w}/reports/pinn"],
+    "math": ["stages/math_demos.py", "--reports", "{w}/reports/math"],
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _timing(key: str) -> bool:
+    last = key.rsplit(".", 1)[-1]
+    return last == "seconds" or last.endswith("_seconds")
+
+
+def _flat(obj: object, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out: dict = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def cpu_signature() -> str:
+    """What decides the last bits of a CPU result: torch's version and its kernel level."""
+    import torch
+
+    return f"torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()} {platform.machine()}"
+
+
+def collect() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        w = Path(tmp)
+        params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+        params["tracking"]["uri"] = f"sqlite:///{w}/mlflow.db"
+        (w / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env["PYTHONUNBUFFERED"] = "1"
+
+        def run(args: list[str]) -> None:
+            cmd = [sys.executable, *[a.format(w=w) for a in args], "--params", str(w / "params.yaml")]
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+
+        for name in ("mnist", "cifar10"):
+            run(["stages/download.py", "--dataset", name, "--out", f"{{w}}/data/{name}"])
+        out: dict = {"cpu": cpu_signature(), "stages": {}}
+        for stage, args in STAGES.items():
+            run(args)
+            metrics = json.loads((w / "reports" / stage / "metrics.json").read_text())
+            entry = {"metrics": {k: v for k, v in _flat(metrics).items() if not _timing(k)}}
+            model = w / "models" / f"{stage}.pt"
+            if model.exists():
+                entry["model_sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
+            out["stages"][stage] = entry
+        return out
+
+
+if __name__ == "__main__":
+    json.dump(collect(), sys.stdout, indent=2, sort_keys=True)
+    print()
