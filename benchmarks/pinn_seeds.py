@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from appliedtorch import pinn
-from appliedtorch.params import PINNParams, load_params
-from appliedtorch.utils import seed_everything
+from appliedtorch.core.params import PINNParams, load_params
+from appliedtorch.core.utils import seed_everything
 
 
 def run_once(cfg: PINNParams, seed: int) -> dict[str, float]:

@@ -54,10 +54,7 @@ import yaml
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from appliedtorch.data import ImageData
-from appliedtorch.models import build_model
-from appliedtorch.params import PINNParams, load_params
-from appliedtorch.training import (
+from appliedtorch.classify.loop import (
     NORMALIZATION,
     Normalizer,
     TrainConfig,
@@ -65,7 +62,10 @@ from appliedtorch.training import (
     evaluate,
     model_args_for,
 )
-from appliedtorch.utils import write_json
+from appliedtorch.classify.models import build_model
+from appliedtorch.core.params import PINNParams, load_params
+from appliedtorch.core.utils import write_json
+from appliedtorch.data import ImageData
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pinn_seeds  # noqa: E402 - the sibling benchmark scripts, reused

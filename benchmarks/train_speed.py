@@ -34,10 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from appliedtorch.data import ImageData, synthetic_in_memory
-from appliedtorch.models import build_model
-from appliedtorch.params import load_params
-from appliedtorch.training import (
+from appliedtorch.classify.loop import (
     NORMALIZATION,
     Normalizer,
     TrainConfig,
@@ -45,6 +42,9 @@ from appliedtorch.training import (
     model_args_for,
     train_classifier,
 )
+from appliedtorch.classify.models import build_model
+from appliedtorch.core.params import load_params
+from appliedtorch.data import ImageData, synthetic_in_memory
 
 SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000)}
 DATASET = {"mlp": "mnist", "cnn": "cifar10"}

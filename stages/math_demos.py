@@ -12,11 +12,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from appliedtorch import demos, plots
-from appliedtorch.cli import run_stage
-from appliedtorch.params import load_params, run_params
-from appliedtorch.tracking import stage_run
-from appliedtorch.utils import check_writable, save_figure, seed_everything, write_json
+from appliedtorch.core.cli import run_stage
+from appliedtorch.core.params import load_params, run_params
+from appliedtorch.core.plots import save_figure
+from appliedtorch.core.tracking import stage_run
+from appliedtorch.core.utils import check_writable, seed_everything, write_json
+from appliedtorch.demos import checks as demos
+from appliedtorch.demos import figures as plots
 
 log = logging.getLogger("math_demos")
 

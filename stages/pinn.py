@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 
 from appliedtorch import pinn
-from appliedtorch.cli import run_stage
-from appliedtorch.params import load_params, run_params
-from appliedtorch.tracking import stage_run
-from appliedtorch.utils import check_writable, seed_everything
+from appliedtorch.core.cli import run_stage
+from appliedtorch.core.params import load_params, run_params
+from appliedtorch.core.tracking import stage_run
+from appliedtorch.core.utils import check_writable, seed_everything
 
 log = logging.getLogger("pinn")
 

@@ -13,18 +13,18 @@ import argparse
 import logging
 from pathlib import Path
 
-from appliedtorch import report
-from appliedtorch.cli import run_stage
-from appliedtorch.errors import TrackingError
-from appliedtorch.params import load_params, run_params
-from appliedtorch.tracking import (
+from appliedtorch.core.cli import run_stage
+from appliedtorch.core.errors import TrackingError
+from appliedtorch.core.params import load_params, run_params
+from appliedtorch.core.tracking import (
     latest_runs,
     lineage_tags,
     params_md5,
     repo_root,
     resolve_tracking_uri,
 )
-from appliedtorch.utils import write_text
+from appliedtorch.core.utils import write_text
+from appliedtorch.report import page as report
 
 log = logging.getLogger("report")
 

@@ -9,8 +9,8 @@ history.csv, confusion.json and four figures); logs one MLflow run in experiment
 
 from __future__ import annotations
 
-from appliedtorch.classifier_stage import parse_args, train_stage
-from appliedtorch.cli import run_stage
+from appliedtorch.classify.stage import parse_args, train_stage
+from appliedtorch.core.cli import run_stage
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ import sys
 
 from test_distributed import CONFIGS, make_data
 
-from appliedtorch import distributed
-from appliedtorch.training import train_classifier
+from appliedtorch.classify import distributed
+from appliedtorch.classify.loop import train_classifier
 
 
 def main() -> None:

@@ -41,10 +41,24 @@ TINY = {
 }
 
 STAGES = {
-    "mlp": ["stages/train_mlp.py", "--data", "{w}/data/mnist", "--model", "{w}/models/mlp.pt",
-            "--reports", "{w}/reports/mlp"],
-    "cnn": ["stages/train_cnn.py", "--data", "{w}/data/cifar10", "--model", "{w}/models/cnn.pt",
-            "--reports", "{w}/reports/cnn"],
+    "mlp": [
+        "stages/train_mlp.py",
+        "--data",
+        "{w}/data/mnist",
+        "--model",
+        "{w}/models/mlp.pt",
+        "--reports",
+        "{w}/reports/mlp",
+    ],
+    "cnn": [
+        "stages/train_cnn.py",
+        "--data",
+        "{w}/data/cifar10",
+        "--model",
+        "{w}/models/cnn.pt",
+        "--reports",
+        "{w}/reports/cnn",
+    ],
     "pinn": ["stages/pinn.py", "--model", "{w}/models/pinn.pt", "--reports", "{w}/reports/pinn"],
     "math": ["stages/math_demos.py", "--reports", "{w}/reports/math"],
 }
@@ -75,7 +89,9 @@ def cpu_signature() -> str:
     """What decides the last bits of a CPU result: torch's version and its kernel level."""
     import torch
 
-    return f"torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()} {platform.machine()}"
+    return (
+        f"torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()} {platform.machine()}"
+    )
 
 
 def collect() -> dict:
@@ -88,7 +104,12 @@ def collect() -> dict:
         env["PYTHONUNBUFFERED"] = "1"
 
         def run(args: list[str]) -> None:
-            cmd = [sys.executable, *[a.format(w=w) for a in args], "--params", str(w / "params.yaml")]
+            cmd = [
+                sys.executable,
+                *[a.format(w=w) for a in args],
+                "--params",
+                str(w / "params.yaml"),
+            ]
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")

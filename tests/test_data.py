@@ -26,8 +26,10 @@ import pytest
 import torch
 import torchvision
 
-from appliedtorch import data, synthetic
-from appliedtorch.data import DataError, download, load_dataset
+from appliedtorch.core.errors import DataError
+from appliedtorch.data import download, load_dataset, synthetic
+from appliedtorch.data import fetch as data
+from appliedtorch.data.loading import Upstream
 from conftest import REPO, silent_server
 
 SIZES = {"mnist": (120, 40), "cifar10": (60, 20)}  # (train, test): tiny, still every batch
@@ -224,7 +226,7 @@ def test_mirror_without_md5sums_is_checked_against_upstream_sums(
             (f, hashlib.md5((mirror / f).read_bytes()).hexdigest())
             for f, _ in data.UPSTREAM["mnist"].files
         ]
-        monkeypatch.setitem(data.UPSTREAM, "mnist", data.Upstream(bases=[], files=sums))
+        monkeypatch.setitem(data.UPSTREAM, "mnist", Upstream(bases=[], files=sums))
         record = download("mnist", tmp_path / "mnist", source, retries=0)
     assert {d["checked_against"] for d in record["downloads"]} == {"upstream md5"}
     assert not (tmp_path / "refused").exists()
@@ -249,7 +251,7 @@ def test_upstream_mirrors_are_tried_in_order(
 ) -> None:
     bases = [f"http://127.0.0.1:{closed_port()}/a/", f"http://127.0.0.1:{closed_port()}/b/"]
     upstream = data.UPSTREAM["mnist"]
-    monkeypatch.setitem(data.UPSTREAM, "mnist", data.Upstream(bases=bases, files=upstream.files))
+    monkeypatch.setitem(data.UPSTREAM, "mnist", Upstream(bases=bases, files=upstream.files))
     start = time.perf_counter()
     with pytest.raises(DataError) as exc:
         download("mnist", tmp_path / "data" / "mnist", "upstream", retries=1, backoff=0.05)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from appliedtorch import demos
-from appliedtorch.errors import DivergenceError, ParamsError
-from appliedtorch.params import MathParams, Params, parse_params
+from appliedtorch.core.errors import DivergenceError, ParamsError
+from appliedtorch.core.params import MathParams, Params, parse_params
+from appliedtorch.demos import checks as demos
 from conftest import run_script
 
 F64 = torch.float64
@@ -74,7 +74,7 @@ def test_gradient_descent_reaches_nine_quarters():
 
 def test_gradient_descent_warns_on_stationary_start(caplog):
     """The tutorial's start x = 0 has f'(0) = 0: descent must not move, and must say so."""
-    with caplog.at_level(logging.WARNING, logger="appliedtorch.demos"):
+    with caplog.at_level(logging.WARNING, logger="appliedtorch.demos.checks"):
         r = demos.gradient_descent_demo(MathParams(gd_start=0.0))
     assert any("stationary point x0 = 0" in m for m in caplog.messages)
     assert r.details["warnings"] and r.details["steps"] == 0
@@ -83,7 +83,7 @@ def test_gradient_descent_warns_on_stationary_start(caplog):
 
 
 def test_gradient_descent_starting_at_the_minimum_does_not_warn(caplog):
-    with caplog.at_level(logging.WARNING, logger="appliedtorch.demos"):
+    with caplog.at_level(logging.WARNING, logger="appliedtorch.demos.checks"):
         r = demos.gradient_descent_demo(MathParams(gd_start=2.25))
     assert not caplog.messages and r.details["steps"] == 0 and r.error == 0
 
@@ -121,7 +121,7 @@ def test_fft_finds_5_and_10_hz_with_amplitudes_1_and_half(sample_rate, duration)
 
 
 def test_fft_window_without_whole_cycles_warns_and_shows_leakage(caplog):
-    with caplog.at_level(logging.WARNING, logger="appliedtorch.demos"):
+    with caplog.at_level(logging.WARNING, logger="appliedtorch.demos.checks"):
         r = demos.fft_demo(100.0, 1.05)
     assert any("leakage" in m for m in caplog.messages)
     assert r.error > 1e-3

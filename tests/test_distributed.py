@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from appliedtorch.classify.distributed import SINGLE, World
+from appliedtorch.classify.loop import TrainConfig, train_classifier
+from appliedtorch.core.errors import AppliedTorchError
+from appliedtorch.core.params import load_params
 from appliedtorch.data import ImageData, download, load_dataset, synthetic_in_memory
-from appliedtorch.distributed import SINGLE, World
-from appliedtorch.errors import AppliedTorchError
-from appliedtorch.params import load_params
-from appliedtorch.training import TrainConfig, train_classifier
 from conftest import PYTHON, REPO
 
 SIZES = {"mnist": (1024, 300), "cifar10": (256, 100)}

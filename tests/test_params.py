@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliedtorch.errors import ParamsError
-from appliedtorch.params import flatten, load_params, run_params
+from appliedtorch.core.errors import ParamsError
+from appliedtorch.core.params import flatten, load_params, run_params
 from conftest import REPO, run_script
 
 
@@ -102,7 +102,7 @@ def test_missing_file(tmp_path):
     ],
 )
 def test_checker_cli_exits_2_with_one_line(params_file, overrides, message):
-    """`python -m appliedtorch.params` reports like every stage: one line, exit 2, no traceback."""
+    """`python -m appliedtorch.core.params` reports like every stage: one line, exit 2, no traceback."""
     path = params_file(overrides)
     proc = run_script("src/appliedtorch/params.py", path)
     assert proc.returncode == 2

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from appliedtorch import pinn, plots
-from appliedtorch.params import PINNParams
+from appliedtorch import pinn
+from appliedtorch.core.params import PINNParams
+from appliedtorch.pinn import figures as plots
 from conftest import run_script
 
 # A few seconds: Adam, then L-BFGS, then Levenberg-Marquardt, all shrunk.

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from appliedtorch.core.tracking import should_promote
 from appliedtorch.data import download, load_dataset
-from appliedtorch.tracking import should_promote
 from conftest import run_script
 
 PREDICT = str(Path(sys.executable).parent / "appliedtorch-predict")

@@ -22,11 +22,11 @@ import torch
 import yaml
 from test_training import make_data
 
-from appliedtorch.checkpoint import Checkpointer, checkpoint_path, fingerprint
+from appliedtorch.classify.loop import TrainConfig, train_classifier
+from appliedtorch.classify.resume import Checkpointer, checkpoint_path, fingerprint
+from appliedtorch.core.errors import TrackingError
+from appliedtorch.core.tracking import resolve_tracking_uri
 from appliedtorch.data import download
-from appliedtorch.errors import TrackingError
-from appliedtorch.tracking import resolve_tracking_uri
-from appliedtorch.training import TrainConfig, train_classifier
 from conftest import REPO, _merge, silent_server
 
 # Small, but every stage does all of its work (the CNN: dropout, augmentation and a StepLR drop).
@@ -373,7 +373,7 @@ def global_uri_reset():
 
 
 def test_stage_run_continues_a_run_or_links_to_it(tracking_uri, caplog, global_uri_reset):
-    from appliedtorch.tracking import stage_run
+    from appliedtorch.core.tracking import stage_run
 
     with stage_run("unit-resume", "train_mlp", {"seed": 1}) as first:
         first.log_metrics({"train_loss": 1.0}, step=1)

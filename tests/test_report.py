@@ -13,9 +13,9 @@ import mlflow
 import pytest
 import yaml
 
-from appliedtorch import report
-from appliedtorch.errors import TrackingError
-from appliedtorch.tracking import latest_runs, stage_run
+from appliedtorch.core.errors import TrackingError
+from appliedtorch.core.tracking import latest_runs, stage_run
+from appliedtorch.report import page as report
 from conftest import REPO
 
 # The smallest valid PNG: 1x1, one grey pixel.
@@ -125,7 +125,7 @@ def test_sections_match_dvc_yaml():
     assert stages["report"]["outs"] == ["reports/index.html"]
     for s in report.SECTIONS:
         outs = {o if isinstance(o, str) else next(iter(o)) for o in stages[s.stage]["outs"]}
-        metrics = {next(iter(m)) for m in stages[s.stage]["metrics"]}
+        metrics = {m if isinstance(m, str) else next(iter(m)) for m in stages[s.stage]["metrics"]}
         assert f"reports/{s.folder}/metrics.json" in metrics & report_deps
         for name, _ in s.figures:
             path = f"reports/{s.folder}/{name}"

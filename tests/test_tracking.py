@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from appliedtorch.tracking import dvc_md5, resolve_tracking_uri, stage_run
+from appliedtorch.core.tracking import dvc_md5, resolve_tracking_uri, stage_run
 
 
 def test_relative_sqlite_uri_is_anchored_at_repo_root(tmp_path, monkeypatch):
@@ -111,7 +111,7 @@ def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
     import socket
     import time
 
-    from appliedtorch.errors import TrackingError
+    from appliedtorch.core.errors import TrackingError
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -14,10 +14,7 @@ import torch
 from scipy.stats import chisquare
 from torchvision import transforms
 
-from appliedtorch.data import ImageData, download, synthetic_in_memory
-from appliedtorch.errors import DivergenceError
-from appliedtorch.models import CNN, MLP, load_checkpoint
-from appliedtorch.training import (
+from appliedtorch.classify.loop import (
     NORMALIZATION,
     Evaluation,
     Normalizer,
@@ -29,6 +26,9 @@ from appliedtorch.training import (
     train_classifier,
     write_reports,
 )
+from appliedtorch.classify.models import CNN, MLP, load_checkpoint
+from appliedtorch.core.errors import DivergenceError
+from appliedtorch.data import ImageData, download, synthetic_in_memory
 from conftest import run_script
 
 # threads=1: two OpenMP threads on a busy 2-core runner spin against each other.

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from appliedtorch.errors import TrackingError
+from appliedtorch.core.errors import TrackingError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from appliedtorch.errors import AppliedTorchError
+from appliedtorch.core.errors import AppliedTorchError
 
 
 def seed_everything(seed: int) -> None:
@@ -74,19 +74,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:
-    """Save a matplotlib Figure as PNG, atomically, and close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(
-                tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None}
-            )
-    finally:
-        plt.close(fig)
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

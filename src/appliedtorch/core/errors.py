@@ -1,4 +1,4 @@
-"""Errors that a stage reports as one line and a nonzero exit code (see `appliedtorch.cli`)."""
+"""Errors that a stage reports as one line and a nonzero exit code (see `appliedtorch.core.cli`)."""
 
 
 class AppliedTorchError(Exception):

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from appliedtorch.cli import run_stage
-from appliedtorch.errors import AppliedTorchError
+from appliedtorch.core.cli import run_stage
+from appliedtorch.core.errors import AppliedTorchError
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,11 @@ class Classifier:
 def load_classifier(uri: str) -> Classifier:
     """Load a checkpoint file or an MLflow model URI, with its class names and normalisation."""
     if "://" not in uri and not uri.startswith("models:/"):
-        from appliedtorch.models import load_checkpoint
+        from appliedtorch.classify.models import load_checkpoint
 
         model, meta = load_checkpoint(uri)
     else:
-        from appliedtorch.tracking import load_model
+        from appliedtorch.core.tracking import load_model
 
         model, meta = load_model(uri)
     missing = {"classes", "mean", "std", "input_shape"} - meta.keys()

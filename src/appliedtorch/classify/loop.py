@@ -32,16 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from appliedtorch import checkpoint as ckpt
-from appliedtorch.distributed import SINGLE, World
-from appliedtorch.errors import AppliedTorchError, DivergenceError
-from appliedtorch.models import build_model, load_checkpoint, save_checkpoint
-from appliedtorch.utils import atomic_path, resolve_device
+from appliedtorch.classify import resume as ckpt
+from appliedtorch.classify.distributed import SINGLE, World
+from appliedtorch.classify.models import build_model, load_checkpoint, save_checkpoint
+from appliedtorch.core.errors import AppliedTorchError, DivergenceError
+from appliedtorch.core.utils import atomic_path, resolve_device
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from appliedtorch.checkpoint import Checkpointer
+    from appliedtorch.classify.resume import Checkpointer
     from appliedtorch.data import ImageData
 
 log = logging.getLogger(__name__)
@@ -328,7 +328,7 @@ def train_classifier(
 
     With `checkpoint`, the state is saved after every epoch and a loaded state is resumed from.
     With a distributed `world` (torchrun), each process trains on its shard of every epoch's
-    permutation and the metrics are combined across processes (see `appliedtorch.distributed`).
+    permutation and the metrics are combined across processes (see `appliedtorch.classify.distributed`).
     """
     device = resolve_device(config.device)
     mean, std = NORMALIZATION.get(data.name, NORMALIZATION["cifar10"])
@@ -574,8 +574,9 @@ def final_metrics(result: TrainResult, reloaded: Evaluation | None = None) -> di
 
 def write_reports(result: TrainResult, data: ImageData, out_dir: str | Path) -> list[Path]:
     """Write metrics.json, history.csv, confusion.json and the four figures; return their paths."""
-    from appliedtorch import plots
-    from appliedtorch.utils import save_figure, write_json, write_text
+    from appliedtorch.classify import figures as plots
+    from appliedtorch.core.plots import save_figure
+    from appliedtorch.core.utils import write_json, write_text
 
     out = Path(out_dir)
     ev, classes = result.evaluation, result.classes

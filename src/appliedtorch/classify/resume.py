@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from appliedtorch.utils import save_torch
+from appliedtorch.core.utils import save_torch
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliedtorch.utils import atomic_path
+from appliedtorch.core.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def write_mirror(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m appliedtorch.synthetic DIR`: write a synthetic mirror to try `data.source: DIR`."""
+    """`python -m appliedtorch.data.synthetic DIR`: write a synthetic mirror to try `data.source: DIR`."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from appliedtorch.errors import AppliedTorchError
-from appliedtorch.utils import resolve_device
+from appliedtorch.core.errors import AppliedTorchError
+from appliedtorch.core.utils import resolve_device
 
 if TYPE_CHECKING:
-    from appliedtorch.training import Evaluation
+    from appliedtorch.classify.loop import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def main_stage_run(world: World, *args: Any, **kwargs: Any) -> Iterator[Any]:
     if not world.is_main:
         yield NullRun()
         return
-    from appliedtorch.tracking import stage_run
+    from appliedtorch.core.tracking import stage_run
 
     with stage_run(*args, **kwargs) as run:
         if world.distributed:

@@ -1,6 +1,6 @@
 """The tutorial's math demos, each returning what it computed and the analytic answer it must match.
 
-    >>> from appliedtorch.params import MathParams
+    >>> from appliedtorch.core.params import MathParams
     >>> results = run_all(MathParams(), device="cpu")
     >>> max(r.error for r in results) < 1e-6
     True
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from appliedtorch.errors import DivergenceError
-from appliedtorch.params import MathParams
-from appliedtorch.utils import resolve_device
+from appliedtorch.core.errors import DivergenceError
+from appliedtorch.core.params import MathParams
+from appliedtorch.core.utils import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from appliedtorch.errors import AppliedTorchError
+from appliedtorch.core.errors import AppliedTorchError
 
 
 def setup_logging() -> None:

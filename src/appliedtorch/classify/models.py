@@ -4,7 +4,7 @@
     >>> model(torch.zeros(2, 1, 28, 28)).shape
     torch.Size([2, 10])
 
-No training logic lives here (see `appliedtorch.training`).
+No training logic lives here (see `appliedtorch.classify.loop`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from appliedtorch.errors import AppliedTorchError
-from appliedtorch.utils import save_torch
+from appliedtorch.core.errors import AppliedTorchError
+from appliedtorch.core.utils import save_torch
 
 
 class MLP(nn.Module):

@@ -1,6 +1,18 @@
 """Physics-informed network for u'' + u = 0 on [0, π/2], u(0) = 0, u(π/2) = 1 (exact: sin x).
 
-    >>> from appliedtorch.params import PINNParams
+    >>> from appliedtorch.core.params import PINNParams
+from appliedtorch.pinn.problem import (
+    A,
+    B,
+    PINNNet,
+    _ansatz,
+    _boundary_points,
+    _dtype,
+    _taylor,
+    grid,
+    pinn_loss,
+)
+from appliedtorch.pinn.problem import PINNNet, _dtype, boundary_loss, grid, pinn_loss, residual
     >>> cfg = PINNParams(boundary="hard", dtype="float64", collocation_points=200,
     ...                  adam_steps=300, lm_steps=300)
     >>> evaluate(solve(cfg).net)["max_abs_error"] < 1e-6
@@ -26,135 +38,29 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from appliedtorch.errors import DivergenceError
-from appliedtorch.params import PINNParams
+from appliedtorch.core.errors import DivergenceError
+from appliedtorch.core.params import PINNParams
+from appliedtorch.pinn.problem import (
+    A,
+    B,
+    PINNNet,
+    _ansatz,
+    _boundary_points,
+    _dtype,
+    _taylor,
+    grid,
+    pinn_loss,
+)
 
 log = logging.getLogger(__name__)
-
-# The problem: u'' + u = 0 on [A, B] with u(A) = UA, u(B) = UB.
-A, B = 0.0, math.pi / 2
-UA, UB = 0.0, 1.0
 
 # Levenberg-Marquardt damping: shrink after an accepted step, grow after a rejected one; a damping
 # this large (relative to the Gauss-Newton diagonal) means no step lowers the loss any more.
 _LM_DOWN, _LM_UP, _LM_MAX = 3.0, 2.0, 1e12
-
-
-def exact_solution(x: Tensor) -> Tensor:
-    """The analytic solution sin x."""
-    return torch.sin(x)
-
-
-class PINNNet(nn.Module):
-    """Tanh MLP N(x); with `boundary="hard"` it returns u = g(x) + (x - A)(B - x) N(x).
-
-    g is the straight line through both boundary values, so the hard ansatz meets u(A) = UA and
-    u(B) = UB exactly whatever the weights are; with `boundary="soft"` u = N(x) and the loss has
-    to push it onto the boundary values (the tutorial's penalty).
-    """
-
-    def __init__(
-        self,
-        hidden_sizes: list[int] | tuple[int, ...] = (10, 10),
-        boundary: str = "hard",
-        dtype: torch.dtype = torch.float64,
-    ):
-        super().__init__()
-        if boundary not in ("soft", "hard"):
-            raise ValueError(f"boundary must be 'soft' or 'hard' (got {boundary!r})")
-        self.hidden_sizes = list(hidden_sizes)
-        self.boundary = boundary
-        widths = [1, *self.hidden_sizes, 1]
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            layers.append(nn.Linear(n_in, n_out, dtype=dtype))
-            if i < len(widths) - 2:
-                layers.append(nn.Tanh())
-        self.body = nn.Sequential(*layers)
-
-    @property
-    def linears(self) -> list[nn.Linear]:
-        """The affine layers, input to output."""
-        return [m for m in self.body if isinstance(m, nn.Linear)]
-
-    def config(self) -> dict[str, Any]:
-        """What `PINNNet(**config)` needs to rebuild this network (dtype as a string)."""
-        dtype = str(next(self.parameters()).dtype).removeprefix("torch.")
-        return {"hidden_sizes": self.hidden_sizes, "boundary": self.boundary, "dtype": dtype}
-
-    def forward(self, x: Tensor) -> Tensor:
-        n = self.body(x)  # (N, 1)
-        if self.boundary == "soft":
-            return n
-        return _line(x) + (x - A) * (B - x) * n
-
-    def value_and_uxx(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """u and u'' at x by forward Taylor propagation: exact, cheaper than double autograd."""
-        layers = [(m.weight, m.bias) for m in self.linears]
-        return _ansatz(self.boundary, x, *_taylor(layers, x))
-
-
-def _line(x: Tensor) -> Tensor:
-    return UA + (UB - UA) * (x - A) / (B - A)
-
-
-def _taylor(layers: list[tuple[Tensor, Tensor]], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """N, N', N'' of the tanh MLP at x (N, 1), pushed through the layers together.
-
-    Weights may be (out, in) or per sample (N, out, in); the per-sample form gives the Jacobian
-    of every residual with respect to every weight from one backward pass.
-    """
-    z = torch.stack([x, torch.ones_like(x), torch.zeros_like(x)], dim=1)  # (N, 3, 1): N, N', N''
-    for k, (w, b) in enumerate(layers):
-        z = z @ w.transpose(-1, -2)  # (N, 3, out)
-        h, d1, d2 = z[:, 0] + b, z[:, 1], z[:, 2]
-        if k < len(layers) - 1:
-            t = torch.tanh(h)
-            s = 1 - t * t  # tanh' ; tanh'' = -2 t s
-            h, d1, d2 = t, s * d1, s * d2 - 2 * t * s * d1 * d1
-        z = torch.stack([h, d1, d2], dim=1)
-    return z[:, 0], z[:, 1], z[:, 2]
-
-
-def _ansatz(boundary: str, x: Tensor, n: Tensor, n1: Tensor, n2: Tensor) -> tuple[Tensor, Tensor]:
-    """u and u'' from N, N', N'' for the soft (u = N) or hard (u = g + φN) network."""
-    if boundary == "soft":
-        return n, n2
-    phi, dphi = (x - A) * (B - x), (A + B) - 2 * x  # φ'' = -2
-    return _line(x) + phi * n, -2 * n + 2 * dphi * n1 + phi * n2
-
-
-def residual(net: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """u'' + u at the points x (N, 1), differentiating `net` twice with autograd."""
-    x = x.detach().requires_grad_(True)
-    u = net(x)
-    (u_x,) = torch.autograd.grad(u, x, torch.ones_like(u), create_graph=True)
-    (u_xx,) = torch.autograd.grad(u_x, x, torch.ones_like(u_x), create_graph=True)
-    return u_xx + u
-
-
-def _boundary_points(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    return torch.tensor([[A], [B]], dtype=dtype), torch.tensor([[UA], [UB]], dtype=dtype)
-
-
-def boundary_loss(net: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float64) -> Tensor:
-    """(u(A) - UA)² + (u(B) - UB)²: the tutorial's penalty (0 up to rounding for a hard net)."""
-    xb, ub = _boundary_points(dtype)
-    return (net(xb) - ub).pow(2).sum()
-
-
-def pinn_loss(net: PINNNet, x: Tensor, bc_weight: float = 1.0) -> Tensor:
-    """Mean squared residual at x, plus the weighted boundary penalty for a soft network."""
-    loss = residual(net, x).pow(2).mean()
-    if net.boundary == "soft":
-        loss = loss + bc_weight * boundary_loss(net, x.dtype)
-    return loss
 
 
 @dataclass
@@ -171,15 +77,6 @@ class PINNResult:
         """Number of steps a phase took (0 when it did not run)."""
         start, end = self.phases.get(phase, (0, 0))
         return end - start
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
-def grid(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """n evenly spaced points on [A, B], boundaries included, as a column (n, 1)."""
-    return torch.linspace(A, B, n, dtype=dtype).unsqueeze(1)
 
 
 @contextlib.contextmanager
@@ -379,101 +276,3 @@ def _solve(cfg: PINNParams, net: PINNNet | None) -> PINNResult:
         phase("lm", lambda: _lm(net, cfg, fixed, result.loss))
     result.seconds["total"] = time.perf_counter() - total
     return result
-
-
-def evaluate(net: PINNNet, n_points: int = 1000) -> dict[str, float]:
-    """Max absolute and relative L2 error against sin x on n evenly spaced points of [A, B]."""
-    dtype = next(net.parameters()).dtype
-    x = grid(n_points, dtype)
-    with torch.no_grad():
-        err = net(x) - exact_solution(x)
-        exact = exact_solution(x)
-    return {
-        "max_abs_error": float(err.abs().max()),
-        "l2_relative_error": float(err.norm() / exact.norm()),
-    }
-
-
-def save_pinn(net: PINNNet, path: str | Path) -> None:
-    """Save the weights and the config that rebuilds the network (atomic)."""
-    from appliedtorch.utils import save_torch
-
-    save_torch({"state_dict": net.state_dict(), "config": net.config()}, path)
-
-
-def load_pinn(path: str | Path) -> PINNNet:
-    """Rebuild a network written by `save_pinn`."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = dict(blob["config"])
-    net = PINNNet(cfg["hidden_sizes"], cfg["boundary"], _dtype(cfg["dtype"]))
-    net.load_state_dict(blob["state_dict"])
-    return net.eval()
-
-
-def save_verified(net: PINNNet, path: str | Path, n_points: int = 1000) -> dict[str, float]:
-    """Save the network, reload it and check it reproduces the same errors; return them."""
-    from appliedtorch.errors import AppliedTorchError
-
-    before = evaluate(net, n_points)
-    save_pinn(net, path)
-    after = evaluate(load_pinn(path), n_points)
-    if after != before:
-        raise AppliedTorchError(f"{path}: reloaded PINN gives {after}, not {before}; disk full?")
-    return after
-
-
-def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float]:
-    """Errors against sin x, boundary error, final loss, steps and seconds of every phase."""
-    metrics: dict[str, float] = dict(evaluate(result.net, n_points))
-    xb, ub = _boundary_points(next(result.net.parameters()).dtype)
-    with torch.no_grad():
-        metrics["boundary_error"] = float((result.net(xb) - ub).abs().max())
-    metrics["final_loss"] = result.loss[-1] if result.loss else float("nan")
-    for phase in ("adam", "lbfgs", "lm"):
-        start, end = result.phases.get(phase, (0, 0))
-        metrics[f"{phase}_steps"] = end - start
-        if end > start:
-            metrics[f"{phase}_final_loss"] = result.loss[end - 1]
-            metrics[f"{phase}_seconds"] = result.seconds[phase]
-    metrics["lbfgs_restarts"] = result.lbfgs_restarts
-    metrics["seconds"] = result.seconds["total"]
-    return metrics
-
-
-def loss_log_points(result: PINNResult, max_points: int = 100) -> list[tuple[int, float]]:
-    """About `max_points` (step, loss) pairs for a tracker, always including each phase's last."""
-    stride = max(1, math.ceil(len(result.loss) / max_points))
-    keep = set(range(0, len(result.loss), stride))
-    keep |= {end - 1 for start, end in result.phases.values() if end > start}
-    return [(i, result.loss[i]) for i in sorted(keep)]
-
-
-def write_reports(
-    result: PINNResult, reports: str | Path, n_points: int = 1000
-) -> tuple[dict[str, float], list[Path]]:
-    """solution.png, error.png, loss.png, then metrics.json (last: it marks a complete run).
-
-    Returns the metrics and the paths written."""
-    from appliedtorch import plots
-    from appliedtorch.utils import save_figure, write_json
-
-    reports = Path(reports)
-    x = grid(n_points, next(result.net.parameters()).dtype)
-    with torch.no_grad():
-        u, exact = result.net(x).squeeze(1).numpy(), exact_solution(x).squeeze(1).numpy()
-    xs = x.squeeze(1).numpy()
-    figures = {
-        "solution.png": plots.pinn_solution_figure(xs, u, exact),
-        "error.png": plots.pinn_error_figure(xs, abs(u - exact)),
-        "loss.png": plots.pinn_loss_figure(result.loss, result.phases),
-    }
-    for name, fig in figures.items():
-        save_figure(fig, reports / name)
-    metrics = summary_metrics(result, n_points)
-    write_json(reports / "metrics.json", metrics)
-    return metrics, [reports / name for name in (*figures, "metrics.json")]
-
-
-def input_example(net: PINNNet, k: int = 5) -> Any:
-    """k points of the domain as a (k, 1) NumPy array in the network's dtype (for MLflow)."""
-    return grid(k, net.linears[0].weight.dtype).numpy()

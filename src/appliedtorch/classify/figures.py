@@ -1,56 +1,13 @@
-"""Figures for the reports. Every function returns a matplotlib Figure and never calls show()."""
+"""Figures of the classifier stages: each returns a matplotlib Figure, never shows it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-
-def gradient_descent_figure(
-    path: np.typing.ArrayLike, fn: Callable[[np.ndarray], np.ndarray], x_min: float
-) -> Figure:
-    """Gradient-descent iterates `path` drawn on the curve `fn` (NumPy in, NumPy out), minimum starred."""
-    xs = np.asarray(path, dtype=float)
-    lo, hi = min(xs.min(), x_min, 0.0), max(xs.max(), x_min)  # 0 shows the stationary trap
-    grid = np.linspace(lo - 0.1 * (hi - lo) - 0.3, hi + 0.05 * (hi - lo) + 0.1, 400)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(grid, fn(grid), color="0.3", label="f(x)")
-    ax.plot(0.0, fn(np.zeros(1))[0], "o", mfc="none", color="0.4", label="stationary x = 0")
-    ax.plot(xs, fn(xs), "o-", ms=3, lw=0.8, color="tab:blue", label=f"descent, {len(xs) - 1} steps")
-    ax.plot(xs[0], fn(xs[0]), "s", color="tab:orange", label=f"start x0 = {xs[0]:g}")
-    ax.plot(x_min, fn(x_min), "*", ms=14, color="tab:red", label=f"x* = {x_min:g}")
-    ax.set(xlabel="x", ylabel="f(x)", title=f"Gradient descent: final x = {xs[-1]:.10g}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def fft_spectrum_figure(
-    freqs: np.typing.ArrayLike,
-    amplitude: np.typing.ArrayLike,
-    peaks: list[tuple[float, float]],
-) -> Figure:
-    """One-sided amplitude spectrum with the detected `peaks` ((Hz, amplitude) pairs) marked."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.stem(np.asarray(freqs), np.asarray(amplitude), basefmt=" ", markerfmt=".")
-    for hz, amp in peaks:
-        ax.plot(hz, amp, "o", mfc="none", ms=10, color="tab:red")
-        ax.annotate(f"{hz:g} Hz, {amp:.3f}", (hz, amp), xytext=(6, 4), textcoords="offset points")
-    ax.set(xlabel="frequency [Hz]", ylabel="amplitude", title="FFT amplitude spectrum")
-    ax.grid(alpha=0.3)
-    return fig
-
-
-# --- classifiers (train_mlp, train_cnn) ---------------------------------------------------------
-
-from typing import TYPE_CHECKING  # noqa: E402
+from appliedtorch.core.plots import plt
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -173,51 +130,4 @@ def prediction_grid(
     )
     # Fixed spacing: tight_layout over dozens of axes costs seconds and gains nothing here.
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / rows, hspace=0.55)
-    return fig
-
-
-def pinn_solution_figure(x: np.ndarray, u_pred: np.ndarray, u_exact: np.ndarray) -> Figure:
-    """PINN solution against the exact one on the same points."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, u_exact, color="black", lw=3, alpha=0.35, label="exact: sin x")
-    ax.plot(x, u_pred, color="tab:blue", lw=1.5, ls="--", label="PINN")
-    ax.set(xlabel="x", ylabel="u(x)", title="u'' + u = 0, u(0) = 0, u(π/2) = 1")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def pinn_error_figure(x: np.ndarray, abs_error: np.ndarray) -> Figure:
-    """Pointwise |PINN - exact| on a log scale."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    # Exact zeros (a hard-BC net at the boundary) cannot be drawn on a log axis.
-    shown = np.where(abs_error > 0, abs_error, np.nan)
-    ax.semilogy(x, shown, color="tab:red", lw=1.2)
-    ax.set(
-        xlabel="x",
-        ylabel="|u_PINN(x) - sin x|",
-        title=f"Pointwise error (max {abs_error.max():.2e})",
-    )
-    ax.grid(alpha=0.3, which="both")
-    return fig
-
-
-def pinn_loss_figure(loss: list[float] | np.ndarray, phases: dict[str, tuple[int, int]]) -> Figure:
-    """Training loss per step on a log scale, with each optimizer phase shaded and named."""
-    names = {"adam": "Adam", "lbfgs": "L-BFGS", "lm": "Levenberg-Marquardt"}
-    colors = {"adam": "tab:blue", "lbfgs": "tab:orange", "lm": "tab:green"}
-    loss = np.asarray(loss, dtype=float)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = np.arange(1, len(loss) + 1)
-    for phase, (start, end) in phases.items():
-        if end <= start:
-            continue
-        color = colors.get(phase, "tab:gray")
-        ax.axvspan(start + 0.5, end + 0.5, color=color, alpha=0.08)
-        ax.semilogy(
-            steps[start:end], loss[start:end], color=color, lw=1, label=names.get(phase, phase)
-        )
-    ax.set(xlabel="step", ylabel="loss", title="PINN training loss")
-    ax.legend()
-    ax.grid(alpha=0.3, which="both")
     return fig

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from appliedtorch import distributed, training
-from appliedtorch.checkpoint import Checkpointer, checkpoint_path, fingerprint
+from appliedtorch.classify import distributed
+from appliedtorch.classify import loop as training
+from appliedtorch.classify.resume import Checkpointer, checkpoint_path, fingerprint
+from appliedtorch.core.params import load_params, run_params
+from appliedtorch.core.tracking import data_tags
+from appliedtorch.core.utils import check_writable, resolve_device, seed_everything
 from appliedtorch.data import load_dataset
-from appliedtorch.params import load_params, run_params
-from appliedtorch.tracking import data_tags
-from appliedtorch.utils import check_writable, resolve_device, seed_everything
 
 # arch -> (dataset, MLflow experiment and registered model name)
 CLASSIFIERS = {"mlp": ("mnist", "mnist-mlp"), "cnn": ("cifar10", "cifar10-cnn")}

@@ -1,0 +1,114 @@
+"""The PINN's outputs: errors against sin x, the verified model file, metrics and figures."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from appliedtorch.pinn.problem import PINNNet, _boundary_points, _dtype, exact_solution, grid
+from appliedtorch.pinn.solver import PINNResult
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(net: PINNNet, n_points: int = 1000) -> dict[str, float]:
+    """Max absolute and relative L2 error against sin x on n evenly spaced points of [A, B]."""
+    dtype = next(net.parameters()).dtype
+    x = grid(n_points, dtype)
+    with torch.no_grad():
+        err = net(x) - exact_solution(x)
+        exact = exact_solution(x)
+    return {
+        "max_abs_error": float(err.abs().max()),
+        "l2_relative_error": float(err.norm() / exact.norm()),
+    }
+
+
+def save_pinn(net: PINNNet, path: str | Path) -> None:
+    """Save the weights and the config that rebuilds the network (atomic)."""
+    from appliedtorch.core.utils import save_torch
+
+    save_torch({"state_dict": net.state_dict(), "config": net.config()}, path)
+
+
+def load_pinn(path: str | Path) -> PINNNet:
+    """Rebuild a network written by `save_pinn`."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = dict(blob["config"])
+    net = PINNNet(cfg["hidden_sizes"], cfg["boundary"], _dtype(cfg["dtype"]))
+    net.load_state_dict(blob["state_dict"])
+    return net.eval()
+
+
+def save_verified(net: PINNNet, path: str | Path, n_points: int = 1000) -> dict[str, float]:
+    """Save the network, reload it and check it reproduces the same errors; return them."""
+    from appliedtorch.core.errors import AppliedTorchError
+
+    before = evaluate(net, n_points)
+    save_pinn(net, path)
+    after = evaluate(load_pinn(path), n_points)
+    if after != before:
+        raise AppliedTorchError(f"{path}: reloaded PINN gives {after}, not {before}; disk full?")
+    return after
+
+
+def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float]:
+    """Errors against sin x, boundary error, final loss, steps and seconds of every phase."""
+    metrics: dict[str, float] = dict(evaluate(result.net, n_points))
+    xb, ub = _boundary_points(next(result.net.parameters()).dtype)
+    with torch.no_grad():
+        metrics["boundary_error"] = float((result.net(xb) - ub).abs().max())
+    metrics["final_loss"] = result.loss[-1] if result.loss else float("nan")
+    for phase in ("adam", "lbfgs", "lm"):
+        start, end = result.phases.get(phase, (0, 0))
+        metrics[f"{phase}_steps"] = end - start
+        if end > start:
+            metrics[f"{phase}_final_loss"] = result.loss[end - 1]
+            metrics[f"{phase}_seconds"] = result.seconds[phase]
+    metrics["lbfgs_restarts"] = result.lbfgs_restarts
+    metrics["seconds"] = result.seconds["total"]
+    return metrics
+
+
+def loss_log_points(result: PINNResult, max_points: int = 100) -> list[tuple[int, float]]:
+    """About `max_points` (step, loss) pairs for a tracker, always including each phase's last."""
+    stride = max(1, math.ceil(len(result.loss) / max_points))
+    keep = set(range(0, len(result.loss), stride))
+    keep |= {end - 1 for start, end in result.phases.values() if end > start}
+    return [(i, result.loss[i]) for i in sorted(keep)]
+
+
+def write_reports(
+    result: PINNResult, reports: str | Path, n_points: int = 1000
+) -> tuple[dict[str, float], list[Path]]:
+    """solution.png, error.png, loss.png, then metrics.json (last: it marks a complete run).
+
+    Returns the metrics and the paths written."""
+    from appliedtorch.core.plots import save_figure
+    from appliedtorch.core.utils import write_json
+    from appliedtorch.pinn import figures as plots
+
+    reports = Path(reports)
+    x = grid(n_points, next(result.net.parameters()).dtype)
+    with torch.no_grad():
+        u, exact = result.net(x).squeeze(1).numpy(), exact_solution(x).squeeze(1).numpy()
+    xs = x.squeeze(1).numpy()
+    figures = {
+        "solution.png": plots.pinn_solution_figure(xs, u, exact),
+        "error.png": plots.pinn_error_figure(xs, abs(u - exact)),
+        "loss.png": plots.pinn_loss_figure(result.loss, result.phases),
+    }
+    for name, fig in figures.items():
+        save_figure(fig, reports / name)
+    metrics = summary_metrics(result, n_points)
+    write_json(reports / "metrics.json", metrics)
+    return metrics, [reports / name for name in (*figures, "metrics.json")]
+
+
+def input_example(net: PINNNet, k: int = 5) -> Any:
+    """k points of the domain as a (k, 1) NumPy array in the network's dtype (for MLflow)."""
+    return grid(k, net.linears[0].weight.dtype).numpy()
