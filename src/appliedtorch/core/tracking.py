@@ -315,8 +315,8 @@ def ensure_schema(uri: str, timeout: float = 600.0) -> None:
     MLflow creates its tables (and runs its migrations) on first use without a lock: two stages
     or two queued experiments starting on a workspace with no mlflow.db race in the migrations
     (`duplicate column name: step`). The lock file `<db>.lock` sits beside the database, so every
-    process that writes to it, on this machine or over a shared file system, takes the same lock.
-    Other tracking stores (a server, postgresql, ...) manage their schema themselves.
+    process that opens that database takes the same lock, whatever directory it runs in (queued
+    experiments run in temporary copies). A server or postgresql store manages its own schema.
     """
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
