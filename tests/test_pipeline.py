@@ -218,7 +218,7 @@ def test_full_repro_on_synthetic_data_then_nothing_to_do(tmp_path, tracking_uri)
         "MNIST MLP loss", "CIFAR-10 CNN loss", "Test accuracy",
         "MNIST MLP confusion matrix", "CIFAR-10 CNN confusion matrix",
     }  # fmt: skip
-    assert expected <= set(plots), sorted(plots)
+    assert set(plots) == expected, sorted(plots)  # each drawn once, none again by default
     assert all(plots[name] and plots[name][0].get("type") == "vega" for name in expected), {
         k: str(v)[:300] for k, v in plots.items()
     }
