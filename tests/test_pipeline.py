@@ -1,6 +1,8 @@
 """End to end: the repository in a temporary git+DVC workspace, `dvc repro` with shrunk params.
 
-Checks the outputs, the MLflow runs and that a second `dvc repro` has nothing to do.
+Checks the outputs, the MLflow runs, that a second `dvc repro` has nothing to do although Python
+wrote bytecode into the workspace (as it does on users' machines), and that every project file a
+stage loaded while it ran, lazy imports included, is covered by that stage's `deps`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -78,7 +81,14 @@ def make_workspace(root: Path, overrides: dict, tracking_uri: str) -> tuple[Path
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": tracking_uri,
         "DVC_NO_ANALYTICS": "1",
+        # The stages run the workspace's copy of the code (as a user's editable install would),
+        # so edits there count, and Python's bytecode lands there.
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ws / "src"), os.environ.get("PYTHONPATH")])
+        ),
     }
+    # Bytecode writing on, as on every user's machine (this environment and CI turn it off).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     run(["git", "init", "-q", "-b", "main"], ws, env)
     run([str(BIN / "dvc"), "init", "-q"], ws, env)
     run([str(BIN / "dvc"), "config", "core.analytics", "false"], ws, env)
@@ -86,6 +96,61 @@ def make_workspace(root: Path, overrides: dict, tracking_uri: str) -> tuple[Path
     run(["git", "commit", "-qm", "workspace"], ws, env)
     return ws, env
 
+
+# Put on PYTHONPATH as `sitecustomize`: every Python process records, at exit, the workspace files
+# it loaded (lazy imports inside functions included) and its command line.
+RECORD_LOADED = """
+import atexit, json, os, sys
+from pathlib import Path
+
+
+def _record_loaded_files():
+    root = Path(os.environ["RECORD_LOADED_ROOT"]).resolve()
+    files = set()
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None)
+        if f and Path(f).resolve().is_relative_to(root) and Path(f).is_file():
+            files.add(Path(f).resolve().relative_to(root).as_posix())
+    if files:
+        out = Path(os.environ["RECORD_LOADED_DIR"]) / f"{os.getpid()}.json"
+        script = str(Path(sys.argv[0]).resolve())
+        out.write_text(json.dumps({"script": script, "argv": sys.argv, "files": sorted(files)}))
+
+
+atexit.register(_record_loaded_files)
+"""
+
+
+def record_loaded_files(env: dict, ws: Path, root: Path) -> Path:
+    """Make every Python process started with `env` record the `ws` files it loads; return where."""
+    site, out = root / "record-site", root / "loaded"
+    site.mkdir()
+    out.mkdir()
+    (site / "sitecustomize.py").write_text(RECORD_LOADED)
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(site)])
+    env["RECORD_LOADED_ROOT"], env["RECORD_LOADED_DIR"] = str(ws), str(out)
+    return out
+
+
+def assert_loaded_files_covered_by_deps(ws: Path, records: Path) -> set[str]:
+    """Each stage run loaded only files its dvc.yaml deps cover; return the scripts seen."""
+    from test_stage_deps import deps_cover, stage_deps
+
+    deps = stage_deps(ws / "dvc.yaml")
+    seen, problems = set(), {}
+    for record in sorted(records.glob("*.json")):
+        entry = json.loads(record.read_text())
+        script = Path(entry["script"]).relative_to(ws.resolve()).as_posix()
+        assert script in deps, f"a process that is no stage loaded workspace files: {entry}"
+        seen.add(script)
+        if missing := [f for f in entry["files"] if not deps_cover(deps[script], f)]:
+            problems[script] = missing
+    assert problems == {}, f"files loaded while running but not in the stage's deps: {problems}"
+    return seen
+
+
+STAGES = ("download", "train_mlp", "train_cnn", "pinn", "math_demos", "report")
+SUBPACKAGES = ("core", "data", "classify", "pinn", "demos", "report")
 
 EXPERIMENTS = {
     "math-demos": "math_demos",
@@ -99,8 +164,17 @@ EXPERIMENTS = {
 def test_full_repro_on_synthetic_data_then_nothing_to_do(tmp_path, tracking_uri):
     """`dvc repro` builds every stage offline; runs lead back to the data dvc.lock records."""
     ws, env = make_workspace(tmp_path, SHRUNK, tracking_uri)
+    records = record_loaded_files(env, ws, tmp_path)
     dvc = str(BIN / "dvc")
     run([dvc, "repro"], ws, env)
+    # Every stage script ran, and loaded (lazily too) only files its deps cover.
+    ran = assert_loaded_files_covered_by_deps(ws, records)
+    assert ran == {f"stages/{name}.py" for name in STAGES}, ran
+    # Python wrote bytecode beside the code the stages ran; DVC must not count it as a change.
+    pycache = {
+        p.parent.parent.relative_to(ws).as_posix() for p in ws.glob("src/**/__pycache__/*.pyc")
+    }
+    assert {f"src/appliedtorch/{sub}" for sub in SUBPACKAGES} <= pycache, pycache
 
     math = json.loads((ws / "reports/math/metrics.json").read_text())
     assert math["max_error"] < 1e-6
@@ -144,13 +218,21 @@ def test_full_repro_on_synthetic_data_then_nothing_to_do(tmp_path, tracking_uri)
         "MNIST MLP loss", "CIFAR-10 CNN loss", "Test accuracy",
         "MNIST MLP confusion matrix", "CIFAR-10 CNN confusion matrix",
     }  # fmt: skip
-    assert expected <= set(plots), sorted(plots)
+    assert set(plots) == expected, sorted(plots)  # each drawn once, none again by default
     assert all(plots[name] and plots[name][0].get("type") == "vega" for name in expected), {
         k: str(v)[:300] for k, v in plots.items()
     }
     assert (ws / "dvc_plots").exists() is False  # --json renders nothing to disk
 
+    lock_before = (ws / "dvc.lock").stat().st_mtime_ns
+    start = time.perf_counter()
     again = run([dvc, "repro"], ws, env)
+    noop_seconds = time.perf_counter() - start
     assert "Running stage" not in again.stdout, again.stdout
+    stages = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    for stage in stages:
+        assert f"Stage '{stage}' didn't change, skipping" in again.stdout, again.stdout
+    assert (ws / "dvc.lock").stat().st_mtime_ns == lock_before
     status = run([dvc, "status"], ws, env).stdout.strip()
     assert status.endswith("Data and pipelines are up to date."), status
+    print(f"no-op `dvc repro`: {noop_seconds:.2f} s")

@@ -309,6 +309,28 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def ensure_schema(uri: str, timeout: float = 600.0) -> None:
+    """Create a new sqlite tracking database's schema once, under an inter-process file lock.
+
+    MLflow creates its tables (and runs its migrations) on first use without a lock: two stages
+    or two queued experiments starting on a workspace with no mlflow.db race in the migrations
+    (`duplicate column name: step`). The lock file `<db>.lock` sits beside the database, so every
+    process that opens that database takes the same lock, whatever directory it runs in (queued
+    experiments run in temporary copies). A server or postgresql store manages its own schema.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return
+    import mlflow
+    from filelock import FileLock
+
+    db = Path(uri[len(prefix) :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock", timeout=timeout):
+        # Opening the store creates whatever tables are missing; later opens find them all.
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
 @contextlib.contextmanager
 def stage_run(
     experiment: str,
@@ -331,6 +353,7 @@ def stage_run(
 
     mlflow.set_tracking_uri(tracking_uri)
     try:
+        ensure_schema(tracking_uri)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             location = None

@@ -1,0 +1,182 @@
+"""What `dvc repro` promises a user, checked with real DVC on a tiny pipeline, bytecode writing on.
+
+One tiny `dvc repro` builds a workspace for the module; each test works on its own copy of it:
+- an edit reruns exactly the stages whose code it touches (`dvc status`, plus what lies
+  downstream in `dvc dag`);
+- the run-cache brings back an earlier experiment's outputs without training;
+- after a stage fails under `dvc repro` (DVC deleted its outputs before running it),
+  `dvc checkout` brings back the previous outputs byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_pipeline import BIN, SHRUNK, _merge, make_workspace, run
+
+from conftest import free_port
+
+DVC = str(BIN / "dvc")
+
+# SHRUNK, smaller still: this module is about DVC, not about what the stages compute.
+TINY = _merge(
+    SHRUNK,
+    {
+        "data": {
+            "synthetic": {
+                "mnist_train": 400,
+                "mnist_test": 100,
+                "cifar10_train": 200,
+                "cifar10_test": 100,
+            }
+        },
+        "mlp": {"epochs": 2, "train_limit": 300},
+        "cnn": {"epochs": 1, "train_limit": 100},
+        "pinn": {"adam_steps": 50, "lbfgs_steps": 10, "lm_steps": 20},
+    },
+)
+EPOCH_LINE = re.compile(r"epoch \d+:")
+
+
+def sha256_tree(ws: Path, *folders: str) -> dict[str, str]:
+    """sha256 of every file under `folders` of `ws`, by path relative to `ws`."""
+    return {
+        p.relative_to(ws).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted((ws / folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, mlflow_template_db) -> tuple[Path, dict]:
+    """A workspace after one successful tiny `dvc repro`, its dvc.lock committed."""
+    root = tmp_path_factory.mktemp("built")
+    shutil.copy(mlflow_template_db, root / "mlflow.db")
+    ws, env = make_workspace(root, TINY, f"sqlite:///{root / 'mlflow.db'}")
+    run([DVC, "repro"], ws, env)
+    run(["git", "add", "-A"], ws, env)
+    run(["git", "commit", "-qm", "built"], ws, env)
+    return ws, env
+
+
+@pytest.fixture
+def workspace(built, tmp_path) -> tuple[Path, dict]:
+    """A copy of the built workspace (git, DVC cache and MLflow database included) for one test."""
+    ws, env = built
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy, symlinks=True)  # bytecode included, as a user's clone has it
+    shutil.copy(ws.parent / "mlflow.db", tmp_path / "mlflow.db")
+    env = {
+        **env,
+        "PYTHONPATH": env["PYTHONPATH"].replace(str(ws / "src"), str(copy / "src")),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    return copy, env
+
+
+def changed_stages(ws: Path, env: dict) -> set[str]:
+    """The stages `dvc status` finds changed (no stage runs)."""
+    return set(json.loads(run([DVC, "status", "--json"], ws, env).stdout))
+
+
+def downstream(ws: Path, env: dict, stages: set[str]) -> set[str]:
+    """`stages` and every stage that consumes their outputs, from `dvc dag`'s edges."""
+    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', run([DVC, "dag", "--dot"], ws, env).stdout)
+    assert edges, "dvc dag --dot printed no edges"
+    out = set(stages)
+    while True:
+        more = {b for a, b in edges if a in out} - out
+        if not more:
+            return out
+        out |= more
+
+
+ALL = {
+    "download@mnist", "download@cifar10", "train_mlp", "train_cnn", "pinn", "math_demos", "report",
+}  # fmt: skip
+EDITS = {  # subpackage edited: (stages whose deps change, stages that rerun)
+    "pinn": ({"pinn"}, {"pinn", "report"}),
+    "demos": ({"math_demos"}, {"math_demos", "report"}),
+    "classify": ({"train_mlp", "train_cnn"}, {"train_mlp", "train_cnn", "report"}),
+    "report": ({"report"}, {"report"}),
+    "data": (
+        {"download@mnist", "download@cifar10", "train_mlp", "train_cnn"},
+        {"download@mnist", "download@cifar10", "train_mlp", "train_cnn", "report"},
+    ),
+    "core": (ALL, ALL),
+}
+
+
+@pytest.mark.slow
+def test_an_edit_reruns_exactly_the_stages_that_use_the_code(workspace):
+    ws, env = workspace
+    # The built workspace is up to date, though Python wrote bytecode into it.
+    assert list(ws.glob("src/appliedtorch/*/__pycache__/*.pyc"))
+    assert changed_stages(ws, env) == set()
+    for subpackage, (changed, rerun) in EDITS.items():
+        path = ws / "src" / "appliedtorch" / subpackage / "__init__.py"
+        original = path.read_text()
+        path.write_text(original + "# an edit\n")
+        try:
+            seen = changed_stages(ws, env)
+        finally:
+            path.write_text(original)
+        assert seen == changed, f"editing {subpackage}: {sorted(seen)}"
+        assert downstream(ws, env, seen) == rerun, f"editing {subpackage}"
+    assert changed_stages(ws, env) == set()
+
+
+@pytest.mark.slow
+def test_run_cache_restores_an_earlier_experiment_without_training(workspace):
+    ws, env = workspace
+    lr_a = yaml.safe_load((ws / "params.yaml").read_text())["mlp"]["lr"]
+    outputs_a = sha256_tree(ws, "models", "reports/mlp")
+
+    start = time.perf_counter()
+    noop = run([DVC, "repro"], ws, env)
+    noop_seconds = time.perf_counter() - start
+    assert "Running stage" not in noop.stdout, noop.stdout
+
+    trained = run([DVC, "exp", "run", "-S", f"mlp.lr={lr_a * 3}", "train_mlp"], ws, env)
+    assert EPOCH_LINE.search(trained.stdout + trained.stderr), trained.stdout
+    outputs_b = sha256_tree(ws, "models", "reports/mlp")
+    assert outputs_b["models/mlp.pt"] != outputs_a["models/mlp.pt"]
+
+    start = time.perf_counter()
+    restored = run([DVC, "exp", "run", "-S", f"mlp.lr={lr_a}", "train_mlp"], ws, env)
+    restore_seconds = time.perf_counter() - start
+    log = restored.stdout + restored.stderr
+    assert "Stage 'train_mlp' is cached - skipping run, checking out outputs" in log, log
+    assert not EPOCH_LINE.search(log), log
+    assert sha256_tree(ws, "models", "reports/mlp") == outputs_a
+    print(f"no-op `dvc repro`: {noop_seconds:.2f} s; run-cache restore: {restore_seconds:.2f} s")
+
+
+@pytest.mark.slow
+def test_dvc_checkout_restores_outputs_after_a_stage_fails(workspace):
+    ws, env = workspace
+    before = sha256_tree(ws, "models", "reports")
+    assert "models/mlp.pt" in before and "reports/mlp/metrics.json" in before
+
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["mlp"]["lr"] *= 2
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dead = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    failed = run([DVC, "repro"], ws, dead, check=False)
+    assert failed.returncode != 0
+    assert "is not reachable" in failed.stdout + failed.stderr, failed.stderr
+    # What README states: DVC deleted the stage's outputs before running it, metrics included.
+    assert not (ws / "models/mlp.pt").exists()
+    assert not (ws / "reports/mlp/metrics.json").exists()
+
+    run([DVC, "checkout"], ws, env)  # the one recovery command README documents
+    assert sha256_tree(ws, "models", "reports") == before
