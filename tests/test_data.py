@@ -682,3 +682,37 @@ def test_same_size_corruption_is_caught_by_md5(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte does not match its md5 in "
                        r"source\.json \(modified or corrupt\); run `dvc repro download@mnist`"):  # fmt: skip
         load_dataset("mnist", out)
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signalled_download_leaves_nothing(
+    sig: str, code: int, mirror: Path, tmp_path: Path, params_file, monkeypatch, capsys
+) -> None:
+    """The download stage in-process, signalled mid-transfer: staging removed, one line."""
+    import signal
+
+    out = tmp_path / "ws" / "data" / "raw" / "mnist"
+    with serve(mirror, TrickleHandler) as url:
+        params = params_file({"data": {"source": url, "retries": 0, "timeout": 5}})
+        argv = ["download.py", "--params", str(params), "--dataset", "mnist", "--out", str(out)]
+        monkeypatch.setattr(sys, "argv", argv)
+        staged = []
+
+        def kill_once_staged() -> None:  # signal once the transfer is under way
+            deadline = time.monotonic() + 20
+            while not staged and time.monotonic() < deadline:
+                staged.extend(out.parent.glob(".mnist.*.tmp/.archives/*.part"))
+                time.sleep(0.01)
+            os.kill(os.getpid(), getattr(signal, sig))
+
+        killer = threading.Thread(target=kill_once_staged, daemon=True)
+        killer.start()
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(REPO / "stages" / "download.py"), run_name="__main__")
+        killer.join()
+    assert staged, "the transfer never started"
+    assert exit_info.value.code == code
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {'terminated' if code == 143 else 'interrupted'} ({sig})"]
+    assert leftovers(tmp_path / "ws") == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored

@@ -40,20 +40,21 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
-    """Inside the block SIGTERM raises Terminated (SIGINT already raises KeyboardInterrupt).
-
-    Only in the main thread (Python delivers signals there); the old handlers come back after.
-    """
+    """Inside the block SIGTERM raises Terminated and SIGINT KeyboardInterrupt, even where the
+    parent left SIGINT ignored (a shell's background job). Only in the main thread (Python
+    delivers signals there); the old handlers come back after."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
 
 
 def run_stage(main: Callable[[], object]) -> None:
