@@ -129,7 +129,11 @@ def download(
         try:
             data = _read_mnist(staging) if name == "mnist" else _read_cifar10(staging)
         except DataError as exc:
-            raise DataError(f"{name} from {source} is not a valid dataset: {exc}") from None
+            # Name the file as it is in the archive, not by the staging path (gone by now).
+            why = str(exc).replace(f"{staging}{os.sep}", "")
+            raise DataError(
+                f"{name} from {_brief(source, 80)} is not a valid dataset: {why}"
+            ) from None
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         record = {
             "dataset": name,
