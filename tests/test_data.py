@@ -716,3 +716,17 @@ def test_signalled_download_leaves_nothing(
     assert errors == [f"error: {'terminated' if code == 143 else 'interrupted'} ({sig})"]
     assert leftovers(tmp_path / "ws") == []
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+def test_a_servers_long_reason_phrase_is_quoted_short(tmp_path: Path) -> None:
+    class Shouting(QuietHandler):
+        def do_GET(self) -> None:
+            self.send_response(503, "\x1b[31m" + "A" * 20000)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    with serve(tmp_path, Shouting) as url, pytest.raises(DataError) as info:
+        download("mnist", tmp_path / "ws" / "mnist", url, retries=0)
+    message = str(info.value)
+    assert "HTTP 503 \\x1b[31mAAA" in message and message.isprintable(), message
+    assert len(message) < 600, len(message)

@@ -291,7 +291,7 @@ def _fetch_all(name: str, source: str, dest: Path, limits: _Limits) -> list[_Fet
             try:
                 _fetch_verified(url, dest / fname, md5, checked, limits)
             except _FetchError as exc:
-                tried.append(f"{url} ({exc})")
+                tried.append(f"{_brief(url, 200)} ({exc})")
                 continue
             fetched.append(_Fetched(fname, dest / fname, url, md5, checked))
             break
@@ -330,7 +330,9 @@ def _read_md5sums(base: str, dest: Path, limits: _Limits, name: str, source: str
         if exc.missing:
             log.info("%s has no %s: verifying against the upstream md5 sums", source, MD5SUMS)
             return {}
-        raise DataError(f"cannot read {url} for {name} ({exc}); {_hint(name, source)}") from None
+        raise DataError(
+            f"cannot read {_brief(url, 200)} for {name} ({exc}); {_hint(name, source)}"
+        ) from None
     sums = {}
     for number, line in enumerate(tmp.read_text(errors="replace").splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
@@ -339,7 +341,7 @@ def _read_md5sums(base: str, dest: Path, limits: _Limits, name: str, source: str
         fname = fname.strip().lstrip("*").removeprefix("./")
         if len(md5) != 32 or not fname or any(c not in "0123456789abcdefABCDEF" for c in md5):
             raise DataError(
-                f"{url} line {number} is not in md5sum format: {_brief(line.strip(), 60)!r}"
+                f"{_brief(url, 200)} line {number} is not in md5sum format: {_brief(line.strip(), 60)!r}"
             )
         sums[Path(fname).name] = md5.lower()
     tmp.unlink()
@@ -492,7 +494,11 @@ def _fetch(
         except urllib.error.HTTPError as exc:
             # 4xx will not change on retry (408 and 429 might); 5xx is the server's trouble.
             permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
-            reason = "not found (HTTP 404)" if exc.code == 404 else f"HTTP {exc.code} {exc.reason}"
+            reason = (
+                "not found (HTTP 404)"
+                if exc.code == 404
+                else f"HTTP {exc.code} {_brief(exc.reason, 60)}"
+            )
             raise _FetchError(reason, permanent=permanent, missing=exc.code in (404, 410)) from None
         except urllib.error.URLError as exc:
             if deadline.expired:
@@ -551,7 +557,7 @@ def _network_error(reason: object, timeout: float) -> _FetchError:
     ):
         return _FetchError("connection refused")
     text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-    return _FetchError(text)
+    return _FetchError(_brief(text, 100))
 
 
 def _resolve(url: str, timeout: float) -> None:
