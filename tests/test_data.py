@@ -730,3 +730,17 @@ def test_a_servers_long_reason_phrase_is_quoted_short(tmp_path: Path) -> None:
     message = str(info.value)
     assert "HTTP 503 \\x1b[31mAAA" in message and message.isprintable(), message
     assert len(message) < 600, len(message)
+
+
+def test_previous_dataset_moved_aside_by_a_killed_download_is_restored(tmp_path: Path) -> None:
+    """Killed between its two renames, a download left only `.mnist.<pid>.old`: put it back."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    out = tmp_path / "mnist"
+    download("mnist", out, "synthetic", synthetic_sizes=(20, 10))
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    aside = tmp_path / f".mnist.{int(dead.stdout)}.old"
+    out.rename(aside)
+    assert data.remove_stale_staging(out) == []
+    assert not aside.exists()
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -182,6 +182,11 @@ def remove_stale_staging(out: Path) -> list[Path]:
             m = pattern.fullmatch(p.name)
             if not m or int(m[1]) == os.getpid() or _pid_alive(int(m[1])):
                 continue
+            if p.name.endswith(".old") and not out.exists():
+                # Killed between moving the old dataset aside and the new one in: put it back.
+                os.replace(p, out)
+                log.info("restored %s from %s, left by a download that was killed", out, p)
+                continue
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             log.info("removed %s, left by a download that was killed (pid %s)", p, m[1])
             removed.append(p)
@@ -196,14 +201,42 @@ def _make_parents(path: Path) -> list[Path]:
 
 
 def _replace_dir(new: Path, out: Path) -> None:
-    """Rename `new` onto `out`; an existing `out` is moved aside first and removed after."""
+    """Rename `new` onto `out`; an existing `out` is moved aside first and removed after.
+
+    SIGINT/SIGTERM are held back during the two renames, so a signal cannot leave `out`
+    missing with the previous dataset only under its `.old` name.
+    """
     old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.{os.getpid()}.old")
-        os.replace(out, old)
-    os.replace(new, out)
+    with _signals_held():
+        if out.exists():
+            old = out.with_name(f".{out.name}.{os.getpid()}.old")
+            os.replace(out, old)
+        try:
+            os.replace(new, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)
+            raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Any:
+    """Delay SIGINT and SIGTERM until the block ends (main thread, POSIX; else a no-op)."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _write_synthetic(name: str, staging: Path, seed: int, n_train: int, n_test: int) -> None:
