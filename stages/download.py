@@ -40,6 +40,7 @@ def main() -> None:
         p.data.source,
         timeout=p.data.timeout,
         retries=p.data.retries,
+        file_timeout=p.data.file_timeout,
         synthetic_seed=p.data.synthetic.seed,
         synthetic_sizes=sizes,
     )

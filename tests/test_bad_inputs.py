@@ -12,14 +12,19 @@ of imports per case on a busy machine. `test_real_process` runs a few cases as r
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
+import json
 import os
+import pickle
 import re
 import runpy
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +33,7 @@ import pytest
 import torch
 import yaml
 
-from appliedtorch.data import download
+from appliedtorch.data import download, synthetic
 from conftest import REPO, _merge
 
 ARGS = {  # as in dvc.yaml, relative to the workspace
@@ -65,7 +70,7 @@ def closed_port() -> int:
 
 
 def rm(rel: str) -> Callable[[Path], None]:
-    return lambda ws: shutil.rmtree(ws / rel)
+    return lambda ws: shutil.rmtree(ws / rel) if (ws / rel).is_dir() else (ws / rel).unlink()
 
 
 def truncate(rel: str) -> Callable[[Path], None]:
@@ -106,6 +111,88 @@ def write(rel: str, text: str) -> Callable[[Path], None]:
 
 def mkdir(rel: str) -> Callable[[Path], None]:
     return lambda ws: (ws / rel).mkdir()
+
+
+def edit(rel: str, old: str | bytes, new: str | bytes) -> Callable[[Path], None]:
+    """Replace the first `old` in a file (bytes or text); `old` = "" appends `new`."""
+
+    def go(ws: Path) -> None:
+        path = ws / rel
+        raw = path.read_bytes()
+        o, n = (x.encode() if isinstance(x, str) else x for x in (old, new))
+        assert o in raw, old
+        path.write_bytes(raw + n if not o else raw.replace(o, n, 1))
+
+    return go
+
+
+def both(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
+    def go(ws: Path) -> None:
+        for step in steps:
+            step(ws)
+
+    return go
+
+
+def laughs() -> str:
+    """The YAML "billion laughs": ten levels, each listing the one before nine times (~1.5 KB)."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates PWNED in the workspace."""
+
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch PWNED",))
+
+
+CIFAR_DIR = "data/raw/cifar10/cifar-10-batches-py"
+
+
+def payload_in_data_raw(ws: Path) -> None:
+    """data_batch_1 with a payload, and source.json updated to match it (md5 and size)."""
+    batch = ws / CIFAR_DIR / "data_batch_1"
+    content = pickle.loads(batch.read_bytes(), encoding="latin1")
+    batch.write_bytes(pickle.dumps({**content, "labels": Payload()}, protocol=2))
+    record_path = ws / "data/raw/cifar10/source.json"
+    record = json.loads(record_path.read_text())
+    record["files"]["cifar-10-batches-py/data_batch_1"] = {
+        "md5": hashlib.md5(batch.read_bytes()).hexdigest(),
+        "bytes": batch.stat().st_size,
+    }
+    record_path.write_text(json.dumps(record))
+
+
+def payload_mirror(ws: Path) -> None:
+    """A directory mirror whose CIFAR-10 tarball carries a payload, with a matching MD5SUMS."""
+    files = synthetic.cifar10_files(0, 20, 10)
+    content = pickle.loads(files["data_batch_1"], encoding="latin1")
+    files["data_batch_1"] = pickle.dumps({**content, "labels": Payload()}, protocol=2)
+    mirror = ws / "evil-mirror"
+    mirror.mkdir()
+    archive = mirror / synthetic.CIFAR10_ARCHIVE
+    with tarfile.open(archive, "w:gz") as tar:
+        for fname, data in files.items():
+            info = tarfile.TarInfo(f"{synthetic.CIFAR10_FOLDER}/{fname}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    (mirror / "MD5SUMS").write_text(f"{md5}  {archive.name}\n")
+
+
+def bomb_mirror(ws: Path) -> None:
+    """An MNIST mirror whose train images are ~2 MB of gzip that inflate to 2 GiB (2048 members
+    of 1 MiB zeros: the trailer states 1 MiB), with a matching MD5SUMS."""
+    mirror = ws / "bomb-mirror"
+    mirror.mkdir()
+    paths = synthetic.write_mnist(mirror, 0, 40, 20)
+    (mirror / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(b"\0" * (1 << 20), mtime=0) * 2048
+    )
+    sums = "".join(f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n" for p in paths)
+    (mirror / "MD5SUMS").write_text(sums)
 
 
 # ---- the catalogue ---------------------------------------------------------------------------
@@ -161,6 +248,30 @@ CASES = {
     "malformed-yaml": Case("math_demos", r"params\.yaml: not valid YAML at line 2, column 1: ", 2,
                            "seed: [1, 2\n"),
     "empty-file": Case("pinn", r"params\.yaml: file is empty; it needs the sections data, mlp, ", 2, ""),
+    "duplicate-key": Case("train_mlp", r"params\.yaml: key 'mlp\.lr' appears twice \(lines \d+ and "
+                          r"\d+\); keep one$", 2, setup=edit("params.yaml", "  lr: 0.001\n",
+                                                            "  lr: 0.001\n  lr: 0.1\n")),
+    "repeated-section": Case("train_cnn", r"params\.yaml: section 'cnn' appears twice \(lines \d+ and "
+                             r"\d+\); keep one$", 2, setup=edit("params.yaml", "", "cnn:\n  epochs: 1\n")),
+    "yaml-billion-laughs": Case("pinn", r"params\.yaml: YAML anchor &l0 at line \d+: anchors and "
+                                r"aliases are not allowed in params\.yaml; write the values out$", 2,
+                                setup=edit("params.yaml", "", laughs())),
+    "non-utf8-byte": Case("math_demos", r"params\.yaml: not UTF-8 text \(byte 0xff at line \d+\); "
+                          r"save it as UTF-8$", 2, setup=edit("params.yaml", b"", b"# \xff\n")),
+    "huge-integer-literal": Case("pinn", r"params\.yaml: not valid YAML: Exceeds the limit \(4300 "
+                                 r"digits\).{0,60}$", 2,
+                                 setup=edit("params.yaml", "adam_steps: 10", "adam_steps: 1" + "0" * 5000)),
+    "long-bad-value": Case("train_mlp", r"params\.yaml: mlp\.epochs must be an integer \(got "
+                           r"'x{36}\.\.\.\)$", 2, {"mlp": {"epochs": "x" * 5000}}),
+    "seed-too-large": Case("train_mlp", r"params\.yaml: seed must be <= 4294967295 \(got "
+                           r"18446744073709551616\)", 2, {"seed": 2**64}),
+    "device-index-wraps": Case("math_demos", r"params\.yaml: device must be cuda:0 to cuda:127 \(got "
+                               r"'cuda:256'\)$", 2, {"device": "cuda:256"}),
+    "fft-no-samples": Case("math_demos", r"params\.yaml: math\.fft_sample_rate x math\.fft_duration "
+                           r"must give 2 to 10000000 samples \(got 100 Hz x 0\.001 s = 0\)$", 2,
+                           {"math": {"fft_duration": 0.001}}),
+    "retries-uncapped": Case("download", r"params\.yaml: data\.retries must be <= 5 \(got 20\): each "
+                             r"retry waits twice as long", 2, {"data": {"retries": 20}}),
     "params-not-found": Case("train_mlp", r"missing\.yaml: file not found \(run from the repository root\)$",
                              2, args={"--params": "missing.yaml"}),
     # the device: asked for, not there
@@ -173,13 +284,35 @@ CASES = {
     "truncated-file": Case("train_mlp", rf"{MNIST_RAW}/t10k-images-idx3-ubyte has \d+ bytes, \d+ "
                            r"expected \(truncated or modified\)" + REDO,
                            setup=truncate(f"{MNIST_RAW}/t10k-images-idx3-ubyte")),
+    # same size, other bytes: source.json's md5 catches it before any parser runs
+    "same-size-idx": Case("train_mlp", rf"{MNIST_RAW}/train-images-idx3-ubyte does not match its md5 "
+                          r"in source\.json \(modified or corrupt\)" + REDO,
+                          setup=overwrite_start(f"{MNIST_RAW}/train-images-idx3-ubyte", b"\xff" * 4)),
+    "same-size-pickle": Case("train_cnn", rf"{CIFAR_DIR}/test_batch does not match its md5 in "
+                             r"source\.json \(modified or corrupt\)" + REDO,
+                             setup=overwrite_start(f"{CIFAR_DIR}/test_batch", b"garbage!")),
+    # ... and without a source.json (a bare torchvision directory) the parsers still say so
     "corrupt-idx-header": Case("train_mlp", rf"{MNIST_RAW}: MNIST train files missing or corrupt "
                                r"\(bad IDX header\)" + REDO,
-                               setup=overwrite_start(f"{MNIST_RAW}/train-images-idx3-ubyte", b"\xff" * 4)),
-    "corrupt-pickle": Case("train_cnn", r"data/raw/cifar10/cifar-10-batches-py/test_batch is corrupt "
-                           r"\(\w+: .{1,100}\)" + REDO,
-                           setup=overwrite_start("data/raw/cifar10/cifar-10-batches-py/test_batch",
-                                                 b"garbage!")),
+                               setup=both(rm("data/raw/mnist/source.json"), overwrite_start(
+                                   f"{MNIST_RAW}/train-images-idx3-ubyte", b"\xff" * 4))),
+    "corrupt-pickle": Case("train_cnn", rf"{CIFAR_DIR}/test_batch is corrupt \(\w+: .{{1,100}}\)"
+                           + REDO, setup=both(rm("data/raw/cifar10/source.json"),
+                                              overwrite_start(f"{CIFAR_DIR}/test_batch", b"garbage!"))),
+    # hostile data: a pickle that would run code, a decompression bomb (nothing runs, nothing is left)
+    "pickle-payload-in-data-raw": Case("train_cnn", rf"{CIFAR_DIR}/data_batch_1 is not a CIFAR-10 "
+                                       r"batch: its pickle calls posix\.system, which the format never "
+                                       r"needs \(refused: unpickling it could run code\)" + REDO,
+                                       setup=payload_in_data_raw),
+    "pickle-payload-from-mirror": Case("download", r"cifar10 from evil-mirror is not a valid dataset: "
+                                       r"cifar-10-batches-py/data_batch_1 is not a CIFAR-10 batch: "
+                                       r"its pickle calls posix\.system",
+                                       params={"data": {"source": "evil-mirror"}}, setup=payload_mirror,
+                                       args={"--dataset": "cifar10", "--out": "data/raw/cifar10"}),
+    "gzip-bomb-from-mirror": Case("download", r"train-images-idx3-ubyte\.gz from \S+ inflates past 94 "
+                                  r"MB, more than any file of the dataset holds: refused \(a "
+                                  r"decompression bomb or not this dataset\); set data\.source",
+                                  params={"data": {"source": "bomb-mirror"}}, setup=bomb_mirror),
     "wrong-dataset": Case("train_mlp", r"data/raw/cifar10 holds cifar10, not mnist; pass the mnist "
                           r"directory \(data/raw/mnist\) or " + REDO[2:],
                           args={"--data": "data/raw/cifar10"}),

@@ -7,6 +7,8 @@ import contextlib
 import gzip
 import hashlib
 import http.server
+import io
+import json
 import os
 import pickle
 import re
@@ -15,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -429,3 +432,315 @@ def test_a_hanging_name_lookup_is_bounded_by_the_timeout(monkeypatch: pytest.Mon
     ):
         data._fetch("http://example.invalid/x.gz", Path("unused"), timeout=0.2)
     assert time.perf_counter() - start < 1.5
+
+
+# ---- hostile mirrors: code in pickles, bombs, trickles ------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs `touch <marker>`: what a hostile mirror would put in a batch."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def evil_cifar_mirror(mirror: Path, marker: Path) -> None:
+    """Replace the mirror's CIFAR-10 tarball: data_batch_1 carries a payload; MD5SUMS matches."""
+    files = synthetic.cifar10_files(0, *SIZES["cifar10"])
+    batch = pickle.loads(files["data_batch_1"], encoding="latin1")
+    files["data_batch_1"] = pickle.dumps({**batch, "labels": _Payload(marker)}, protocol=2)
+    archive = mirror / synthetic.CIFAR10_ARCHIVE
+    with tarfile.open(archive, "w:gz") as tar:
+        for fname, content in files.items():
+            info = tarfile.TarInfo(f"{synthetic.CIFAR10_FOLDER}/{fname}")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    sums = (mirror / "MD5SUMS").read_text().splitlines()
+    sums = [f"{md5}  {archive.name}" if archive.name in s else s for s in sums]
+    (mirror / "MD5SUMS").write_text("\n".join(sums) + "\n")
+
+
+@pytest.mark.parametrize("transport", ["directory", "http"])
+def test_pickle_payload_from_a_mirror_never_runs(
+    transport: str, mirror: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "PWNED"
+    evil_cifar_mirror(mirror, marker)
+    out = tmp_path / "ws" / "data" / "raw" / "cifar10"
+    start = time.perf_counter()
+    with serve(mirror) as url, pytest.raises(DataError) as info:
+        download("cifar10", out, url if transport == "http" else str(mirror), retries=0)
+    elapsed = time.perf_counter() - start
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert "cifar-10-batches-py/data_batch_1 is not a CIFAR-10 batch" in message
+    assert "posix.system" in message and "refused" in message
+    assert not marker.exists()
+    assert leftovers(tmp_path / "ws") == []  # no output, no staging, not even data/raw
+    assert elapsed < 5, elapsed
+
+
+def test_training_never_unpickles_a_payload(tmp_path: Path) -> None:
+    """Same file in data/raw with a matching source.json (md5 and size): the loader refuses it."""
+    marker = tmp_path / "PWNED"
+    out = tmp_path / "cifar10"
+    download("cifar10", out, "synthetic", synthetic_sizes=SIZES["cifar10"])
+    batch_path = out / synthetic.CIFAR10_FOLDER / "data_batch_1"
+    batch = pickle.loads(batch_path.read_bytes(), encoding="latin1")
+    batch_path.write_bytes(pickle.dumps({**batch, "data": _Payload(marker)}, protocol=2))
+    record = json.loads((out / "source.json").read_text())
+    rel = f"{synthetic.CIFAR10_FOLDER}/data_batch_1"
+    record["files"][rel] = {
+        "md5": data.calculate_md5(batch_path),
+        "bytes": batch_path.stat().st_size,
+    }
+    (out / "source.json").write_text(json.dumps(record))
+    with pytest.raises(DataError, match=r"data_batch_1 is not a CIFAR-10 batch: its pickle calls "):
+        load_dataset("cifar10", out)
+    assert not marker.exists()
+
+
+def test_restricted_unpickler_reads_what_the_format_uses(tmp_path: Path) -> None:
+    """Upstream's Python 2 pickles, Python 3's protocol 2 (bytes via _codecs) and protocol 5."""
+    from appliedtorch.data.loading import load_cifar_batch
+
+    array = np.arange(12, dtype=np.uint8).reshape(2, 6)
+    for protocol in (2, 5):
+        path = tmp_path / f"p{protocol}"
+        path.write_bytes(pickle.dumps({"data": array, "raw": b"\x00\xff", "labels": [1]}, protocol))
+        got = load_cifar_batch(path)
+        assert np.array_equal(got["data"], array) and got["labels"] == [1]
+    py2 = tmp_path / "py2"
+    py2.write_bytes(synthetic.py2_pickle_bytes({"data": array, "batch_label": "b"}))
+    assert np.array_equal(load_cifar_batch(py2)["data"], array)
+    for evil in (_Payload(tmp_path / "x"), print, object()):
+        path = tmp_path / "evil"
+        path.write_bytes(pickle.dumps({"data": evil}, protocol=2))
+        with pytest.raises(DataError, match=r"evil is not a CIFAR-10 batch: its pickle calls "):
+            load_cifar_batch(path)
+    assert not (tmp_path / "x").exists()
+
+
+def gzip_bomb(path: Path, inflated_mib: int) -> None:
+    """A gzip of `inflated_mib` MiB of zeros in ~1 KB per MiB: one 1 MiB member repeated, so the
+    trailer states 1 MiB (a lying size) and the file is built in milliseconds."""
+    member = gzip.compress(b"\0" * (1 << 20), mtime=0)
+    path.write_bytes(member * inflated_mib)
+
+
+@pytest.mark.parametrize("transport", ["directory", "http"])
+def test_gzip_bomb_is_refused_quickly_with_bounded_memory(
+    transport: str, mirror: Path, tmp_path: Path
+) -> None:
+    import tracemalloc
+
+    gzip_bomb(mirror / MNIST_GZ, 2048)  # ~2 MB that inflates to 2 GiB
+    md5 = hashlib.md5((mirror / MNIST_GZ).read_bytes()).hexdigest()
+    sums = [s for s in (mirror / "MD5SUMS").read_text().splitlines() if MNIST_GZ not in s]
+    (mirror / "MD5SUMS").write_text("\n".join([*sums, f"{md5}  {MNIST_GZ}"]) + "\n")
+    out = tmp_path / "ws" / "mnist"
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with serve(mirror) as url, pytest.raises(DataError) as info:
+            download("mnist", out, url if transport == "http" else str(mirror), retries=0)
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert re.search(rf"{MNIST_GZ} from \S+ inflates past 94 MB, more than any file of the "
+                     r"dataset holds: refused \(a decompression bomb or not this dataset\)",
+                     str(info.value)), info.value  # fmt: skip
+    assert peak < 32 << 20, peak  # streamed in 1 MiB chunks, never read whole
+    assert elapsed < 10, elapsed  # ~1 s: stops at 94 MB, not 2 GiB
+    assert leftovers(tmp_path / "ws") == []
+
+
+def test_gzip_trailer_stating_a_huge_size_is_refused_before_writing(tmp_path: Path) -> None:
+    bomb = tmp_path / "x.gz"
+    bomb.write_bytes(gzip.compress(b"\0" * 1000)[:-4] + (2**31).to_bytes(4, "little"))
+    with pytest.raises(data._TooLarge, match="says it inflates past 94 MB"):
+        data._gunzip(bomb, tmp_path / "x", data.MAX_MEMBER_BYTES["mnist"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_tar_member_larger_than_any_batch_is_refused_from_its_header(tmp_path: Path) -> None:
+    """The header's size is checked before a byte of the member is read (or inflated)."""
+    info = tarfile.TarInfo(f"{synthetic.CIFAR10_FOLDER}/data_batch_1")
+    info.size = 10**12  # a terabyte promised; the archive holds only the header
+    archive = tmp_path / "bomb.tar.gz"
+    archive.write_bytes(gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT)))
+    start = time.perf_counter()
+    with pytest.raises(data._TooLarge, match=r"holds cifar-10-batches-py/data_batch_1 of "
+                       r"1000000000000 bytes, past 64 MB"):  # fmt: skip
+        data._untar_cifar10(archive, tmp_path / "out", data.MAX_MEMBER_BYTES["cifar10"])
+    assert time.perf_counter() - start < 1
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_directory_mirror_refuses_devices_and_oversized_files(mirror: Path, tmp_path: Path) -> None:
+    (mirror / MNIST_GZ).unlink()
+    (mirror / MNIST_GZ).symlink_to("/dev/zero")  # copying it would never end
+    with pytest.raises(DataError, match=rf"{MNIST_GZ} \(not a regular file\)"):
+        download("mnist", tmp_path / "ws" / "mnist", str(mirror), retries=0)
+    assert leftovers(tmp_path / "ws") == []
+
+
+class TrickleHandler(QuietHandler):
+    """Answers 200 with a Content-Length, then sends one byte every 0.1 s: each read succeeds
+    well within `timeout`, so only a whole-file deadline stops it."""
+
+    def do_GET(self) -> None:
+        if self.path.endswith("MD5SUMS"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(600):
+                self.wfile.write(b"\0")
+                self.wfile.flush()
+                time.sleep(0.1)
+
+
+class TrickleHeadersHandler(QuietHandler):
+    """Never finishes its headers: one header line every 0.1 s."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        with contextlib.suppress(OSError):
+            for i in range(600):
+                self.send_header(f"X-Slow-{i}", "1")
+                self.flush_headers()
+                time.sleep(0.1)
+
+
+@pytest.mark.parametrize("handler", [TrickleHandler, TrickleHeadersHandler])
+def test_trickling_server_is_stopped_by_the_file_deadline(
+    handler: type, mirror: Path, tmp_path: Path
+) -> None:
+    start = time.perf_counter()
+    with serve(mirror, handler) as url, pytest.raises(DataError) as info:
+        download("mnist", tmp_path / "ws" / "mnist", url, timeout=5, retries=2, file_timeout=1)
+    elapsed = time.perf_counter() - start
+    assert "not complete within 1 s (data.file_timeout; " in str(info.value), info.value
+    assert elapsed < 4, elapsed  # one attempt (not retried), stopped at the deadline
+    assert leftovers(tmp_path / "ws") == []
+
+
+def test_announced_size_over_the_cap_is_refused_before_reading(tmp_path: Path) -> None:
+    class Huge(QuietHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(10**12))
+            self.end_headers()
+
+    with serve(tmp_path, Huge) as url, pytest.raises(data._FetchError, match=r"1000000000000 "
+                                                     r"bytes announced, larger than 95 MB"):  # fmt: skip
+        data._fetch(url + "x.gz", tmp_path / "x", 5, max_bytes=data.MAX_DOWNLOAD_BYTES["mnist"])
+
+
+def test_backoff_waits_are_capped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(data.time, "sleep", waits.append)
+    limits = data._Limits(timeout=0.5, file_timeout=5, retries=5, backoff=3.0, dataset="mnist")
+    with pytest.raises(data._FetchError, match="connection refused"):
+        data._fetch_with_retries(f"http://127.0.0.1:{closed_port()}/x", tmp_path / "x", limits, 10)
+    assert waits == [3.0, 6.0, 8.0, 8.0, 8.0]
+
+
+def test_stale_staging_of_a_killed_download_is_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".mnist.{dead_pid}.0badc0de.tmp"
+    (stale / "MNIST").mkdir(parents=True)
+    (stale / "MNIST" / "half").write_bytes(b"x")
+    stale_old = tmp_path / f".mnist.{dead_pid}.old"
+    stale_old.mkdir()
+    live = tmp_path / f".mnist.{os.getppid()}.12345678.tmp"  # a running download: kept
+    live.mkdir()
+    other = tmp_path / f".cifar10.{dead_pid}.0badc0de.tmp"  # another dataset's: not ours
+    other.mkdir()
+    download("mnist", tmp_path / "mnist", "synthetic", synthetic_sizes=(20, 10))
+    assert not stale.exists() and not stale_old.exists()
+    assert live.exists() and other.exists()
+
+
+def test_same_size_corruption_is_caught_by_md5(tmp_path: Path) -> None:
+    out = tmp_path / "mnist"
+    download("mnist", out, "synthetic", synthetic_sizes=(20, 10))
+    path = out / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # one pixel: the IDX parser cannot notice, the size stays the same
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte does not match its md5 in "
+                       r"source\.json \(modified or corrupt\); run `dvc repro download@mnist`"):  # fmt: skip
+        load_dataset("mnist", out)
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signalled_download_leaves_nothing(
+    sig: str, code: int, mirror: Path, tmp_path: Path, params_file, monkeypatch, capsys
+) -> None:
+    """The download stage in-process, signalled mid-transfer: staging removed, one line."""
+    import signal
+
+    out = tmp_path / "ws" / "data" / "raw" / "mnist"
+    with serve(mirror, TrickleHandler) as url:
+        params = params_file({"data": {"source": url, "retries": 0, "timeout": 5}})
+        argv = ["download.py", "--params", str(params), "--dataset", "mnist", "--out", str(out)]
+        monkeypatch.setattr(sys, "argv", argv)
+        staged = []
+
+        def kill_once_staged() -> None:  # signal once the transfer is under way
+            deadline = time.monotonic() + 20
+            while not staged and time.monotonic() < deadline:
+                staged.extend(out.parent.glob(".mnist.*.tmp/.archives/*.part"))
+                time.sleep(0.01)
+            os.kill(os.getpid(), getattr(signal, sig))
+
+        killer = threading.Thread(target=kill_once_staged, daemon=True)
+        killer.start()
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(REPO / "stages" / "download.py"), run_name="__main__")
+        killer.join()
+    assert staged, "the transfer never started"
+    assert exit_info.value.code == code
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {'terminated' if code == 143 else 'interrupted'} ({sig})"]
+    assert leftovers(tmp_path / "ws") == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+def test_a_servers_long_reason_phrase_is_quoted_short(tmp_path: Path) -> None:
+    class Shouting(QuietHandler):
+        def do_GET(self) -> None:
+            self.send_response(503, "\x1b[31m" + "A" * 20000)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    with serve(tmp_path, Shouting) as url, pytest.raises(DataError) as info:
+        download("mnist", tmp_path / "ws" / "mnist", url, retries=0)
+    message = str(info.value)
+    assert "HTTP 503 \\x1b[31mAAA" in message and message.isprintable(), message
+    assert len(message) < 600, len(message)
+
+
+def test_previous_dataset_moved_aside_by_a_killed_download_is_restored(tmp_path: Path) -> None:
+    """Killed between its two renames, a download left only `.mnist.<pid>.old`: put it back."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    out = tmp_path / "mnist"
+    download("mnist", out, "synthetic", synthetic_sizes=(20, 10))
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    aside = tmp_path / f".mnist.{int(dead.stdout)}.old"
+    out.rename(aside)
+    assert data.remove_stale_staging(out) == []
+    assert not aside.exists()
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 
 from appliedtorch.core.errors import ParamsError
@@ -108,3 +111,163 @@ def test_checker_cli_exits_2_with_one_line(params_file, overrides, message):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [message]
     assert "Traceback" not in proc.stderr
+
+
+# ---- hostile and careless files ---------------------------------------------------------------
+
+
+def _laughs(levels: int = 9) -> str:
+    """The YAML "billion laughs": each level lists the previous one 9 times (~1.5 KB of text)."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def _edit(path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_yaml_aliases_are_refused_fast_and_short(params_file):
+    path = params_file()
+    path.write_text(path.read_text() + _laughs())
+    assert len(_laughs()) < 1600
+    start = time.perf_counter()
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert time.perf_counter() - start < 1
+    assert str(info.value) == (
+        "params.yaml: YAML anchor &l0 at line 82: anchors and aliases are not allowed in "
+        "params.yaml; write the values out"
+    ).replace("82", str(path.read_text().count("\n") - 9))
+
+
+def test_an_alias_alone_is_refused(params_file):
+    path = params_file()
+    _edit(path, "  lr: 0.001\n", "  lr: &rate 0.001\n")
+    with pytest.raises(ParamsError, match=r"^params\.yaml: YAML anchor &rate at line \d+: "):
+        load_params(path)
+
+
+DUPLICATES = [
+    # (old, new, message): the first occurrence of `old` becomes `new`
+    ("  lr: 0.001\n", "  lr: 0.001\n  lr: 0.1\n",
+     r"params\.yaml: key 'mlp\.lr' appears twice \(lines (\d+) and (\d+)\); keep one$"),
+    ("math:\n", "mlp:\n  epochs: 3\nmath:\n",
+     r"params\.yaml: section 'mlp' appears twice \(lines (\d+) and (\d+)\); keep one$"),
+    ("seed: 42\n", "seed: 42\nseed: 7\n",
+     r"params\.yaml: section 'seed' appears twice \(lines (\d+) and (\d+)\); keep one$"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("old", "new", "message"), DUPLICATES)
+def test_duplicate_keys_and_sections_are_refused(params_file, old, new, message):
+    """PyYAML keeps the last value silently; DVC refuses the file (`dvc status`: "found
+    duplicate key"). Stages and the checker refuse it too, naming the key and both lines."""
+    path = params_file()
+    _edit(path, old, new)
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    m = re.match(message, str(info.value))
+    assert m, info.value
+    lines = path.read_text().splitlines()
+    key = re.search(r"'(?:\w+\.)?(\w+)'", str(info.value))[1]
+    for number in m.groups():
+        assert lines[int(number) - 1].strip().startswith(f"{key}:")
+
+
+def test_checker_cli_and_stage_give_the_same_duplicate_key_line(params_file, tmp_path):
+    path = params_file()
+    _edit(path, "  lr: 0.001\n", "  lr: 0.001\n  lr: 0.1\n")
+    checker = run_script("src/appliedtorch/params.py", path)
+    stage = run_script("stages/math_demos.py", "--params", path, "--reports", tmp_path / "r")
+    for proc in (checker, stage):
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            "error: params.yaml: key 'mlp.lr' appears twice (lines 17 and 18); keep one"
+        ]
+    assert not (tmp_path / "r").exists()
+
+
+def test_non_utf8_byte_is_one_line(params_file):
+    path = params_file()
+    path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+    with pytest.raises(ParamsError, match=r"^params\.yaml: not UTF-8 text \(byte 0xe9 at line "
+                       r"\d+\); save it as UTF-8$"):  # fmt: skip
+        load_params(path)
+
+
+BOUNDS = [
+    ({"seed": 2**64}, r"seed must be <= 4294967295 \(got 18446744073709551616\) \(numpy takes "
+     r"seeds below 2\^32\)$"),
+    ({"device": "cuda:128"}, r"device must be cuda:0 to cuda:127 \(got 'cuda:128'\)$"),
+    ({"device": "cuda:0123"}, r"device must be auto, cpu, cuda or cuda:N \(got 'cuda:0123'\)$"),
+    ({"device": "cuda:" + "9" * 60}, r"device must be auto, cpu, cuda or cuda:N \(got 'cuda:9{31}\.\.\.\)$"),
+    ({"math": {"fft_duration": 0.01}}, r"math\.fft_sample_rate x math\.fft_duration must give 2 "
+     r"to 10000000 samples \(got 100 Hz x 0\.01 s = 1\)$"),
+    ({"math": {"fft_sample_rate": 1e7, "fft_duration": 100.0}}, r"math\.fft_sample_rate x "),
+    ({"data": {"retries": 20}}, r"data\.retries must be <= 5 \(got 20\): each retry waits twice as "
+     r"long as the one before \(0\.5 s, 1 s, 2 s, \.\.\., at most 8 s\), so 5 retries already wait "
+     r"15\.5 s per file$"),
+    ({"data": {"file_timeout": 0}}, r"data\.file_timeout must be > 0 \(got 0\)$"),
+    ({"mlp": {"hidden_size": 10**12}}, r"mlp\.hidden_size must be <= 65536 \(got 1000000000000\)$"),
+    ({"mlp": {"epochs": 10**30}}, r"mlp\.epochs must be <= 100000 \(got 10{30}\)$"),
+    ({"pinn": {"hidden_sizes": [10, 10**9]}}, r"pinn\.hidden_sizes must be layer widths from 1 to "
+     r"65536 \(got \[10, 1000000000\]\)$"),
+    ({"pinn": {"collocation_points": 10**10}}, r"pinn\.collocation_points must be <= 10000000 "),
+    ({"data": {"synthetic": {"mnist_train": 10**9}}}, r"data\.synthetic\.mnist_train must be <= "
+     r"120000 "),
+    ({"mlp": {"epochs": "x" * 5000}}, r"mlp\.epochs must be an integer \(got 'x{36}\.\.\.\)$"),
+    ({"data": {"source": "x" * 5000}}, r"data\.source must have at most 4096 items or characters$"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "message"), BOUNDS, ids=[str(o)[:40] for o, _ in BOUNDS])
+def test_values_are_bounded_to_what_torch_takes(params_file, overrides, message):
+    with pytest.raises(ParamsError) as info:
+        load_params(params_file(overrides))
+    assert re.match(r"params\.yaml: " + message, str(info.value)), info.value
+    assert len(str(info.value)) < 300
+
+
+def test_huge_integer_literal_is_one_line(params_file):
+    path = params_file()
+    _edit(path, "epochs: 5", "epochs: " + "9" * 5000)
+    with pytest.raises(
+        ParamsError, match=r"^params\.yaml: not valid YAML: Exceeds the limit"
+    ) as info:
+        load_params(path)
+    assert len(str(info.value)) < 150
+
+
+def test_oversized_file_is_refused_unread(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\n" + "#" * (1 << 20))
+    with pytest.raises(ParamsError, match=r"^params\.yaml: larger than 64 KB; not a params file$"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["auto", "cpu", "mps", "cuda", "cuda:0", "cuda:7", "cuda:127", "cuda:128", "cuda:255",
+     "cuda:256", "cuda:0123", "cuda:00", "cuda:-1", "cuda:", "CPU", " cpu", "cpu:0", "gpu"],
+)  # fmt: skip
+def test_accepted_devices_are_exactly_what_torch_parses_unchanged(params_file, device):
+    """torch.device wraps indices past 127 (int8): `cuda:128` is cuda:-128, `cuda:256` cuda:0."""
+    import torch
+
+    try:
+        load_params(params_file({"device": device}))
+        accepted = True
+    except ParamsError:
+        accepted = False
+    if device == "auto":
+        assert accepted
+        return
+    try:
+        parsed = str(torch.device(device)) == device
+    except RuntimeError:
+        parsed = False
+    assert accepted == (parsed and not device.startswith("cpu:")), (device, accepted, parsed)

@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from appliedtorch.core.tracking import should_promote
@@ -152,3 +153,101 @@ def test_predict_errors_are_one_line(trained, tmp_path, monkeypatch):
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
             proc.stderr
         )
+
+
+# ---- reading image files (no model needed) ------------------------------------------------------
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    from appliedtorch.classify.predict import read_image
+
+    levels = np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) % 256  # every 8-bit level
+    path = tmp_path / "deep.png"
+    Image.fromarray((levels * 257).astype(np.uint16)).save(path)  # 16-bit PNG: 0..65535
+    assert Image.open(path).mode.startswith("I")
+    got = read_image(path, (1, 28, 28))
+    assert got.dtype == torch.uint8 and got.shape == (1, 28, 28)
+    assert torch.equal(got[0], torch.from_numpy(levels.astype(np.uint8)))  # PIL alone: 255s
+    rgb = read_image(path, (3, 28, 28))
+    assert torch.equal(rgb[1], got[0])
+
+
+def test_32_bit_integer_mode_is_read_as_16_bit_range():
+    from appliedtorch.classify.predict import _to_8bit
+
+    values = np.array([[0, 257, 65535, 70000]], dtype=np.int32)
+    assert np.asarray(_to_8bit(Image.fromarray(values, "I"))).tolist() == [[0, 1, 255, 255]]
+
+
+def test_palette_and_alpha_transparency_become_black(tmp_path):
+    import warnings
+
+    from appliedtorch.classify.predict import read_image
+
+    index = np.zeros((28, 28), np.uint8)
+    index[:, 14:] = 1  # right half: palette entry 1 (white)
+    index[:7] = 2  # top rows: entry 2, red but transparent
+    img = Image.fromarray(index, "P")
+    img.putpalette([0, 0, 0, 255, 255, 255, 255, 0, 0] + [0] * 759)
+    path = tmp_path / "palette.png"
+    img.save(path, transparency=2)
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere, opaque only in the bottom half
+    rgba[14:, :, 3] = 255
+    alpha_path = tmp_path / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(alpha_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's "palette images with transparency" warning
+        grey = read_image(path, (1, 28, 28))[0]
+        rgb = read_image(path, (3, 28, 28))
+        alpha = read_image(alpha_path, (1, 28, 28))[0]
+    assert grey[:7].max() == 0 and rgb[:, :7].max() == 0  # transparent: black, not red
+    assert grey[7:, 14:].min() == 255 and grey[7:, :14].max() == 0
+    assert rgb[:, 7:, 14:].min() == 255
+    assert alpha[:14].max() == 0 and alpha[14:].min() == 255
+
+
+@pytest.mark.parametrize("limit", [500, 100])  # 784 pixels: PIL warns (1x-2x) / raises (> 2x)
+def test_image_over_the_pixel_limit_is_refused(limit, tmp_path, monkeypatch):
+    from appliedtorch.classify.predict import read_image
+    from appliedtorch.core.errors import AppliedTorchError
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(AppliedTorchError) as info:
+        read_image(path, (1, 28, 28))
+    assert str(info.value) == (
+        f"{path}: more than {limit} pixels (PIL's Image.MAX_IMAGE_PIXELS), refused as a "
+        "possible decompression bomb; resize it first"
+    )
+
+
+def _truncated_png(path: Path) -> None:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+UNREADABLE = {
+    "text": (lambda p: p.write_text("not an image"), "not an image file PIL can read"),
+    "empty": (lambda p: p.write_bytes(b""), "not an image file PIL can read"),
+    "truncated": (_truncated_png, "not an image file PIL can read"),
+    "directory": (lambda p: p.mkdir(), "a directory, not an image file"),
+    "missing": (lambda p: None, "file not found"),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE)
+def test_unreadable_image_is_one_line_naming_the_file(case, tmp_path, capsys):
+    from appliedtorch.classify.predict import read_image
+    from appliedtorch.core.cli import run_stage
+
+    make, message = UNREADABLE[case]
+    path = tmp_path / "x.png"
+    make(path)
+    with pytest.raises(SystemExit) as info:
+        run_stage(lambda: read_image(path, (3, 32, 32)))
+    assert info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {message}"), lines
+    assert len(lines[0]) < 300

@@ -391,3 +391,47 @@ def test_stage_run_continues_a_run_or_links_to_it(tracking_uri, caplog, global_u
         pass
     assert linked.run_id != gone and f"cannot continue MLflow run {gone}" in caplog.text
     assert client.get_run(linked.run_id).data.tags["resumed_from"] == gone
+
+
+# ---- signals: SIGTERM and SIGINT end a stage the same way ---------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "line"), [
+    (signal.SIGTERM, 143, "error: terminated (SIGTERM)"),
+    (signal.SIGINT, 130, "error: interrupted (SIGINT)"),
+])  # fmt: skip
+def test_signalled_training_is_one_line_and_ends_its_mlflow_run(
+    sig, code, line, workspace, tmp_path
+):
+    """What `timeout`, `docker stop` and CI cancellation send: one line, 128 + signal, the
+    MLflow run ended KILLED (not RUNNING for ever), no temporary files."""
+    params = _merge(yaml.safe_load((workspace / "params.yaml").read_text()),
+                    {"mlp": {"epochs": 1000, "train_limit": 64}})  # fmt: skip
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(workspace / "data", ws / "data")
+    shutil.copy(workspace / "template.db", ws / "template.db")
+    out = tmp_path / "out"
+    proc = start(ws, "train_mlp", out)
+    ckpt = checkpoint_path(out / "models/mlp.pt")
+    deadline = time.monotonic() + 240
+    while not ckpt.exists():  # training is under way, inside the MLflow run
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    sent = time.monotonic()
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err
+    assert [e for e in err.splitlines() if e.startswith("error:")] == [line]
+    assert err.strip().splitlines()[-1] == line
+    assert took < 10, took
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id])
+    assert run.info.status == "KILLED"
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not (out / "models/mlp.pt").exists() and not (out / "reports/mlp/metrics.json").exists()

@@ -61,22 +61,61 @@ def load_classifier(uri: str) -> Classifier:
 
 
 def read_image(path: str | Path, shape: tuple[int, int, int]) -> torch.Tensor:
-    """An image file as uint8 (C, H, W) in the model's input shape; one-line error if unusable."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as uint8 (C, H, W) in the model's input shape; one-line error if unusable.
+
+    16-bit images are scaled to 8 bits (not clipped to white); transparent pixels (alpha,
+    or a palette's transparent index) are composited onto black, MNIST's background; an image
+    over PIL's pixel limit (`Image.MAX_IMAGE_PIXELS`, a decompression-bomb guard) is refused.
+    """
+    import warnings
+
+    from PIL import Image
 
     channels, height, width = shape
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its limit; here both are a refusal, and no
+            # other PIL warning may reach stderr beside the one-line contract.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            with Image.open(path) as img:
+                img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
+                if img.size != (width, height):
+                    img = img.resize((width, height), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise AppliedTorchError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise AppliedTorchError(f"{path}: not an image file PIL can read ({exc})") from None
+    except IsADirectoryError:
+        raise AppliedTorchError(f"{path}: a directory, not an image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise AppliedTorchError(
+            f"{path}: more than {Image.MAX_IMAGE_PIXELS} pixels (PIL's Image.MAX_IMAGE_PIXELS), "
+            "refused as a possible decompression bomb; resize it first"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged files
+        text = " ".join(str(exc).split())[:100] or type(exc).__name__
+        raise AppliedTorchError(f"{path}: not an image file PIL can read ({text})") from None
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)
+
+
+def _to_8bit(img: Any) -> Any:
+    """`img` in an 8-bit mode PIL converts correctly: 16/32-bit grey scaled (PIL's own convert
+    clips 16-bit values above 255 to white), transparency composited onto black."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit PNG/TIFF grey (mode I;16*, or I in older PIL): 0..65535 -> 0..255.
+        values = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("L", "RGB") and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, img.convert("RGBA")).convert("RGB")
+    return img
 
 
 def classify(clf: Classifier, images: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,29 @@
-"""Entry-point wrapper for stages: expected errors become one line on stderr and an exit code."""
+"""Entry-point wrapper for stages: expected errors become one line on stderr and an exit code.
+
+SIGINT and SIGTERM (what `timeout`, `docker stop` and CI cancellation send) end a stage the same
+way: an exception unwinds every `with` block (the MLflow run ends KILLED, staging directories and
+temporary files are removed), then one `error:` line and exit code 128 + the signal number.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from appliedtorch.core.errors import AppliedTorchError
+
+
+class Terminated(KeyboardInterrupt):
+    """The stage was asked to stop by a signal. A KeyboardInterrupt, so that `except Exception`
+    does not swallow it and an MLflow run it unwinds ends KILLED, as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def setup_logging() -> None:
@@ -18,14 +34,41 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """Inside the block SIGTERM raises Terminated and SIGINT KeyboardInterrupt, even where the
+    parent left SIGINT ignored (a shell's background job). Only in the main thread (Python
+    delivers signals there); the old handlers come back after."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+
 def run_stage(main: Callable[[], object]) -> None:
-    """Call `main()`; report AppliedTorchError as `error: ...` (no traceback) and exit nonzero."""
+    """Call `main()`; report AppliedTorchError as `error: ...` (no traceback) and exit nonzero;
+    SIGINT and SIGTERM end it with one line and exit code 130 or 143."""
     setup_logging()
     try:
-        main()
+        with signals_raise():
+            main()
     except AppliedTorchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (SIGINT)"
+        print(f"error: {name}", file=sys.stderr)
+        sys.exit(128 + int(signum))

@@ -17,6 +17,8 @@ see `appliedtorch.data.synthetic`).
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import json
 import logging
 import os
@@ -100,9 +102,30 @@ def load_dataset(name: str, root: str | os.PathLike) -> ImageData:
             f"{root} holds {record['dataset']}, not {name}; pass the {name} directory "
             f"(data/raw/{name}) or {_redo(name)}"
         )
-    # Sizes are cheap to check and catch truncated files; DVC already verifies content hashes.
-    for rel, info in record.get("files", {}).items():
+    check_files(root, record, name)
+    try:
+        arrays = _read_mnist(root) if name == "mnist" else _read_cifar10(root)
+    except DataError as exc:
+        raise DataError(f"{exc}; {_redo(name)}") from None
+    return ImageData(name=name, **arrays, source=record.get("source", "unknown"))
+
+
+def check_files(root: Path, record: dict[str, Any], name: str) -> None:
+    """Every file `source.json` lists is there with its size and md5 (DataError otherwise).
+
+    A stage script run by hand (not by `dvc repro`) gets no content check from DVC, and a
+    same-size corruption passes a size check. md5 of the full datasets costs ~0.1-0.4 s
+    (see the closing note of issue 11), small beside loading and training.
+    """
+    files = record.get("files", {})
+    for rel, info in files.items():  # sizes first: cheap, and they catch truncation quickly
         path = root / rel
+        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int):
+            raise DataError(
+                f"{root / SOURCE_FILE} is malformed at '{_brief(rel, 60)}'; {_redo(name)}"
+            )
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise DataError(f"{root / SOURCE_FILE} names a file outside {root}; {_redo(name)}")
         if not path.is_file():
             raise DataError(f"{path} is missing; {_redo(name)}")
         if path.stat().st_size != info["bytes"]:
@@ -110,11 +133,22 @@ def load_dataset(name: str, root: str | os.PathLike) -> ImageData:
                 f"{path} has {path.stat().st_size} bytes, {info['bytes']} expected "
                 f"(truncated or modified); {_redo(name)}"
             )
-    try:
-        arrays = _read_mnist(root) if name == "mnist" else _read_cifar10(root)
-    except DataError as exc:
-        raise DataError(f"{exc}; {_redo(name)}") from None
-    return ImageData(name=name, **arrays, source=record.get("source", "unknown"))
+    for rel, info in files.items():
+        path = root / rel
+        if "md5" in info and file_md5(path) != info["md5"]:
+            raise DataError(
+                f"{path} does not match its md5 in {SOURCE_FILE} (modified or corrupt); "
+                f"{_redo(name)}"
+            )
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """md5 of a file, read in 1 MiB chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _read_record(root: Path, name: str) -> dict[str, Any]:
@@ -179,14 +213,7 @@ def _read_cifar10(root: Path) -> dict[str, Any]:
     folder = Path(root) / synthetic.CIFAR10_FOLDER
 
     def load(name: str) -> dict[str, Any]:
-        path = folder / name
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f, encoding="latin1")
-        except FileNotFoundError:
-            raise DataError(f"{path} is missing") from None
-        except Exception as exc:  # noqa: BLE001 - unpickling a damaged file can raise anything
-            raise DataError(f"{path} is corrupt ({type(exc).__name__}: {_brief(exc)})") from None
+        return load_cifar_batch(folder / name)
 
     out: dict[str, Any] = {}
     for split, names in (("train", CIFAR10_BATCHES[:5]), ("test", ["test_batch"])):
@@ -210,9 +237,58 @@ def _read_cifar10(root: Path) -> dict[str, Any]:
     return out
 
 
-def _brief(exc: BaseException, limit: int = 100) -> str:
+# What a CIFAR-10 batch pickle may name: numpy's array reconstruction (under its NumPy 1 and 2
+# module names; protocol 5 uses _frombuffer), ndarray and dtype, and `_codecs.encode`, which
+# protocol-2 pickles written by Python 3 use for bytes. Dicts, lists, str and int are opcodes, not globals. Anything else (os.system,
+# builtins.eval, subprocess.Popen, ...) can only be there to run code while loading.
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class UnsafePickle(pickle.UnpicklingError):
+    """A pickle names a global that the CIFAR-10 format never needs."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only the globals of `_ALLOWED_GLOBALS`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[module, name]
+        except (KeyError, TypeError):
+            raise UnsafePickle(f"{module}.{name}") from None
+
+
+def load_cifar_batch(path: str | os.PathLike) -> Any:
+    """One CIFAR-10 batch (or batches.meta) unpickled with only numpy arrays and plain containers
+    allowed; DataError naming the file if it is missing, damaged or names anything else."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing") from None
+    except UnsafePickle as exc:
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: its pickle calls {_brief(exc, 60)}, which the format "
+            "never needs (refused: unpickling it could run code)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - unpickling a damaged file can raise anything
+        raise DataError(f"{path} is corrupt ({type(exc).__name__}: {_brief(exc)})") from None
+
+
+def _brief(exc: BaseException | str, limit: int = 100) -> str:
     """An exception as short printable text: a damaged file's bytes can end up in its message."""
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(exc))
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(exc)[: limit * 4])
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
