@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from appliedtorch.core.errors import ParamsError
+from appliedtorch.core.utils import first_line, flatten
 
 PositiveInt = Field(gt=0)
 
@@ -243,29 +244,15 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise ParamsError(f"{name}: not valid YAML{where}: {problem}") from None
     return parse_params(raw, name)
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten a section (model or mapping) to dotted keys: {'cnn.lr': 0.001, ...}."""
-    if isinstance(obj, BaseModel):
-        obj = obj.model_dump()
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flatten(value, full))
-        else:
-            out[full] = value
-    return out
 
 
 def run_params(params: Params, section: str) -> dict[str, Any]:
     """What a stage logs to MLflow: its section flattened with dots, plus seed and device."""
     return {
-        **flatten(getattr(params, section), section),
+        **flatten(getattr(params, section).model_dump(), section),
         "seed": params.seed,
         "device": params.device,
     }
@@ -282,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     def check() -> None:
         params = load_params(path[0])
         print(f"{path[0]}: ok ({', '.join(_SECTIONS)})")
-        for key, value in flatten(params).items():
+        for key, value in flatten(params.model_dump()).items():
             print(f"  {key} = {value}")
 
     run_stage(check)
