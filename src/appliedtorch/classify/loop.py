@@ -229,7 +229,8 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> Evaluation:
-    """Mean cross-entropy, accuracy and predictions of `model` over (in-order) `batches`."""
+    """Mean cross-entropy, accuracy and predictions of `model` over (in-order) `batches`; under
+    torchrun each process evaluates its part and every process gets the whole test set's."""
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -248,9 +249,10 @@ def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> Evaluati
     _sync(batches.device)
     model.train(was_training)
     seconds = time.perf_counter() - start
-    return Evaluation(
+    evaluation = Evaluation(
         float(loss_sum) / n, float((predicted == actual).sum()) / n, predicted, actual, seconds
     )
+    return evaluation.merge(batches.world, batches.rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,12 +273,12 @@ def train_classifier(
     permutation and the metrics are combined across processes.
     """
     device = resolve_device(config.device)
-    _local_batch_size(config, world)  # a bad split fails before any work
+    batch_size = _local_batch_size(config, world)  # a bad split fails before any work
     mean, std = _normalization(data)
+    normalize = Normalizer(mean, std, device, config.channels_last)
     model_args = model_args_for(config, data)
     model, net, optimizer, scheduler, shuffle, augment = _build(config, model_args, device, world)
-    train, test = _batches(data, config, Normalizer(mean, std, device, config.channels_last),
-                           shuffle, augment, world)  # fmt: skip
+    train, test = _batches(data, config, batch_size, normalize, shuffle, augment, world)
     done = resume.restore(model, optimizer, scheduler, shuffle) if resume else 0
     history = [EpochStats(**h) for h in resume.history] if resume else []
     evaluation = None
@@ -293,7 +295,7 @@ def train_classifier(
             bar.close()
             if scheduler is not None:
                 scheduler.step()
-            evaluation = evaluate(net, test, config.bf16).merge(world, test.rows)
+            evaluation = evaluate(net, test, config.bf16)
             stats = EpochStats(epoch, train_loss, evaluation.loss, evaluation.accuracy,
                                clock.seconds, evaluation.seconds, lr)  # fmt: skip
             history.append(stats)
@@ -307,7 +309,7 @@ def train_classifier(
                 history_dicts = [dataclasses.asdict(h) for h in history]
                 resume.save(epoch, model, optimizer, scheduler, shuffle, history_dicts)
         if evaluation is None:  # resumed after the last epoch: only the final evaluation is left
-            evaluation = evaluate(net, test, config.bf16).merge(world, test.rows)
+            evaluation = evaluate(net, test, config.bf16)
     model.eval()
     return TrainResult(model, config, history, evaluation, list(data.classes), mean, std,
                        model_args, len(train.images))  # fmt: skip
@@ -364,6 +366,7 @@ def _build(
 def _batches(
     data: ImageData,
     config: TrainConfig,
+    batch_size: int,
     normalize: Normalizer,
     shuffle: torch.Generator,
     augment: torch.Generator,
@@ -374,7 +377,7 @@ def _batches(
     train = Batches(
         data.train_images[:limit],
         data.train_labels[:limit],
-        _local_batch_size(config, world),
+        batch_size,
         normalize,
         shuffle=shuffle,
         augment=augment if config.augment else None,

@@ -81,9 +81,9 @@ def read_image(path: str | Path, shape: tuple[int, int, int]) -> torch.Tensor:
 
 def classify(clf: Classifier, images: torch.Tensor) -> torch.Tensor:
     """Class probabilities (B, K) for uint8 images (B, C, H, W)."""
-    mean = torch.tensor(clf.mean).view(1, -1, 1, 1)
-    std = torch.tensor(clf.std).view(1, -1, 1, 1)
-    x = (images.float() / 255.0 - mean) / std
+    from appliedtorch.classify.batches import Normalizer
+
+    x = Normalizer(clf.mean, clf.std)(images)  # as in training
     with torch.inference_mode():
         logits = clf.model(x)
     return torch.softmax(logits.float(), dim=1)

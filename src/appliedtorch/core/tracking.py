@@ -390,6 +390,22 @@ def _reopen_run(mlflow: Any, run_id: str) -> Any:
         return None
 
 
+def _newest_finished(client: Any, experiment_id: str, want: Mapping[str, str]) -> tuple[Any, bool]:
+    """The newest FINISHED run carrying the tags `want` (matched), else the newest FINISHED one."""
+    finished = "attributes.status = 'FINISHED'"
+    tagged = "".join(f" and tags.`{k}` = '{v}'" for k, v in want.items())
+    for filter_string in (finished + tagged, finished) if want else (finished,):
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            return runs[0], filter_string != finished or not want
+    return None, False
+
+
 def latest_runs(
     experiments: Sequence[str],
     uri: str | None = None,
@@ -419,25 +435,9 @@ def latest_runs(
             if exp is None:
                 continue
             want = dict((prefer_tags or {}).get(name, {}))
-            finished = "attributes.status = 'FINISHED'"
-            tagged = "".join(f" and tags.`{k}` = '{v}'" for k, v in want.items())
-            runs = client.search_runs(
-                [exp.experiment_id],
-                filter_string=finished + tagged,
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            matched = bool(runs)
-            if not runs and want:
-                runs = client.search_runs(
-                    [exp.experiment_id],
-                    filter_string=finished,
-                    order_by=["attributes.start_time DESC"],
-                    max_results=1,
-                )
-            if not runs:
+            run, matched = _newest_finished(client, exp.experiment_id, want)
+            if run is None:
                 continue
-            run = runs[0]
             out[name] = {
                 "experiment": name,
                 "experiment_id": exp.experiment_id,
