@@ -20,7 +20,7 @@ from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import load_params, run_params
 from appliedtorch.core.tracking import data_tags, stage_run
-from appliedtorch.core.utils import check_writable, resolve_device, seed_everything
+from appliedtorch.core.utils import check_writable, first_line, resolve_device, seed_everything
 from appliedtorch.data import load_dataset
 
 # arch -> (dataset, MLflow experiment and registered model name)
@@ -91,7 +91,7 @@ def join(device: str) -> distributed.World:
     try:
         return distributed.launch(cuda=resolve_device(device).type == "cuda")
     except distributed.LaunchError as exc:
-        raise AppliedTorchError(str(exc)) from None
+        raise AppliedTorchError(first_line(exc)) from None
 
 
 class NullRun:
