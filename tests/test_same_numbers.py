@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 
@@ -36,11 +37,13 @@ def test_every_stage_gives_the_recorded_numbers():
     golden = json.loads(GOLDEN.read_text())
     got = same_numbers.collect()
     exact = got["cpu"] == golden["cpu"]
-    if not exact:
-        print(
+    if not exact:  # printed (-s) and listed in pytest's warnings summary
+        why = (
             f"CPU differs from the golden's ({got['cpu']!r} vs {golden['cpu']!r}): metrics "
             "compared within rtol 1e-4, model sha256 not compared"
         )
+        print(why)
+        warnings.warn(why, stacklevel=1)
     assert set(got["stages"]) == set(golden["stages"])
     for stage, want in golden["stages"].items():
         have = got["stages"][stage]
