@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from appliedtorch.core.errors import TrackingError
+from appliedtorch.core.utils import first_line, json_md5
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,7 @@ def data_tags(name: str, path: str | os.PathLike, source: str) -> dict[str, str]
 
 def params_md5(params: Mapping[str, Any]) -> str:
     """A stable hash of the params a run used (canonical JSON)."""
-    return hashlib.md5(json.dumps(dict(params), sort_keys=True, default=str).encode()).hexdigest()
+    return json_md5(dict(params))
 
 
 class StageRun:
@@ -169,10 +171,11 @@ class StageRun:
         self.run = run
         self.run_id: str = run.info.run_id
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log finite numeric metrics (non-numbers are skipped)."""
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log finite numeric metrics (non-numbers are skipped) under their own names; a character
+        MLflow refuses in a name (e.g. in a class name) becomes `_`."""
         clean = {
-            k: float(v)
+            re.sub(r"[^A-Za-z0-9_. /:-]", "_", k): float(v)
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         }
@@ -272,7 +275,7 @@ def should_promote(new: Mapping[str, str], champion: Mapping[str, str] | None) -
     return False, "champion was evaluated on other data; accuracies not comparable, alias kept"
 
 
-def load_model(uri: str) -> tuple[Any, dict[str, Any]]:
+def load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
     """Load a logged model (`models:/name@alias`, `runs:/<id>/model`, `models:/m-...`) and its
     metadata; a one-line TrackingError when it cannot be found."""
     import mlflow
@@ -283,8 +286,7 @@ def load_model(uri: str) -> tuple[Any, dict[str, Any]]:
         info = mlflow.models.get_model_info(uri)
         model = mlflow.pytorch.load_model(uri)  # logged from the CPU (portable_model)
     except Exception as exc:  # noqa: BLE001 - unknown name, alias, run or a broken store
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"model '{uri}' not found or not loadable: {first}") from None
+        raise TrackingError(f"model '{uri}' not found or not loadable: {first_line(exc)}") from None
     return model, dict(info.metadata or {})
 
 
@@ -378,8 +380,9 @@ def stage_run(
             if resume_run_id:
                 resume_tags = {"resumed_from": resume_run_id}
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"cannot use MLflow tracking at {tracking_uri}: {first}") from None
+        raise TrackingError(
+            f"cannot use MLflow tracking at {tracking_uri}: {first_line(exc)}"
+        ) from None
     run = StageRun(mlflow, active)
     try:
         run.set_tags(
@@ -404,9 +407,26 @@ def _reopen_run(mlflow: Any, run_id: str) -> Any:
     try:
         return mlflow.start_run(run_id=run_id)
     except mlflow.exceptions.MlflowException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning("cannot continue MLflow run %s (%s); starting a new one", run_id, first)
+        log.warning(
+            "cannot continue MLflow run %s (%s); starting a new one", run_id, first_line(exc)
+        )
         return None
+
+
+def _newest_finished(client: Any, experiment_id: str, want: Mapping[str, str]) -> tuple[Any, bool]:
+    """The newest FINISHED run carrying the tags `want` (matched), else the newest FINISHED one."""
+    finished = "attributes.status = 'FINISHED'"
+    tagged = "".join(f" and tags.`{k}` = '{v}'" for k, v in want.items())
+    for filter_string in (finished + tagged, finished) if want else (finished,):
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            return runs[0], filter_string != finished or not want
+    return None, False
 
 
 def latest_runs(
@@ -438,25 +458,9 @@ def latest_runs(
             if exp is None:
                 continue
             want = dict((prefer_tags or {}).get(name, {}))
-            finished = "attributes.status = 'FINISHED'"
-            tagged = "".join(f" and tags.`{k}` = '{v}'" for k, v in want.items())
-            runs = client.search_runs(
-                [exp.experiment_id],
-                filter_string=finished + tagged,
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            matched = bool(runs)
-            if not runs and want:
-                runs = client.search_runs(
-                    [exp.experiment_id],
-                    filter_string=finished,
-                    order_by=["attributes.start_time DESC"],
-                    max_results=1,
-                )
-            if not runs:
+            run, matched = _newest_finished(client, exp.experiment_id, want)
+            if run is None:
                 continue
-            run = runs[0]
             out[name] = {
                 "experiment": name,
                 "experiment_id": exp.experiment_id,
@@ -468,6 +472,7 @@ def latest_runs(
                 "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
             }
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"cannot read MLflow runs at {tracking_uri}: {first}") from None
+        raise TrackingError(
+            f"cannot read MLflow runs at {tracking_uri}: {first_line(exc)}"
+        ) from None
     return out
