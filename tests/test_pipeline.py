@@ -106,11 +106,15 @@ from pathlib import Path
 
 def _record_loaded_files():
     root = Path(os.environ["RECORD_LOADED_ROOT"]).resolve()
+    env_root = Path(sys.prefix).resolve()  # a virtual environment inside the workspace is not code
     files = set()
     for module in list(sys.modules.values()):
         f = getattr(module, "__file__", None)
-        if f and Path(f).resolve().is_relative_to(root) and Path(f).is_file():
-            files.add(Path(f).resolve().relative_to(root).as_posix())
+        if not f or not Path(f).is_file() or "site-packages" in Path(f).parts:
+            continue
+        f = Path(f).resolve()
+        if f.is_relative_to(root) and not f.is_relative_to(env_root):
+            files.add(f.relative_to(root).as_posix())
     if files:
         out = Path(os.environ["RECORD_LOADED_DIR"]) / f"{os.getpid()}.json"
         script = str(Path(sys.argv[0]).resolve())

@@ -29,12 +29,16 @@ LOADED = """
 import json, runpy, sys
 from pathlib import Path
 root = Path(sys.argv[2]).resolve()
+env_root = Path(sys.prefix).resolve()  # a virtual environment inside the repository is not code
 runpy.run_path(sys.argv[1], run_name="imported_by_test")  # not __main__: main() does not run
 files = set()
 for m in list(sys.modules.values()):
     f = getattr(m, "__file__", None)
-    if f and Path(f).resolve().is_relative_to(root) and Path(f).is_file():
-        files.add(Path(f).resolve().relative_to(root).as_posix())
+    if not f or not Path(f).is_file() or "site-packages" in Path(f).parts:
+        continue
+    f = Path(f).resolve()
+    if f.is_relative_to(root) and not f.is_relative_to(env_root):
+        files.add(f.relative_to(root).as_posix())
 print(json.dumps(sorted(files)))
 """
 
