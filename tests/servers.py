@@ -93,8 +93,9 @@ def postgres_cluster(log_path: Path) -> Iterator[str]:
 
     try:
         # trust: only this machine's loopback can connect, and only for the test's lifetime.
+        # --locale=C: the machine's LANG may name a locale that is not generated.
         pg(str(bindir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8",
-           "--no-sync")  # fmt: skip
+           "--locale=C", "--no-sync")  # fmt: skip
         options = (
             f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c fsync=off"
         )
