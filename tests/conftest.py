@@ -100,9 +100,17 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_mlflow(
-    backend_uri: str, artifacts: Path, log_path: Path, workers: int = 2
+    backend_uri: str,
+    artifacts: Path | str,
+    log_path: Path,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """Run a real `mlflow server` on 127.0.0.1 until the block ends; yield its URL."""
+    """Run a real `mlflow server` on 127.0.0.1 until the block ends; yield its URL.
+
+    `artifacts` is the --artifacts-destination (a directory or e.g. `s3://bucket/prefix`); `env`
+    adds to the server's environment (e.g. MLFLOW_S3_ENDPOINT_URL and AWS credentials).
+    """
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
@@ -124,10 +132,10 @@ def serve_mlflow(
             stdout=log,
             stderr=subprocess.STDOUT,
             # MLflow 3's GenAI job runner starts ~7 huey worker processes: not needed here.
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
         )
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 180  # a fresh PostgreSQL schema migrates at start
             while True:
                 try:
                     with urllib.request.urlopen(f"{uri}/health", timeout=2):

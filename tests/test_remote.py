@@ -60,11 +60,15 @@ def make_repo(ws: Path) -> None:
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (ws / "stages").mkdir()
     shutil.copy(REPO / "stages" / "download.py", ws / "stages")
-    (ws / "src" / "appliedtorch").mkdir(
-        parents=True
-    )  # deps of the stage (it runs the installed package)
-    for name in ("data.py", "synthetic.py"):
-        shutil.copy(REPO / "src" / "appliedtorch" / name, ws / "src" / "appliedtorch")
+    # The stage's code deps, as dvc.yaml lists them (the stage runs the installed package).
+    pkg = ws / "src" / "appliedtorch"
+    pkg.mkdir(parents=True)
+    shutil.copy(REPO / "src" / "appliedtorch" / "__init__.py", pkg)
+    for name in ("core", "data"):
+        shutil.copytree(
+            REPO / "src" / "appliedtorch" / name, pkg / name,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )  # fmt: skip
 
 
 @pytest.mark.slow
