@@ -35,8 +35,9 @@ TINY = {
             "cifar10_test": 100,
         },
     },
-    "mlp": {"epochs": 2, "batch_size": 32},
-    "cnn": {"epochs": 2, "batch_size": 32, "step_size": 1},
+    # fp32, as recorded: `bf16: auto` would pick bf16 on CPUs that have it natively.
+    "mlp": {"epochs": 2, "batch_size": 32, "bf16": False},
+    "cnn": {"epochs": 2, "batch_size": 32, "step_size": 1, "bf16": False},
     "pinn": {"adam_steps": 200, "lbfgs_steps": 30, "lm_steps": 50},
 }
 

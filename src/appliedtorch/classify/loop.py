@@ -31,6 +31,7 @@ from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.classify.models import build_model
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError
+from appliedtorch.core.hardware import resolve_bf16
 from appliedtorch.core.utils import resolve_device, thread_count
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class TrainConfig:
     train_limit: int | None = None  # first N train and test samples
     eval_batch_size: int = 1024
     channels_last: bool = False
-    bf16: bool = False  # bfloat16 autocast
+    bf16: bool = False  # bfloat16 autocast (resolved: from_section turns `auto` into a choice)
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # CPU threads while training; None = torch's default
     device: str = "cpu"
@@ -71,6 +72,8 @@ class TrainConfig:
         """Take the matching fields of a params section (e.g. `params.mlp`)."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in section.model_dump().items() if k in names}
+        # `bf16: auto` becomes a choice here, for the device that will train.
+        values["bf16"] = resolve_bf16(values.get("bf16", False), resolve_device(device))
         return cls(arch=arch, seed=seed, device=device, **values)  # type: ignore[arg-type]
 
 

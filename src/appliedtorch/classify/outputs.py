@@ -95,6 +95,7 @@ def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
         "mean_epoch_seconds": result.train_seconds / max(len(result.history), 1),
         "eval_seconds": result.eval_seconds,
         "data_source": source,
+        "compute_dtype": "bfloat16" if result.config.bf16 else "float32",  # bf16: auto, resolved
     }
 
 

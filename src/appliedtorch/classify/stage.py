@@ -51,6 +51,7 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
     tags = {
         **data_tags(dataset, data_dir, data.source),
         "device.resolved": resolve_device(p.device),
+        "compute_dtype": "bfloat16" if config.bf16 else "float32",  # `bf16: auto`, resolved
     }
     logged_params = run_params(p, arch)
     # Resumes a run killed mid-training if params and data are the same. A torchrun run starts

@@ -81,7 +81,8 @@ class MLPParams(Section):
     hidden_size: int = Field(128, gt=0, le=MAX_WIDTH)
     train_limit: int | None = Field(None, gt=0, le=MAX_SAMPLES)
     eval_batch_size: int = Field(2048, gt=0, le=MAX_BATCH)
-    bf16: bool = False  # bfloat16 autocast (AMP); pays off on CUDA or a CPU with AVX-512 bf16
+    # bfloat16 autocast: auto = where the device computes bf16 natively (core/hardware.py)
+    bf16: Literal["auto"] | bool = "auto"
     compile: bool = False  # torch.compile the model (first epoch pays the compile time)
     # 1: small GEMMs; 2 threads gained ~10% on the quiet 2-core CPU but lost 3x with another process
     # busy (spinning), and waking sleeping threads (OMP_WAIT_POLICY=PASSIVE) cost more than they gave
@@ -99,7 +100,8 @@ class CNNParams(Section):
     train_limit: int | None = Field(None, gt=0, le=MAX_SAMPLES)
     eval_batch_size: int = Field(1024, gt=0, le=MAX_BATCH)
     channels_last: bool = True
-    bf16: bool = False  # bfloat16 autocast (CPU with AVX-512 bf16, or CUDA)
+    # bfloat16 autocast: auto = where the device computes bf16 natively (core/hardware.py)
+    bf16: Literal["auto"] | bool = "auto"
     compile: bool = False  # torch.compile the model (first epoch pays the compile time)
     # None (all cores): with OMP_WAIT_POLICY=PASSIVE (appliedtorch sets it) 2 threads were 1.8x
     # faster than 1 on the quiet 2-core CPU and as fast with another process busy (benchmarks/run.py)

@@ -57,6 +57,7 @@ _CLASSIFIER_HEADLINE = (
     "test_samples",
     "train_seconds",
     "mean_epoch_seconds",
+    "compute_dtype",
 )
 
 SECTIONS: tuple[StageSection, ...] = (
