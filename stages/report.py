@@ -23,7 +23,7 @@ from appliedtorch.core.tracking import (
     repo_root,
     resolve_tracking_uri,
 )
-from appliedtorch.core.utils import write_text
+from appliedtorch.core.utils import output_set, write_text
 from appliedtorch.report import page as report
 
 log = logging.getLogger("report")
@@ -67,7 +67,8 @@ def main() -> None:
         ui_base=ui,
         runs_problem=problem,
     )
-    write_text(args.out, page)
+    with output_set(args.out.parent) as out:
+        write_text(out.path(args.out), page)
     log.info("wrote %s (%d KiB, %d MLflow runs)", args.out, len(page) // 1024, len(runs))
 
 
