@@ -20,6 +20,7 @@ from appliedtorch.core.tracking import (
     latest_runs,
     lineage_tags,
     params_md5,
+    redact,
     repo_root,
     resolve_tracking_uri,
 )
@@ -63,7 +64,7 @@ def main() -> None:
         runs,
         commit=git.get("git.commit"),
         dirty=git.get("git.dirty") == "true",
-        tracking_uri=uri,
+        tracking_uri=redact(uri),  # a postgresql password stays off the page
         ui_base=ui,
         runs_problem=problem,
     )
