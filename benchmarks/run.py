@@ -10,7 +10,7 @@ One process times, on the same data and with the median of several repetitions:
 - **MLP epoch**: the tutorial's loop (per-sample PIL transforms through a DataLoader, plain Adam,
   torch's default thread count; `train_speed.tutorial_epoch`) against the project's
   `train_classifier` with params.yaml's `mlp` section, on full-size synthetic MNIST generated in
-  memory (`appliedtorch.synthetic.generate`).
+  memory (`appliedtorch.data.synthetic.generate`).
 - **CNN epoch**: the same for the CIFAR-10 CNN; both loops run `--cnn-batches` batches and the
   epoch time is extrapolated to the full 391-batch epoch (a full tutorial epoch takes minutes).
 - The project's loop is timed with params.yaml's `threads`, with 1 thread and with torch's default
@@ -18,7 +18,7 @@ One process times, on the same data and with the median of several repetitions:
 - Everything runs with OMP_WAIT_POLICY=PASSIVE unless the environment sets it (appliedtorch sets
   it, as in the stages; on the quiet machine it left the tutorial's loops unchanged).
 - **Evaluation pass** over the 10,000 test images: the tutorial's DataLoader loop (`torch.no_grad`,
-  batches of the training batch size) against `appliedtorch.training.evaluate`.
+  batches of the training batch size) against `appliedtorch.classify.loop.evaluate`.
 - **PINN**: params.yaml's recipe over 5 seeds (median max error and seconds) and the tutorial's
   recipe once (`pinn_seeds.run_once`).
 - **`dvc repro` with nothing changed**: in a temporary git+DVC copy of the project reproduced once
@@ -54,17 +54,11 @@ import yaml
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from appliedtorch.classify.loop import (
-    NORMALIZATION,
-    Normalizer,
-    TrainConfig,
-    cpu_threads,
-    evaluate,
-    model_args_for,
-)
+from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
+from appliedtorch.classify.loop import TrainConfig, evaluate, model_args_for
 from appliedtorch.classify.models import build_model
 from appliedtorch.core.params import PINNParams, load_params
-from appliedtorch.core.utils import write_json
+from appliedtorch.core.utils import thread_count, write_json
 from appliedtorch.data import ImageData
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -178,11 +172,12 @@ def tutorial_evaluation(model: torch.nn.Module, data: ImageData, batch_size: int
 
 
 def project_evaluation(model: torch.nn.Module, data: ImageData, config: TrainConfig) -> float:
-    """`appliedtorch.training.evaluate` as the training loop calls it; seconds."""
+    """`appliedtorch.classify.loop.evaluate` as the training loop calls it; seconds."""
     mean, std = NORMALIZATION[data.name]
     normalizer = Normalizer(mean, std, "cpu", config.channels_last)
-    with cpu_threads(config.threads):
-        ev = evaluate(model, data.test_images, data.test_labels, normalizer, config.eval_batch_size)
+    test = Batches(data.test_images, data.test_labels, config.eval_batch_size, normalizer)
+    with thread_count(config.threads):
+        ev = evaluate(model, test)
     return ev.seconds
 
 

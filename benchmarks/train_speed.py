@@ -8,7 +8,7 @@
 The tutorial's loop is what its sections 10-12 do: a Dataset that hands each sample to PIL and
 torchvision transforms (ToTensor, Normalize; for CIFAR-10 RandomCrop(32, padding=4) and
 RandomHorizontalFlip first) through a DataLoader (batch 64 / 128, shuffle, no worker processes),
-and plain Adam. The project's loop is `appliedtorch.training.train_classifier` with the
+and plain Adam. The project's loop is `appliedtorch.classify.loop.train_classifier` with the
 params.yaml settings (and each `--variant` override). Both start from the same seed; each is
 timed for the training pass alone, then evaluated on the same test set with the same code.
 With `--batches N` both loops stop after N batches and the epoch time is extrapolated from them.
@@ -34,14 +34,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from appliedtorch.classify.loop import (
-    NORMALIZATION,
-    Normalizer,
-    TrainConfig,
-    evaluate,
-    model_args_for,
-    train_classifier,
-)
+from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
+from appliedtorch.classify.loop import TrainConfig, evaluate, model_args_for, train_classifier
 from appliedtorch.classify.models import build_model
 from appliedtorch.core.params import load_params
 from appliedtorch.data import ImageData, synthetic_in_memory
@@ -118,7 +112,8 @@ def project_epoch(
 def accuracy(model: torch.nn.Module, data: ImageData) -> float:
     """Test accuracy of the tutorial's model with the project's evaluation (fp32, large batches)."""
     mean, std = NORMALIZATION[data.name]
-    return evaluate(model, data.test_images, data.test_labels, Normalizer(mean, std), 1024).accuracy
+    test = Batches(data.test_images, data.test_labels, 1024, Normalizer(mean, std))
+    return evaluate(model, test).accuracy
 
 
 def parse_variant(text: str) -> dict[str, Any]:

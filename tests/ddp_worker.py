@@ -16,7 +16,7 @@ from appliedtorch.classify.loop import train_classifier
 
 
 def main() -> None:
-    world = distributed.launch("cpu")
+    world = distributed.launch(cuda=False)
     out = {"world_size": world.size}
     for name, (dataset, config) in CONFIGS.items():
         result = train_classifier(make_data(dataset), config, world=world)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from appliedtorch.classify.batches import Batches, Normalizer
 from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.classify.loop import TrainConfig, train_classifier
 from appliedtorch.core.errors import AppliedTorchError
@@ -86,11 +87,14 @@ def torchrun(*args: object, cwd: Path, timeout: float = 300) -> subprocess.Compl
 
 def test_single_world_changes_nothing():
     perm = torch.randperm(10)
-    x, y = torch.arange(10), torch.arange(10)
-    assert SINGLE.shard(perm) is perm
-    assert SINGLE.local_batch_size(64, "mlp") == 64 and SINGLE.shard_size(10) == 10
-    assert all(a is b for a, b in zip(SINGLE.shard_eval(x, y, 4), (x, y), strict=True))
-    assert SINGLE.mean(torch.tensor(3.0), 2) == 1.5 and SINGLE.any(True) and not SINGLE.any(False)
+    assert SINGLE.shard(perm) is perm and SINGLE.shard_size(10) == 10
+    assert SINGLE.sum(3.0, 2) == (3.0, 2) and SINGLE.max(1.5) == (1.5,)
+    assert SINGLE.any(True) and not SINGLE.any(False)
+    assert SINGLE.all_gather(perm)[0] is perm
+    x, y = torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10)
+    batches = Batches(x, y, 4, Normalizer((0.5,), (0.5,)))
+    assert batches.rows is None and len(batches) == 3
+    assert [labels.tolist() for _, labels in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_shards_split_every_global_batch_between_the_ranks():
@@ -100,7 +104,7 @@ def test_shards_split_every_global_batch_between_the_ranks():
     assert [len(s) for s in shards] == [4, 4, 4]
     padded = torch.cat([perm, perm[:2]])
     assert sorted(torch.cat(shards).tolist()) == sorted(padded.tolist())
-    local = World(size=size).local_batch_size(batch, "cnn")
+    local = batch // size
     for k in range(2):  # step k of every rank together is global batch k
         step = torch.cat([s[k * local : (k + 1) * local] for s in shards])
         assert sorted(step.tolist()) == sorted(padded[k * batch : (k + 1) * batch].tolist())
@@ -108,16 +112,22 @@ def test_shards_split_every_global_batch_between_the_ranks():
 
 def test_evaluation_parts_are_whole_one_process_batches():
     world = World(size=2)
-    assert world.eval_indices(10, 4, 0).tolist() == [0, 1, 2, 3, 8, 9]
-    assert world.eval_indices(10, 4, 1).tolist() == [4, 5, 6, 7]
-    assert World(size=4).eval_indices(5, 4, 3).tolist() == []
+    assert world.strided_batches(10, 4, 0).tolist() == [0, 1, 2, 3, 8, 9]
+    assert world.strided_batches(10, 4, 1).tolist() == [4, 5, 6, 7]
+    assert World(size=4).strided_batches(5, 4, 3).tolist() == []
+    # A process's in-order batches are whole one-process batches.
+    x, y = torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10)
+    part = Batches(x, y, 4, Normalizer((0.5,), (0.5,)), world=World(size=2, rank=0))
+    assert [labels.tolist() for _, labels in part] == [[0, 1, 2, 3], [8, 9]]
 
 
 def test_batch_size_not_divisible_by_the_processes_is_one_clear_error():
+    data = make_data("mnist")
+    config = TrainConfig("mlp", epochs=1, batch_size=64, lr=1e-3, progress=False)
     with pytest.raises(
         AppliedTorchError, match=r"mlp.batch_size \(64\) must be divisible .* \(3\)"
     ):
-        World(size=3).local_batch_size(64, "mlp")
+        train_classifier(data, config, world=World(size=3))
 
 
 # ---- two processes ------------------------------------------------------------------------------

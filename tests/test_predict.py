@@ -118,7 +118,7 @@ def test_register_champion_and_predict_a_png(trained, monkeypatch):
     truth = [data.classes[int(y)] for y in data.test_labels[:8]]
     assert sum(a == b for a, b in zip(labels, truth, strict=True)) >= 5  # the champion learned
 
-    # A checkpoint file works too (here the weaker second model), with the top 3 classes.
+    # A model file works too (here the weaker second model), with the top 3 classes.
     by_file = predict("--model", root / "models" / "mlp.pt", "--top", "3", paths[0], cwd=root)
     assert by_file.returncode == 0, by_file.stderr
     fields = by_file.stdout.strip().split("\t")

@@ -23,7 +23,7 @@ import yaml
 from test_training import make_data
 
 from appliedtorch.classify.loop import TrainConfig, train_classifier
-from appliedtorch.classify.resume import Checkpointer, checkpoint_path, fingerprint
+from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
 from appliedtorch.core.errors import TrackingError
 from appliedtorch.core.tracking import resolve_tracking_uri
 from appliedtorch.data import download
@@ -173,7 +173,7 @@ def test_two_runs_give_identical_metrics_and_model_files(stage, workspace, cnn_r
     if model:
         # Byte-identical files (torch.save once named the zip's folder after the random temp file).
         assert (a / model).read_bytes() == (b / model).read_bytes()
-        assert not checkpoint_path(a / model).exists()  # deleted after the successful run
+        assert not resume_path(a / model).exists()  # deleted after the successful run
 
 
 # ---- 2. kill and resume ---------------------------------------------------------------------
@@ -186,28 +186,28 @@ def test_sigkilled_training_resumes_to_the_same_model_and_metrics(
     reference = cnn_reference[0]
     out = tmp_path / "killed"
     model = out / "models/cnn.pt"
-    ckpt = checkpoint_path(model)
+    resume = resume_path(model)
     proc = start(workspace, "train_cnn", out)
     deadline = time.monotonic() + 240
-    while not ckpt.exists():  # the first epoch's checkpoint: kill right after it appears
+    while not resume.exists():  # the first epoch's resume state: kill right after it appears
         assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
+        assert time.monotonic() < deadline, "no resume state appeared"
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    done = torch.load(ckpt, weights_only=True)["epoch"]
+    done = torch.load(resume, weights_only=True)["epoch"]
     assert 1 <= done < SMALL["cnn"]["epochs"], done  # killed mid-training
     assert not model.exists() and not (out / "reports/cnn/metrics.json").exists()
 
     err = finish(start(workspace, "train_cnn", out))
-    assert f"resuming from {ckpt}: {done} epoch(s) done" in err, err[-3000:]
+    assert f"resuming from {resume}: {done} epoch(s) done" in err, err[-3000:]
     assert f"epoch {done}: train loss" not in err and f"epoch {done + 1}: train loss" in err
     assert model.read_bytes() == (reference / "models/cnn.pt").read_bytes()  # bitwise
     assert without_timings(metrics(out / "reports/cnn")) == without_timings(
         metrics(reference / "reports/cnn")
     )
-    assert not ckpt.exists() and not list(ckpt.parent.glob("*.tmp"))
+    assert not resume.exists() and not list(resume.parent.glob("*.tmp"))
 
     # The MLflow run continued: one run, FINISHED, with every epoch's metrics.
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -225,15 +225,15 @@ class Stop(Exception):
     """Stands in for a kill in the in-process tests."""
 
 
-def interrupted(data, config, ckpt: Checkpointer, at_epoch: int) -> None:
-    """Train until the callback of `at_epoch` runs (its checkpoint is not yet written), then stop."""
+def interrupted(data, config, resume: ResumeState, at_epoch: int) -> None:
+    """Train until the callback of `at_epoch` runs (its resume state is not yet written), then stop."""
 
     def stop(stats):
         if stats.epoch == at_epoch:
             raise Stop
 
     with pytest.raises(Stop):
-        train_classifier(data, config, callback=stop, checkpoint=ckpt)
+        train_classifier(data, config, callback=stop, resume=resume)
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -243,45 +243,47 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize("at_epoch", [2, None], ids=["mid-training", "after-the-last-epoch"])
 def test_resume_in_process_is_bitwise(at_epoch, tmp_path):
-    """The MLP path (no scheduler), including a kill after the last epoch's checkpoint."""
+    """The MLP path (no scheduler), including a kill after the last epoch's resume state."""
     data = make_data("mnist", 640, 200)
     full = train_classifier(data, MLP)
-    path = tmp_path / ".mlp.ckpt"
+    path = tmp_path / ".mlp.resume"
     if at_epoch:
-        interrupted(data, MLP, Checkpointer(path, "fp"), at_epoch)
+        interrupted(data, MLP, ResumeState(path, "fp"), at_epoch)
     else:
-        train_classifier(data, MLP, checkpoint=Checkpointer(path, "fp"))
+        train_classifier(data, MLP, resume=ResumeState(path, "fp"))
     torch.manual_seed(1234)  # a fresh process would not have the interrupted run's RNG state
-    ckpt = Checkpointer.open(path, "fp")
-    assert ckpt.epochs_done == (at_epoch - 1 if at_epoch else MLP.epochs)
-    resumed = train_classifier(data, MLP, checkpoint=ckpt)
+    resume = ResumeState.open(path, "fp")
+    assert resume.epochs_done == (at_epoch - 1 if at_epoch else MLP.epochs)
+    resumed = train_classifier(data, MLP, resume=resume)
     assert same_weights(resumed.model, full.model)
     assert [h.train_loss for h in resumed.history] == [h.train_loss for h in full.history]
     assert resumed.evaluation.loss == full.evaluation.loss
     assert torch.equal(resumed.evaluation.predictions, full.evaluation.predictions)
 
 
-def test_checkpoint_from_other_params_is_reported_and_not_resumed(tmp_path, caplog):
+def test_resume_state_from_other_params_is_reported_and_not_resumed(tmp_path, caplog):
     data = make_data("mnist", 256, 64)
-    path = tmp_path / ".mlp.ckpt"
+    path = tmp_path / ".mlp.resume"
     old = fingerprint({"mlp.lr": 0.001, "seed": 42})
-    interrupted(data, replace(MLP, lr=0.01), Checkpointer(path, old), at_epoch=3)
-    (path.parent / f".{path.name}.abc123.tmp").write_bytes(b"half a checkpoint")  # a kill mid-save
+    interrupted(data, replace(MLP, lr=0.01), ResumeState(path, old), at_epoch=3)
+    (path.parent / f".{path.name}.abc123.tmp").write_bytes(b"half a state")  # a kill mid-save
+    (tmp_path / ".mlp.ckpt").write_bytes(b"a resume state under the name before the rename")
 
     new = fingerprint({"mlp.lr": 0.002, "seed": 42})
     assert new != old
-    ckpt = Checkpointer.open(path, new)
-    assert ckpt.state is None and ckpt.run_id is None
-    assert "ignoring checkpoint" in caplog.text and "other params or data" in caplog.text
+    resume = ResumeState.open(path, new)
+    assert resume.saved is None and resume.run_id is None
+    assert "ignoring resume state" in caplog.text and "other params or data" in caplog.text
     assert not list(tmp_path.glob("*.tmp"))  # the stale temporary file is gone
-    fresh = train_classifier(data, replace(MLP, lr=0.002, epochs=1), checkpoint=ckpt)
+    assert not (tmp_path / ".mlp.ckpt").exists()  # so is the file under the old name
+    fresh = train_classifier(data, replace(MLP, lr=0.002, epochs=1), resume=resume)
     scratch = train_classifier(data, replace(MLP, lr=0.002, epochs=1))
     assert same_weights(fresh.model, scratch.model)  # trained from scratch, not from the old state
     assert torch.load(path, weights_only=True)["fingerprint"] == new  # replaced
 
-    path.write_bytes(b"not a checkpoint")
-    assert Checkpointer.open(path, new).state is None
-    assert "ignoring unreadable checkpoint" in caplog.text
+    path.write_bytes(b"not a resume state")
+    assert ResumeState.open(path, new).saved is None
+    assert "ignoring unreadable resume state" in caplog.text
 
 
 # ---- 3. divergence ----------------------------------------------------------------------------
@@ -386,7 +388,7 @@ def test_stage_run_continues_a_run_or_links_to_it(tracking_uri, caplog, global_u
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
     assert [m.step for m in client.get_metric_history(interrupted_id, "train_loss")] == [1, 2]
 
-    gone = "0" * 32  # e.g. the checkpoint came from another tracking store
+    gone = "0" * 32  # e.g. the resume state came from another tracking store
     with stage_run("unit-resume", "train_mlp", {"seed": 1}, resume_run_id=gone) as linked:
         pass
     assert linked.run_id != gone and f"cannot continue MLflow run {gone}" in caplog.text
@@ -415,7 +417,7 @@ def test_signalled_training_is_one_line_and_ends_its_mlflow_run(
     shutil.copy(workspace / "template.db", ws / "template.db")
     out = tmp_path / "out"
     proc = start(ws, "train_mlp", out)
-    ckpt = checkpoint_path(out / "models/mlp.pt")
+    ckpt = resume_path(out / "models/mlp.pt")
     deadline = time.monotonic() + 240
     while not ckpt.exists():  # training is under way, inside the MLflow run
         assert proc.poll() is None, proc.stderr.read()[-3000:]

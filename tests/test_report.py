@@ -32,7 +32,7 @@ MLP_METRICS = {
     "test_samples": 300,
     "per_class_accuracy": {"<zero>": 0.95, "one": None},
     "train_seconds": 1.5,
-    "epoch_seconds": 0.75,
+    "mean_epoch_seconds": 0.75,
     "eval_seconds": 0.1,
     "data_source": "synthetic",
 }

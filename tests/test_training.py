@@ -1,5 +1,5 @@
 """Classifier training: models learn, batch augmentation is torchvision's, runs are reproducible,
-reports and checkpoints are right, and both stages run end to end with an MLflow run."""
+reports and model files are right, and both stages run end to end with an MLflow run."""
 
 from __future__ import annotations
 
@@ -14,20 +14,12 @@ import torch
 from scipy.stats import chisquare
 from torchvision import transforms
 
-from appliedtorch.classify.loop import (
-    NORMALIZATION,
-    Evaluation,
-    Normalizer,
-    TrainConfig,
-    cpu_threads,
-    evaluate,
-    random_crop_flip,
-    save_verified_checkpoint,
-    train_classifier,
-    write_reports,
-)
-from appliedtorch.classify.models import CNN, MLP, load_checkpoint
+from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer, random_crop_flip
+from appliedtorch.classify.loop import Evaluation, TrainConfig, evaluate, train_classifier
+from appliedtorch.classify.models import CNN, MLP, load_model
+from appliedtorch.classify.outputs import final_metrics, save_verified_model, write_reports
 from appliedtorch.core.errors import DivergenceError
+from appliedtorch.core.utils import flatten, thread_count
 from appliedtorch.data import ImageData, download, synthetic_in_memory
 from conftest import run_script
 
@@ -182,7 +174,7 @@ def test_cnn_beats_chance_by_far(cifar):
 
 
 def test_two_seeded_runs_give_identical_numbers(mnist, cifar):
-    timing = {"seconds", "eval_seconds"}
+    timing = {"epoch_seconds", "eval_seconds"}
 
     def numbers(result):
         return [{k: v for k, v in vars(h).items() if k not in timing} for h in result.history]
@@ -226,19 +218,21 @@ def test_evaluation_confusion_matches_a_direct_count_and_sums_to_test_size():
 # ---- outputs -----------------------------------------------------------------------------------
 
 
-def test_reports_and_reloaded_checkpoint(mlp_result, mnist, tmp_path):
+def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     model_path = tmp_path / "models" / "mlp.pt"
-    again = save_verified_checkpoint(mlp_result, mnist, model_path)
+    again = save_verified_model(mlp_result, mnist, model_path)
     assert torch.equal(again.predictions, mlp_result.evaluation.predictions)
 
-    model, ckpt = load_checkpoint(model_path)
-    assert ckpt["arch"] == "mlp" and ckpt["classes"] == mnist.classes
-    mean, std = ckpt["mean"], ckpt["std"]
-    with cpu_threads(MLP_CONFIG.threads):  # as in training: thread count can change last bits
-        reloaded = evaluate(model, mnist.test_images, mnist.test_labels, Normalizer(mean, std))
+    model, saved = load_model(model_path)
+    assert saved["arch"] == "mlp" and saved["classes"] == mnist.classes
+    test = Batches(
+        mnist.test_images, mnist.test_labels, 1024, Normalizer(saved["mean"], saved["std"])
+    )
+    with thread_count(MLP_CONFIG.threads):  # as in training: thread count can change last bits
+        reloaded = evaluate(model, test)
     assert torch.equal(reloaded.predictions, mlp_result.evaluation.predictions)
 
-    paths = write_reports(mlp_result, mnist, tmp_path / "reports")
+    metrics, paths = write_reports(mlp_result, mnist, tmp_path / "reports")
     names = {p.name for p in paths}
     assert names == {
         "metrics.json",
@@ -250,7 +244,7 @@ def test_reports_and_reloaded_checkpoint(mlp_result, mnist, tmp_path):
         "predictions.png",
     }
     assert all(p.stat().st_size > 0 for p in paths)
-    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert metrics == json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert metrics["test_accuracy"] == mlp_result.evaluation.accuracy
     assert metrics["test_samples"] == 300 and metrics["data_source"] == "synthetic"
     assert set(metrics["per_class_accuracy"]) == set(mnist.classes)
@@ -271,7 +265,16 @@ def test_reports_and_reloaded_checkpoint(mlp_result, mnist, tmp_path):
     )
 
     header = (tmp_path / "reports" / "history.csv").read_text().splitlines()[0]
-    assert header == "epoch,train_loss,test_loss,test_accuracy,seconds,lr"
+    # One name per metric: history.csv's columns are the per-epoch MLflow metrics' names, and
+    # the run-level MLflow metrics are metrics.json's keys, flattened.
+    assert header == "epoch," + ",".join(mlp_result.history[0].metrics())
+    final = final_metrics(metrics)
+    assert {"mean_epoch_seconds", "train_seconds", "eval_seconds"} <= set(final)
+    assert (
+        final["per_class_accuracy." + mnist.classes[0]]
+        == metrics["per_class_accuracy"][mnist.classes[0]]
+    )
+    assert not {"epoch_seconds", "class_accuracy"} & {k.split(".")[0] for k in metrics}
 
 
 # ---- stages end to end -------------------------------------------------------------------------
@@ -306,8 +309,8 @@ def test_stage_end_to_end(
     metrics = json.loads((reports / "metrics.json").read_text())
     assert min_accuracy <= metrics["test_accuracy"] <= 1 and metrics["epochs"] == 2
     assert metrics["train_samples"] == section["train_limit"]
-    _, ckpt = load_checkpoint(model)
-    assert ckpt["arch"] == arch and ckpt["test_accuracy"] == metrics["test_accuracy"]
+    _, saved = load_model(model)
+    assert saved["arch"] == arch and saved["test_accuracy"] == metrics["test_accuracy"]
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
@@ -317,6 +320,11 @@ def test_stage_end_to_end(
     assert run.data.params[f"{arch}.epochs"] == "2"
     assert run.data.tags["data.source"] == "synthetic"
     assert run.data.tags[f"data.{dataset}.md5"].endswith(".dir")
+    # One name per metric: the run's metrics are metrics.json's numbers under the same keys,
+    # plus the two per-epoch curves that have no summary value.
+    numbers = {k for k, v in flatten(metrics).items() if isinstance(v, (int, float))}
+    assert set(run.data.metrics) == numbers | {"epoch_seconds", "lr"}
+    assert run.data.metrics["mean_epoch_seconds"] == metrics["mean_epoch_seconds"]
     history = client.get_metric_history(run.info.run_id, "test_accuracy")
     assert [m.step for m in history] == [1, 2]
     assert history[-1].value == pytest.approx(metrics["test_accuracy"])
@@ -326,7 +334,7 @@ def test_stage_end_to_end(
         experiment_ids=[exp.experiment_id], output_format="list"
     )
     loaded = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
-    x = np.zeros((2, *ckpt["input_shape"]), dtype=np.float32)
+    x = np.zeros((2, *saved["input_shape"]), dtype=np.float32)
     assert tuple(loaded(torch.from_numpy(x)).shape) == (2, 10)
 
 

@@ -1,4 +1,4 @@
-"""Networks from the tutorial: the MNIST MLP and the CIFAR-10 CNN, plus save/load with their config.
+"""Networks from the tutorial: the MNIST MLP and the CIFAR-10 CNN, and their model files.
 
     >>> model = MLP(in_features=784, hidden_size=128, num_classes=10)
     >>> model(torch.zeros(2, 1, 28, 28)).shape
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.core.utils import save_torch
+from appliedtorch.core.utils import first_line, save_torch
 
 
 class MLP(nn.Module):
@@ -81,26 +81,27 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
     return ARCHITECTURES[arch](**kwargs)
 
 
-def save_checkpoint(
+def save_model(
     path: str | os.PathLike, model: nn.Module, arch: str, model_args: dict[str, Any], **meta: Any
 ) -> None:
-    """Save the state dict with everything needed to rebuild and use it (atomically)."""
+    """Write the model file: the state dict with everything needed to rebuild and use it (atomically)."""
     # contiguous(): a channels_last model would otherwise save NHWC strides that surprise loaders.
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_torch({"arch": arch, "model_args": model_args, "state_dict": state, **meta}, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by `save_checkpoint`; returns (model in eval mode, checkpoint dict)."""
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a model file written by `save_model`; returns (model in eval mode,
+    the file's contents)."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise AppliedTorchError(f"{path}: model file not found (run the training stage)") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling problem means the file is unusable
-        raise AppliedTorchError(f"{path}: not a readable model checkpoint ({exc})") from None
-    if not isinstance(ckpt, dict) or not {"arch", "model_args", "state_dict"} <= ckpt.keys():
-        raise AppliedTorchError(f"{path}: not an appliedtorch checkpoint (arch/model_args missing)")
-    model = build_model(ckpt["arch"], **ckpt["model_args"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
+        raise AppliedTorchError(f"{path}: not a readable model file ({first_line(exc)})") from None
+    if not isinstance(saved, dict) or not {"arch", "model_args", "state_dict"} <= saved.keys():
+        raise AppliedTorchError(f"{path}: not an appliedtorch model file (arch/model_args missing)")
+    model = build_model(saved["arch"], **saved["model_args"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), saved

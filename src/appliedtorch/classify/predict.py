@@ -7,7 +7,7 @@ Prints one tab-separated line per image: the path, then class and probability fo
 `--top` most likely classes.
 
 `--model` takes a registered model (`models:/name@alias` or `models:/name/version`), a run's model
-(`runs:/<run_id>/model`) or a checkpoint file written by a training stage (`models/mlp.pt`). Images
+(`runs:/<run_id>/model`) or a model file written by a training stage (`models/mlp.pt`). Images
 are converted the way the model was trained: grayscale 28x28 for MNIST (white digit on black, as in
 MNIST), RGB 32x32 for CIFAR-10, then normalised with the training mean and std.
 """
@@ -39,15 +39,15 @@ class Classifier:
 
 
 def load_classifier(uri: str) -> Classifier:
-    """Load a checkpoint file or an MLflow model URI, with its class names and normalisation."""
+    """Load a model file or an MLflow model URI, with its class names and normalisation."""
     if "://" not in uri and not uri.startswith("models:/"):
-        from appliedtorch.classify.models import load_checkpoint
-
-        model, meta = load_checkpoint(uri)
-    else:
-        from appliedtorch.core.tracking import load_model
+        from appliedtorch.classify.models import load_model
 
         model, meta = load_model(uri)
+    else:
+        from appliedtorch.core.tracking import load_logged_model
+
+        model, meta = load_logged_model(uri)
     missing = {"classes", "mean", "std", "input_shape"} - meta.keys()
     if missing:
         raise AppliedTorchError(f"model '{uri}' lacks {', '.join(sorted(missing))}; retrain it")
@@ -120,9 +120,9 @@ def _to_8bit(img: Any) -> Any:
 
 def classify(clf: Classifier, images: torch.Tensor) -> torch.Tensor:
     """Class probabilities (B, K) for uint8 images (B, C, H, W)."""
-    mean = torch.tensor(clf.mean).view(1, -1, 1, 1)
-    std = torch.tensor(clf.std).view(1, -1, 1, 1)
-    x = (images.float() / 255.0 - mean) / std
+    from appliedtorch.classify.batches import Normalizer
+
+    x = Normalizer(clf.mean, clf.std)(images)  # as in training
     with torch.inference_mode():
         logits = clf.model(x)
     return torch.softmax(logits.float(), dim=1)

@@ -9,14 +9,24 @@ Under torchrun every rank trains its shard; rank 0 alone writes outputs and logs
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from appliedtorch.classify import distributed
-from appliedtorch.classify import loop as training
-from appliedtorch.classify.resume import Checkpointer, checkpoint_path, fingerprint
+from appliedtorch.classify import distributed, outputs
+from appliedtorch.classify.loop import TrainConfig, train_classifier
+from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
+from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import load_params, run_params
-from appliedtorch.core.tracking import data_tags
-from appliedtorch.core.utils import check_writable, resolve_device, seed_everything
+from appliedtorch.core.tracking import data_tags, stage_run
+from appliedtorch.core.utils import (
+    check_writable,
+    first_line,
+    output_set,
+    resolve_device,
+    seed_everything,
+)
 from appliedtorch.data import load_dataset
 
 # arch -> (dataset, MLflow experiment and registered model name)
@@ -35,48 +45,81 @@ def parse_args(arch: str, description: str) -> argparse.Namespace:
 
 
 def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: Path) -> None:
-    """Train classifier `arch` ('mlp' or 'cnn'), write its model and reports, log one run."""
+    """Train classifier `arch` ('mlp' or 'cnn'), write its model file and reports, log one run."""
     dataset, experiment = CLASSIFIERS[arch]
     p = load_params(params)
     check_writable(model.parent, reports)  # before any work, not after training
-    world = distributed.launch(p.device)  # torchrun's process group; one process without it
+    world = join(p.device)  # torchrun's process group; one process without it
     seed_everything(p.seed)
     data = load_dataset(dataset, data_dir)
-    section = getattr(p, arch)
-    config = training.TrainConfig.from_section(
-        arch, section, seed=p.seed, device=world.device_name(p.device)
-    )
+    device = f"cuda:{world.local_rank}" if world.backend == "nccl" else p.device
+    config = TrainConfig.from_section(arch, getattr(p, arch), seed=p.seed, device=device)
     tags = {
         **data_tags(dataset, data_dir, data.source),
         "device.resolved": resolve_device(p.device),
     }
     logged_params = run_params(p, arch)
-    # Resumes a run killed mid-training (models/.<arch>.ckpt) if params and data are the same.
-    ckpt = Checkpointer.open(checkpoint_path(model), fingerprint(logged_params, tags))
-    resume_run = None if world.distributed else ckpt.run_id  # torchrun runs start fresh
-    with distributed.main_stage_run(  # the MLflow run on rank 0; one that records nothing elsewhere
-        world, experiment, f"train_{arch}", logged_params, p.tracking.uri, tags, resume_run
+    # Resumes a run killed mid-training if params and data are the same. A torchrun run starts
+    # fresh (a resume state holds one process's random streams) but removes a stale one at the end.
+    resume = ResumeState(resume_path(model), fingerprint(logged_params, tags))
+    if not world.distributed:
+        resume = ResumeState.open(resume.path, resume.fingerprint)
+    with main_stage_run(  # the MLflow run on rank 0; one that records nothing elsewhere
+        world, experiment, f"train_{arch}", logged_params, p.tracking.uri, tags, resume.run_id
     ) as run:
-        ckpt.run_id = run.run_id
-        result = training.train_classifier(
+        resume.run_id = run.run_id
+        result = train_classifier(
             data,
             config,
             callback=lambda e: run.log_metrics(e.metrics(), step=e.epoch),
-            checkpoint=None if world.distributed else ckpt,  # resuming: one process only
+            resume=None if world.distributed else resume,
             world=world,
         )
         if not world.is_main:  # rank 0 alone writes the outputs
             return
-        reloaded = training.save_verified_checkpoint(result, data, model)
-        outputs = training.write_reports(result, data, reports)
-        run.log_metrics(training.final_metrics(result, reloaded))
-        run.log_artifacts(outputs)
-        info = run.log_model(
-            training.portable_model(result),
-            "model",
-            training.input_example(result, data),
-            metadata=training.model_metadata(result, data),
-        )
-        if p.tracking.register_models:
-            run.register_model(info, experiment, reloaded.accuracy)
-        ckpt.remove()  # every output is written: the next run starts fresh
+        # One set: the model file and every report file appear together, or none changes.
+        with output_set(model.parent, reports) as out:
+            reloaded = outputs.save_verified_model(result, data, out.path(model))
+            metrics, paths = outputs.write_reports(result, data, out.path(reports))
+            run.log_metrics(outputs.final_metrics(metrics))
+            run.log_artifacts(paths)  # the staged files, named as in reports/<arch>
+            info = run.log_model(
+                outputs.portable_model(result),
+                "model",
+                outputs.input_example(result, data),
+                metadata=outputs.model_metadata(result, data),
+            )
+            if p.tracking.register_models:
+                run.register_model(info, experiment, reloaded.accuracy)
+        resume.remove()  # every output is written: the next run starts fresh
+
+
+def join(device: str) -> distributed.World:
+    """torchrun's process group (nccl when `device` is a GPU, else gloo); one process without."""
+    try:
+        return distributed.launch(cuda=resolve_device(device).type == "cuda")
+    except distributed.LaunchError as exc:
+        raise AppliedTorchError(first_line(exc)) from None
+
+
+class NullRun:
+    """What ranks other than 0 get instead of an MLflow run: every call records nothing."""
+
+    run_id = None
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def main_stage_run(world: distributed.World, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """`tracking.stage_run(*args, **kwargs)` on rank 0; a `NullRun` on the other ranks."""
+    if not world.is_main:
+        yield NullRun()
+        return
+    with stage_run(*args, **kwargs) as run:
+        if world.distributed:
+            run.set_tags(
+                {"distributed.world_size": world.size, "distributed.backend": world.backend}
+            )
+        yield run

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from appliedtorch.core.errors import ParamsError
+from appliedtorch.core.utils import flatten
 
 # Upper bounds: every number must be one torch, numpy and the machine can take. A seed goes to
 # numpy (< 2^32) and into torch generators as seed * 1_000_003 + rank (< 2^64); a device index is
@@ -392,24 +393,10 @@ def loaded_from() -> Path | None:
     return _loaded_from
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten a section (model or mapping) to dotted keys: {'cnn.lr': 0.001, ...}."""
-    if isinstance(obj, BaseModel):
-        obj = obj.model_dump()
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flatten(value, full))
-        else:
-            out[full] = value
-    return out
-
-
 def run_params(params: Params, section: str) -> dict[str, Any]:
     """What a stage logs to MLflow: its section flattened with dots, plus seed and device."""
     return {
-        **flatten(getattr(params, section), section),
+        **flatten(getattr(params, section).model_dump(), section),
         "seed": params.seed,
         "device": params.device,
     }
@@ -426,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     def check() -> None:
         params = load_params(path[0])
         print(f"{path[0]}: ok ({', '.join(_SECTIONS)})")
-        for key, value in flatten(params).items():
+        for key, value in flatten(params.model_dump()).items():
             print(f"  {key} = {value}")
 
     run_stage(check)

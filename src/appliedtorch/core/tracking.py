@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from appliedtorch.core.errors import AppliedTorchError, TrackingError
+from appliedtorch.core.utils import first_line, json_md5
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def data_tags(name: str, path: str | os.PathLike, source: str) -> dict[str, str]
 
 def params_md5(params: Mapping[str, Any]) -> str:
     """A stable hash of the params a run used (canonical JSON)."""
-    return hashlib.md5(json.dumps(dict(params), sort_keys=True, default=str).encode()).hexdigest()
+    return json_md5(dict(params))
 
 
 class StageRun:
@@ -241,10 +242,11 @@ class StageRun:
         self.run = run
         self.run_id: str = run.info.run_id
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log finite numeric metrics (non-numbers are skipped)."""
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log finite numeric metrics (non-numbers are skipped) under their own names; a character
+        MLflow refuses in a name (e.g. in a class name) becomes `_`."""
         clean = {
-            k: float(v)
+            re.sub(r"[^A-Za-z0-9_. /:-]", "_", k): float(v)
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         }
@@ -344,7 +346,7 @@ def should_promote(new: Mapping[str, str], champion: Mapping[str, str] | None) -
     return False, "champion was evaluated on other data; accuracies not comparable, alias kept"
 
 
-def load_model(uri: str) -> tuple[Any, dict[str, Any]]:
+def load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
     """Load a logged model (`models:/name@alias`, `runs:/<id>/model`, `models:/m-...`) and its
     metadata; a one-line TrackingError when it cannot be found."""
     import mlflow
@@ -530,14 +532,8 @@ def stage_run(
 
 
 def _first_line(exc: BaseException) -> str:
-    """An exception's first telling line, passwords redacted (or its type's name if none)."""
-    lines = [
-        line.strip()
-        for line in str(exc).splitlines()
-        # SQLAlchemy puts its own remark before the database's message.
-        if line.strip() and not line.lstrip().startswith("(raised as a result of")
-    ]
-    return redact(lines[0][:300]) if lines else type(exc).__name__
+    """An exception's first telling line (core.utils.first_line), passwords redacted."""
+    return redact(first_line(exc)[:300])
 
 
 def _end_run(mlflow: Any, status: str) -> str | None:
@@ -565,9 +561,26 @@ def _reopen_run(mlflow: Any, run_id: str) -> Any:
     try:
         return mlflow.start_run(run_id=run_id)
     except mlflow.exceptions.MlflowException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning("cannot continue MLflow run %s (%s); starting a new one", run_id, first)
+        log.warning(
+            "cannot continue MLflow run %s (%s); starting a new one", run_id, first_line(exc)
+        )
         return None
+
+
+def _newest_finished(client: Any, experiment_id: str, want: Mapping[str, str]) -> tuple[Any, bool]:
+    """The newest FINISHED run carrying the tags `want` (matched), else the newest FINISHED one."""
+    finished = "attributes.status = 'FINISHED'"
+    tagged = "".join(f" and tags.`{k}` = '{v}'" for k, v in want.items())
+    for filter_string in (finished + tagged, finished) if want else (finished,):
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            return runs[0], filter_string != finished or not want
+    return None, False
 
 
 def latest_runs(
@@ -599,25 +612,9 @@ def latest_runs(
             if exp is None:
                 continue
             want = dict((prefer_tags or {}).get(name, {}))
-            finished = "attributes.status = 'FINISHED'"
-            tagged = "".join(f" and tags.`{k}` = '{v}'" for k, v in want.items())
-            runs = client.search_runs(
-                [exp.experiment_id],
-                filter_string=finished + tagged,
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            matched = bool(runs)
-            if not runs and want:
-                runs = client.search_runs(
-                    [exp.experiment_id],
-                    filter_string=finished,
-                    order_by=["attributes.start_time DESC"],
-                    max_results=1,
-                )
-            if not runs:
+            run, matched = _newest_finished(client, exp.experiment_id, want)
+            if run is None:
                 continue
-            run = runs[0]
             out[name] = {
                 "experiment": name,
                 "experiment_id": exp.experiment_id,

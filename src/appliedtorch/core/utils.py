@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding, device selection and atomic file output.
+"""Small shared helpers: seeding, devices, thread counts, atomic file output, flat keys, hashes.
 
 A stage's outputs are written as one set (`output_set`): every file into a hidden staging
 directory, then all moved into place together, so a failure at any point leaves the previous
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -22,18 +23,24 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from appliedtorch.core.errors import AppliedTorchError
+
+if TYPE_CHECKING:
+    import torch
+
+# numpy and torch are imported inside the functions that use them: params and tracking import
+# this module and stay quick to import (a stage that fails on its params fails in a blink).
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python's `random`, NumPy and torch (CPU and every CUDA device)."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds code that uses the global state
     torch.manual_seed(seed)
@@ -41,6 +48,8 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """Turn the `device` param (auto | cpu | cuda | cuda:N) into a torch.device, checking it exists."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -64,6 +73,53 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 def write_error(path: str | os.PathLike, exc: OSError) -> AppliedTorchError:
     """`cannot write <path>: No space left on device`, naming where the file was going."""
     return AppliedTorchError(f"cannot write {_destination(Path(path))}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def thread_count(n: int | None) -> Iterator[None]:
+    """Use n intra-op CPU threads inside the block (None or 0: leave torch's setting alone)."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings with dotted keys: flatten({"a": {"b": 1}}, "x") == {"x.a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out |= flatten(value, name)
+        else:
+            out[name] = value
+    return out
+
+
+def json_md5(obj: Any) -> str:
+    """md5 of `obj` as canonical JSON (sorted keys; anything else as its str): a stable hash."""
+    return hashlib.md5(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty).
+
+    SQLAlchemy's remark "(raised as a result of Query-invoked autoflush; ...)" is skipped: the
+    database's own message follows it.
+    """
+    lines = [
+        line.strip()
+        for line in str(exc).splitlines()
+        if line.strip() and not line.lstrip().startswith("(raised as a result of")
+    ]
+    return lines[0] if lines else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -110,6 +166,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     """torch.save, atomically; equal objects give byte-identical files."""
+    import torch
+
     # A file object, not the path: given a path, torch names the zip archive's root folder after
     # the file, and the temporary name is random, so two saves of equal tensors differed.
     # Serialised in memory first: torch's zip writer turns a full disk into "unexpected pos";
@@ -149,7 +207,11 @@ _active: dict[Path, Path] = {}  # staging directory -> the directory its files g
 
 
 def _destination(path: Path) -> Path:
-    """Where a staged file goes (for messages); other paths unchanged."""
+    """Where a staged or temporary file goes (for messages); other paths unchanged."""
+    if _STAGING.fullmatch(path.name):
+        return path.parent
+    while m := re.fullmatch(r"\.(.+)\.[^.]+\.tmp", path.name):  # atomic_path's (nested) temp
+        path = path.with_name(m[1])
     for staging, dest in _active.items():
         if path == staging or staging in path.parents:
             return dest / path.relative_to(staging)

@@ -1,18 +1,12 @@
 """Download + verify: where MNIST and CIFAR-10 come from and how they reach data/raw/<name>.
 
-The download stage puts one dataset into `data/raw/<name>/` in torchvision's on-disk layout
-(extracted, so loading is fast), plus `source.json` saying where it came from:
-
-    data/raw/mnist/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte
-    data/raw/cifar10/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta,readme.html}
-
     python stages/download.py --params params.yaml --dataset mnist --out data/raw/mnist
-    >>> data = load_dataset("mnist", "data/raw/mnist")     # uint8 tensors, classes, source
 
 Sources (`data.source`): `upstream` (torchvision's URLs and md5 sums, MNIST's mirrors in order),
 a mirror (a directory or an http(s):// base URL with the upstream file names, verified against
 its `MD5SUMS` file when it has one, else against the upstream sums), or `synthetic` (generated,
-see `appliedtorch.data.synthetic`).
+see `appliedtorch.data.synthetic`). The files land in torchvision's on-disk layout, with
+`source.json` saying where they came from (see `appliedtorch.data.loading`).
 """
 
 from __future__ import annotations
@@ -126,29 +120,7 @@ def download(
             _extract(name, staging, fetched, source)
             shutil.rmtree(staging / ".archives")
             record = {"downloads": [f.as_record() for f in fetched]}
-        try:
-            data = _read_mnist(staging) if name == "mnist" else _read_cifar10(staging)
-        except DataError as exc:
-            # Name the file as it is in the archive, not by the staging path (gone by now).
-            why = str(exc).replace(f"{staging}{os.sep}", "")
-            raise DataError(
-                f"{name} from {_brief(source, 80)} is not a valid dataset: {why}"
-            ) from None
-        files = sorted(p for p in staging.rglob("*") if p.is_file())
-        record = {
-            "dataset": name,
-            "source": source,
-            **record,
-            "train": len(data["train_labels"]),
-            "test": len(data["test_labels"]),
-            "files": {
-                p.relative_to(staging).as_posix(): {
-                    "md5": calculate_md5(p),
-                    "bytes": p.stat().st_size,
-                }
-                for p in files
-            },
-        }
+        record = _source_record(name, source, staging, record)
         (staging / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _replace_dir(staging, out)
     except BaseException as exc:
@@ -191,6 +163,29 @@ def remove_stale_staging(out: Path) -> list[Path]:
             log.info("removed %s, left by a download that was killed (pid %s)", p, m[1])
             removed.append(p)
     return removed
+
+
+def _source_record(name: str, source: str, staging: Path, origin: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's source record, once the staged files load: where they came from (`origin`),
+    sample counts, and every file's md5 and size."""
+    try:
+        data = _read_mnist(staging) if name == "mnist" else _read_cifar10(staging)
+    except DataError as exc:
+        # Name the file as it is in the archive, not by the staging path (gone by now).
+        why = str(exc).replace(f"{staging}{os.sep}", "")
+        raise DataError(f"{name} from {_brief(source, 80)} is not a valid dataset: {why}") from None
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    return {
+        "dataset": name,
+        "source": source,
+        **origin,
+        "train": len(data["train_labels"]),
+        "test": len(data["test_labels"]),
+        "files": {
+            p.relative_to(staging).as_posix(): {"md5": calculate_md5(p), "bytes": p.stat().st_size}
+            for p in files
+        },
+    }
 
 
 def _make_parents(path: Path) -> list[Path]:

@@ -1,18 +1,13 @@
 """Datasets on disk and in memory: the upstream files and sums, and loading into uint8 tensors.
 
-The download stage puts one dataset into `data/raw/<name>/` in torchvision's on-disk layout
-(extracted, so loading is fast), plus `source.json` saying where it came from:
+The download stage (`appliedtorch.data.fetch`) puts one dataset into `data/raw/<name>/` in
+torchvision's on-disk layout (extracted, so loading is fast), plus `source.json` saying where it
+came from:
 
     data/raw/mnist/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte
     data/raw/cifar10/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta,readme.html}
 
-    python stages/download.py --params params.yaml --dataset mnist --out data/raw/mnist
     >>> data = load_dataset("mnist", "data/raw/mnist")     # uint8 tensors, classes, source
-
-Sources (`data.source`): `upstream` (torchvision's URLs and md5 sums, MNIST's mirrors in order),
-a mirror (a directory or an http(s):// base URL with the upstream file names, verified against
-its `MD5SUMS` file when it has one, else against the upstream sums), or `synthetic` (generated,
-see `appliedtorch.data.synthetic`).
 """
 
 from __future__ import annotations

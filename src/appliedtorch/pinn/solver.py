@@ -1,18 +1,7 @@
 """Physics-informed network for u'' + u = 0 on [0, π/2], u(0) = 0, u(π/2) = 1 (exact: sin x).
 
     >>> from appliedtorch.core.params import PINNParams
-from appliedtorch.pinn.problem import (
-    A,
-    B,
-    PINNNet,
-    _ansatz,
-    _boundary_points,
-    _dtype,
-    _taylor,
-    grid,
-    pinn_loss,
-)
-from appliedtorch.pinn.problem import PINNNet, _dtype, boundary_loss, grid, pinn_loss, residual
+    >>> from appliedtorch.pinn import evaluate, solve
     >>> cfg = PINNParams(boundary="hard", dtype="float64", collocation_points=200,
     ...                  adam_steps=300, lm_steps=300)
     >>> evaluate(solve(cfg).net)["max_abs_error"] < 1e-6
@@ -32,11 +21,10 @@ the CPU, by default on one thread (more threads only add synchronisation).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +32,7 @@ from torch import Tensor
 
 from appliedtorch.core.errors import DivergenceError
 from appliedtorch.core.params import PINNParams
+from appliedtorch.core.utils import thread_count
 from appliedtorch.pinn.problem import (
     A,
     B,
@@ -77,18 +66,6 @@ class PINNResult:
         """Number of steps a phase took (0 when it did not run)."""
         start, end = self.phases.get(phase, (0, 0))
         return end - start
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Use n intra-op threads inside the block (0: leave torch's setting alone)."""
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check(loss: float, phase: str, step: int, hint: str) -> None:
@@ -240,7 +217,7 @@ def solve(cfg: PINNParams, net: PINNNet | None = None) -> PINNResult:
     """Train a PINN for the problem: Adam, then L-BFGS, then Levenberg-Marquardt, per `cfg`."""
     # Set the thread count before torch does any work here: building even this tiny net under
     # the default count starts a thread pool whose spinning workers slow every later step.
-    with _threads(cfg.num_threads):
+    with thread_count(cfg.num_threads):
         return _solve(cfg, net)
 
 
