@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -261,3 +262,32 @@ def test_a_read_only_reports_disk_is_one_line(workspace, monkeypatch, capsys):
         assert line.startswith("error: cannot write reports/math"), line
         assert {k: (workspace / k).read_bytes() for k in PREVIOUS_MATH} == PREVIOUS_MATH
     assert run_statuses(workspace, "math-demos") == []  # refused before the run started
+
+
+@pytest.mark.slow  # ~12 s: a real (one-epoch) training run
+def test_train_mlp_on_a_full_reports_disk_keeps_the_previous_model(workspace, monkeypatch, capsys):
+    """Before: models/mlp.pt rewritten, then a traceback and a mix of old and new reports. Now
+    the model file and reports/mlp/ are one set: none of them changes."""
+    from appliedtorch.data import download
+
+    download("mnist", workspace / "data/raw/mnist", "synthetic", synthetic_sizes=(40, 20))
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["mlp"] |= {"epochs": 1, "train_limit": 32}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    previous = {"models/mlp.pt": b"previous mlp", "reports/mlp/metrics.json": b'{"previous": 1}\n',
+                "reports/mlp/history.csv": b"epoch\n1\n"}  # fmt: skip
+    (workspace / "models").mkdir()
+    (workspace / "models/mlp.pt").write_bytes(previous["models/mlp.pt"])
+    with tmpfs(workspace / "reports/mlp", "16k"):
+        for rel in ("reports/mlp/metrics.json", "reports/mlp/history.csv"):
+            (workspace / rel).write_bytes(previous[rel])
+        argv = ["--data", "data/raw/mnist", "--model", "models/mlp.pt", "--reports", "reports/mlp"]
+        code, err = run_stage_here("train_mlp", argv, monkeypatch, capsys)
+        line = one_error_line(err)
+        assert code == 1
+        assert re.fullmatch(rf"error: cannot write reports/mlp/\S+: {ENOSPC_LINE}", line), line
+        assert {k: (workspace / k).read_bytes() for k in previous} == previous
+        assert not leftovers(workspace)
+        assert sorted(p.name for p in (workspace / "reports/mlp").iterdir()) == [
+            "history.csv", "metrics.json"]  # fmt: skip
+    assert run_statuses(workspace, "mnist-mlp") == ["FAILED"]
