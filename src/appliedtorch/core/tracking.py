@@ -374,6 +374,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """
     if uri.startswith("sqlite:///"):
         check_sqlite_file(Path(uri[len("sqlite:///") :]))
+    if uri.split(":", 1)[0].split("+")[0].lower() in _DB_PORTS:
+        check_db_server(uri, timeout)
     if not uri.startswith(("http://", "https://")):
         return
     import base64
@@ -406,6 +408,37 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"MLflow tracking server {shown} is not reachable ({reason}); start it, fix "
             "tracking.uri in params.yaml, or unset MLFLOW_TRACKING_URI"
         ) from None
+
+
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_db_server(uri: str, timeout: float = 5.0) -> None:
+    """A database server (postgresql, mysql, mssql) that refuses or drops connections is reported
+    in seconds: MLflow retries opening it ten times over ~100 s."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.hostname:  # a local socket: the driver reports it
+        return
+    port = parts.port or _DB_PORTS[parts.scheme.split("+")[0].lower()]
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise TrackingError(
+            f"tracking database server {redact(uri)} is not reachable ({reason}); start it, fix "
+            "tracking.uri in params.yaml, or unset MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def bound_store_retries() -> None:
+    """MLflow retries opening a database 10 times with doubling sleeps (~100 s) before it
+    reports anything; 3 attempts (0.4 s of sleep) are plenty for a database that works."""
+    import mlflow.store.db.utils as db_utils
+
+    db_utils.MAX_RETRY_COUNT = min(getattr(db_utils, "MAX_RETRY_COUNT", 3), 3)
 
 
 def check_sqlite_file(db: Path) -> None:
@@ -463,10 +496,11 @@ def stage_run(
     `resumed_from`.
     """
     root = repo_root()
-    tracking_uri = resolve_tracking_uri(uri, root)
+    tracking_uri = resolve_tracking_uri(uri)  # anchored at the params file's repository
     check_reachable(tracking_uri)
     import mlflow  # after the checks: importing it takes seconds that a dead server should not
 
+    bound_store_retries()
     mlflow.set_tracking_uri(tracking_uri)
     try:
         ensure_schema(tracking_uri)
@@ -604,6 +638,7 @@ def latest_runs(
     ):
         return {}
     check_reachable(tracking_uri)
+    bound_store_retries()
     out: dict[str, dict[str, Any]] = {}
     try:
         client = mlflow.MlflowClient(tracking_uri)
