@@ -13,6 +13,7 @@ import os
 import re
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -91,6 +92,28 @@ def test_a_rename_failing_at_any_file_puts_the_previous_set_back(
         write_set(models, reports, "new")
     assert str(info.value) == f"cannot write {calls[-1]}: {ENOSPC_LINE}"
     assert tree(tmp_path) == before
+    assert not leftovers(tmp_path)
+
+
+def test_a_signal_during_the_moves_waits_until_the_set_is_complete(previous, tmp_path, monkeypatch):
+    """SIGTERM arriving between two renames is held: the whole set lands, then the stage stops."""
+    from appliedtorch.core.cli import Terminated, signals_raise
+
+    models, reports, _ = previous
+    real_replace, sent = os.replace, []
+
+    def replace(src, dst):
+        if ".outputs." in str(src) and ".outputs." not in str(dst) and not sent:
+            sent.append(dst)
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered at once unless held
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Terminated), signals_raise():
+        write_set(models, reports, "new")
+    assert sent
+    assert (reports / "new.txt").read_text() == "new"  # the last file of the set arrived
+    assert all(b"old" not in v for v in tree(tmp_path).values())
     assert not leftovers(tmp_path)
 
 
