@@ -57,12 +57,14 @@ from torchvision import transforms
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.loop import TrainConfig, evaluate, model_args_for
 from appliedtorch.classify.models import build_model
+from appliedtorch.core.hardware import cpu_description, cpu_peak_gflops
 from appliedtorch.core.params import PINNParams, load_params
 from appliedtorch.core.utils import thread_count, write_json
 from appliedtorch.data import ImageData
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pinn_seeds  # noqa: E402 - the sibling benchmark scripts, reused
+import flops  # noqa: E402 - the sibling benchmark scripts, reused
+import pinn_seeds  # noqa: E402
 import train_speed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +88,8 @@ def median_of(run: Callable[[], float], reps: int) -> tuple[float, list[float]]:
 def thread_options(config: TrainConfig) -> list[int]:
     """params.yaml's thread count first, then 1 and torch's default (all cores) where they differ."""
     default = torch.get_num_threads()
+    if config.device.startswith("cuda"):  # CPU threads barely matter to a GPU loop
+        return [config.threads or default]
     return list(dict.fromkeys([config.threads or default, 1, default]))
 
 
@@ -99,6 +103,44 @@ def with_test_subset(data: ImageData, n: int) -> ImageData:
 # --------------------------------------------------------------------------------------------
 # Training epochs
 
+# Dense peak TFLOP/s of GPUs by name (vendor data sheets, SXM boards): fp32 without tensor cores
+# and bf16 on tensor cores. A GPU not listed gets no percentage.
+GPU_PEAK_TFLOPS = {
+    "H200": {"fp32": 67.0, "bf16": 989.0},
+    "H100": {"fp32": 67.0, "bf16": 989.0},
+    "A100": {"fp32": 19.5, "bf16": 312.0},
+}
+
+
+def peak_gflops(device: str, fmt: str, threads: int) -> tuple[float | None, str]:
+    """The machine's peak GFLOP/s for `fmt` (fp32 | bf16) on `device`, and how it was found."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+        for key, peaks in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return peaks[fmt] * 1e3, f"{name}: {peaks[fmt]:g} TFLOP/s {fmt} (data sheet)"
+        return None, f"{name}: peak unknown"
+    return cpu_peak_gflops(fmt, threads)
+
+
+def arithmetic(
+    arch: str, data: ImageData, config: TrainConfig, seconds: float, threads: int, fmt: str
+) -> dict[str, Any]:
+    """Achieved GFLOP/s of an epoch of `seconds` (FLOPs counted by torch) against the peak."""
+    per_sample = flops.train_flops_per_sample(
+        arch, model_args_for(config, data), tuple(data.train_images.shape[1:])
+    )
+    achieved = flops.achieved(per_sample, len(data.train_images), seconds)
+    peak, how = peak_gflops(config.device, fmt, threads)
+    return {
+        "flops_per_sample": per_sample,
+        "format": fmt,
+        "gflops": achieved,
+        "peak_gflops": peak,
+        "peak_basis": how,
+        "percent_of_peak": None if peak is None else 100 * achieved / peak,
+    }
+
 
 def epoch_benchmark(
     arch: str, data: ImageData, base: TrainConfig, batches: int | None, reps: int
@@ -108,6 +150,13 @@ def epoch_benchmark(
     tutorial_runs: list[float] = []
     project_runs: dict[int, list[float]] = {t: [] for t in thread_options(base)}
     tutorial_acc = project_acc = None
+    # Untimed warm-up of every configuration: oneDNN creates (and JITs) its kernels per shape and
+    # format on first use, and a GPU loads its kernels; that belongs to no epoch.
+    warm = with_test_subset(data, 256)
+    for threads in project_runs:
+        for bf16 in {base.bf16, False}:
+            config = dataclasses.replace(base, threads=threads, bf16=bf16)
+            train_speed.project_epoch(warm, config, 3)
     for rep in range(reps):
         # Alternate the loops so a change in machine load hits both alike.
         model, seconds, done = train_speed.tutorial_epoch(arch, data, base, batches)
@@ -124,7 +173,31 @@ def epoch_benchmark(
     tutorial = statistics.median(tutorial_runs)
     project = {t: statistics.median(r) for t, r in project_runs.items()}
     chosen = thread_options(base)[0]
+    fmt = "bf16" if base.bf16 else "fp32"
+    fp32_runs = []
+    if base.bf16:  # `bf16: auto` chose bf16: time fp32 too, so both formats are in the table
+        config = dataclasses.replace(base, threads=chosen, bf16=False)
+        timed = data if batches is None else with_test_subset(data, 256)
+        for _ in range(reps):
+            seconds, _, done = train_speed.project_epoch(timed, config, batches)
+            fp32_runs.append(seconds / done * steps)
     return {
+        "device": base.device,
+        "format": fmt,
+        "tutorial_arithmetic": arithmetic(
+            arch, data, base, tutorial, torch.get_num_threads(), "fp32"
+        ),
+        "project_arithmetic": arithmetic(arch, data, base, project[chosen], chosen, fmt),
+        "project_fp32": None
+        if not fp32_runs
+        else {
+            "seconds": statistics.median(fp32_runs),
+            "runs": fp32_runs,
+            "ratio": tutorial / statistics.median(fp32_runs),
+            "arithmetic": arithmetic(
+                arch, data, base, statistics.median(fp32_runs), chosen, "fp32"
+            ),
+        },
         "train_samples": len(data.train_images),
         "batch_size": base.batch_size,
         "batches_per_epoch": steps,
@@ -352,6 +425,15 @@ def _fmt_s(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g} s" if x < 10 else f"{x:.1f} s"
 
 
+def _gflops(a: dict[str, Any]) -> str:
+    pct = (
+        ""
+        if a["percent_of_peak"] is None
+        else f", {a['percent_of_peak']:.0f}% of {a['format']} peak"
+    )
+    return f"{a['gflops']:.1f} {a['format']}{pct}"
+
+
 def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """Rows: (benchmark, tutorial, project, ratio, target, verdict)."""
     rows = []
@@ -371,6 +453,41 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                 "ok" if r["ratio"] >= target else "MISSED",
             )
         )
+        if r.get("project_fp32"):
+            v = r["project_fp32"]
+            rows.append(
+                (
+                    "  project, fp32 (bf16 off)",
+                    "",
+                    f"{_fmt_s(v['seconds'])} ({r['project_threads']} thr)",
+                    f"{v['ratio']:.1f}x",
+                    "",
+                    "",
+                )
+            )
+        if r.get("project_arithmetic"):
+            tut, pro = r["tutorial_arithmetic"], r["project_arithmetic"]
+            rows.append(
+                (
+                    f"  achieved GFLOP/s ({pro['flops_per_sample'] / 1e6:.2f} MFLOP per sample)",
+                    _gflops(tut),
+                    _gflops(pro),
+                    "",
+                    "",
+                    "",
+                )
+            )
+            if r.get("project_fp32"):
+                rows.append(
+                    (
+                        "  achieved GFLOP/s, fp32",
+                        "",
+                        _gflops(r["project_fp32"]["arithmetic"]),
+                        "",
+                        "",
+                        "",
+                    )
+                )
         for t, v in r["project_by_threads"].items():
             if int(t) != r["project_threads"]:
                 rows.append(
@@ -453,6 +570,7 @@ def main() -> None:
     parser.add_argument("--dvc-repo", type=Path, help="time `dvc repro` here instead")
     parser.add_argument("--workspace", type=Path, help="keep (or reuse) the DVC workspace here")
     parser.add_argument("--json", type=Path, default=REPO / "reports" / "benchmarks.json")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda: where both loops train")
     args = parser.parse_args()
     only = set(args.only.split(","))
     if unknown := only - set(SECTIONS):
@@ -470,10 +588,19 @@ def main() -> None:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_default_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpu_model": cpu_description(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "load_average_start": os.getloadavg()[0],
         "quick": args.quick,
         "reps": reps,
     }
+    cpu = machine["cpu_model"]
+    print(
+        f"CPU {cpu['model']} ({cpu['vendor']} family {cpu['family']}, {cpu['mhz']} MHz), flags: "
+        f"{' '.join(cpu['flags'])}; native bf16: {cpu['native_bf16']}"
+        + (f"; GPU {machine['gpu']}" if machine["gpu"] else "")
+    )
     print(
         f"torch {machine['torch']}, {machine['cpu_count']} CPUs ({machine['cpu_capability']}), "
         f"{machine['torch_default_threads']} default threads, "
@@ -486,7 +613,7 @@ def main() -> None:
         if arch not in only and "eval" not in only:
             continue
         data = train_speed.load_synthetic(train_speed.DATASET[arch], scale)
-        base = TrainConfig.from_section(arch, getattr(p, arch), seed=p.seed, device="cpu")
+        base = TrainConfig.from_section(arch, getattr(p, arch), seed=p.seed, device=args.device)
         base = dataclasses.replace(base, epochs=1, train_limit=None, progress=False)
         if arch in only:
             print(f"{arch.upper()} epoch ...", flush=True)

@@ -66,7 +66,12 @@ class TutorialDataset(Dataset):
 def tutorial_epoch(
     arch: str, data: ImageData, config: TrainConfig, batches: int | None
 ) -> tuple[torch.nn.Module, float, int]:
-    """The tutorial's training loop for one epoch; returns (model, seconds, batches run)."""
+    """The tutorial's training loop for one epoch; returns (model, seconds, batches run).
+
+    On a GPU (`config.device`) it does what the tutorial does there: the DataLoader's batches are
+    made on the CPU and moved with `.to(device)`, one batch at a time.
+    """
+    device = torch.device("cuda" if config.device.startswith("cuda") else "cpu")
     mean, std = NORMALIZATION[data.name]
     steps = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     if config.augment:
@@ -75,13 +80,14 @@ def tutorial_epoch(
         data.train_images.numpy(), data.train_labels.numpy(), transforms.Compose(steps)
     )
     torch.manual_seed(config.seed)
-    model = build_model(arch, **model_args_for(config, data))
+    model = build_model(arch, **model_args_for(config, data)).to(device)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
     running_loss, done = 0.0, 0
     start = time.perf_counter()
     for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
         outputs = model(images)
         loss = F.cross_entropy(outputs, labels)
         optimizer.zero_grad()
@@ -91,7 +97,9 @@ def tutorial_epoch(
         done += 1
         if batches is not None and done >= batches:
             break
-    return model.eval(), time.perf_counter() - start, done
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return model.eval().cpu(), time.perf_counter() - start, done
 
 
 def project_epoch(

@@ -16,7 +16,7 @@ from appliedtorch.core.cli import run_stage
 from appliedtorch.core.params import load_params, run_params
 from appliedtorch.core.plots import save_figure
 from appliedtorch.core.tracking import stage_run
-from appliedtorch.core.utils import check_writable, seed_everything, write_json
+from appliedtorch.core.utils import check_writable, output_set, seed_everything, write_json
 from appliedtorch.demos import checks as demos
 from appliedtorch.demos import figures as plots
 
@@ -44,17 +44,20 @@ def main() -> None:
         fig_gd = plots.gradient_descent_figure(gd.details["path"], demos.quartic, demos.GD_X_STAR)
         peaks = list(zip(fft.computed["peak_hz"], fft.computed["amplitude"], strict=True))
         fig_fft = plots.fft_spectrum_figure(fft.details["freqs"], fft.details["amplitude"], peaks)
-        outputs = [args.reports / "gradient_descent.png", args.reports / "fft_spectrum.png"]
-        save_figure(fig_gd, outputs[0])
-        save_figure(fig_fft, outputs[1])
-        write_json(args.reports / "metrics.json", metrics)  # last: it marks a complete run
+        names = ["gradient_descent.png", "fft_spectrum.png", "metrics.json"]
+        # One set: the pictures and metrics.json appear together, or none of them changes.
+        with output_set(args.reports) as out:
+            staged = [out.path(args.reports / name) for name in names]
+            save_figure(fig_gd, staged[0])
+            save_figure(fig_fft, staged[1])
+            write_json(staged[2], metrics)
 
-        run.log_metrics(metrics)
-        tags = {"device.resolved": by_name["device"].details["device"]}
-        if gd.details["warnings"]:
-            tags["gd.warning"] = " ".join(gd.details["warnings"])
-        run.set_tags(tags)
-        run.log_artifacts([args.reports / "metrics.json", *outputs])
+            run.log_metrics(metrics)
+            tags = {"device.resolved": by_name["device"].details["device"]}
+            if gd.details["warnings"]:
+                tags["gd.warning"] = " ".join(gd.details["warnings"])
+            run.set_tags(tags)
+            run.log_artifacts(staged)  # same file names as in reports/math
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from appliedtorch import pinn
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.params import load_params, run_params
 from appliedtorch.core.tracking import stage_run
-from appliedtorch.core.utils import check_writable, seed_everything
+from appliedtorch.core.utils import check_writable, output_set, seed_everything
 
 log = logging.getLogger("pinn")
 
@@ -34,23 +34,24 @@ def main() -> None:
     tags = {"device.resolved": "cpu"}  # a 141-weight net is latency-bound: the CPU beats a GPU
     with stage_run("pinn-ode", "pinn", run_params(p, "pinn"), p.tracking.uri, tags) as run:
         result = pinn.solve(p.pinn)
-        pinn.save_verified(result.net, args.model, p.pinn.eval_points)
-        metrics, outputs = pinn.write_reports(result, args.reports, p.pinn.eval_points)
-        log.info(
-            "max |u - sin x| = %.3e, relative L2 %.3e, %.2f s",
-            metrics["max_abs_error"],
-            metrics["l2_relative_error"],
-            metrics["seconds"],
-        )
-
-        for step, loss in pinn.loss_log_points(result):
-            run.log_metrics({"loss": loss}, step=step)
-        run.log_metrics(metrics)
-        run.set_tags(
-            {"pinn.phases": " ".join(f"{k}:{a}-{b}" for k, (a, b) in result.phases.items())}
-        )
-        run.log_artifacts(outputs)
-        run.log_model(result.net, "model", input_example=pinn.input_example(result.net))
+        # One set: the model and every report file appear together, or none of them changes.
+        with output_set(args.model.parent, args.reports) as out:
+            pinn.save_verified(result.net, out.path(args.model), p.pinn.eval_points)
+            metrics, staged = pinn.write_reports(result, out.path(args.reports), p.pinn.eval_points)
+            log.info(
+                "max |u - sin x| = %.3e, relative L2 %.3e, %.2f s",
+                metrics["max_abs_error"],
+                metrics["l2_relative_error"],
+                metrics["seconds"],
+            )
+            for step, loss in pinn.loss_log_points(result):
+                run.log_metrics({"loss": loss}, step=step)
+            run.log_metrics(metrics)
+            run.set_tags(
+                {"pinn.phases": " ".join(f"{k}:{a}-{b}" for k, (a, b) in result.phases.items())}
+            )
+            run.log_artifacts(staged)  # same file names as in reports/pinn
+            run.log_model(result.net, "model", input_example=pinn.input_example(result.net))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from appliedtorch.core.tracking import (
     latest_runs,
     lineage_tags,
     params_md5,
+    redact,
     repo_root,
     resolve_tracking_uri,
 )
-from appliedtorch.core.utils import write_text
+from appliedtorch.core.utils import output_set, write_text
 from appliedtorch.report import page as report
 
 log = logging.getLogger("report")
@@ -63,11 +64,12 @@ def main() -> None:
         runs,
         commit=git.get("git.commit"),
         dirty=git.get("git.dirty") == "true",
-        tracking_uri=uri,
+        tracking_uri=redact(uri),  # a postgresql password stays off the page
         ui_base=ui,
         runs_problem=problem,
     )
-    write_text(args.out, page)
+    with output_set(args.out.parent) as out:
+        write_text(out.path(args.out), page)
     log.info("wrote %s (%d KiB, %d MLflow runs)", args.out, len(page) // 1024, len(runs))
 
 

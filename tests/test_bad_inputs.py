@@ -347,6 +347,20 @@ CASES = {
                                 r"'htp'" + HINT_URI, env={"MLFLOW_TRACKING_URI": "htp://localhost:5000"}),
     "tracking-in-memory": Case("pinn", r"tracking URI 'sqlite://' is not sqlite:///<path to the database "
                                r"file>" + HINT_URI, env={"MLFLOW_TRACKING_URI": "sqlite://"}),
+    # tracking: an unusable database or server, at once (MLflow retried for ~100 s); no password shown
+    "tracking-db-is-directory": Case("math_demos", r"tracking database \S+/mlflow\.db is a directory, not "
+                                     r"an sqlite file; move it away or set tracking\.uri",
+                                     setup=both(rm("mlflow.db"), mkdir("mlflow.db"))),
+    "tracking-db-damaged": Case("train_mlp", r"tracking database \S+/mlflow\.db is not an sqlite database "
+                                r"\(damaged\?\); ", setup=write("mlflow.db", "not a database\n" * 100)),
+    "tracking-password-http": Case("pinn", r"MLflow tracking server http://127\.0\.0\.1:\d+ is not reachable "
+                                   r"\(.*[Rr]efused\); start it, fix tracking\.uri in params\.yaml, or unset "
+                                   "MLFLOW_TRACKING_URI$",
+                                   env={"MLFLOW_TRACKING_URI": "http://alice:s3cret@127.0.0.1:{closed_port}"}),
+    "tracking-password-postgresql": Case("math_demos", r"tracking database server postgresql://alice:\*\*\*@"
+                                         r"127\.0\.0\.1:\d+/mlflow is not reachable \(Connection refused\); ",
+                                         env={"MLFLOW_TRACKING_URI":
+                                              "postgresql://alice:s3cret@127.0.0.1:{closed_port}/mlflow"}),
 }  # fmt: skip
 
 

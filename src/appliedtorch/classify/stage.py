@@ -20,7 +20,13 @@ from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import load_params, run_params
 from appliedtorch.core.tracking import data_tags, stage_run
-from appliedtorch.core.utils import check_writable, first_line, resolve_device, seed_everything
+from appliedtorch.core.utils import (
+    check_writable,
+    first_line,
+    output_set,
+    resolve_device,
+    seed_everything,
+)
 from appliedtorch.data import load_dataset
 
 # arch -> (dataset, MLflow experiment and registered model name)
@@ -72,18 +78,20 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
         )
         if not world.is_main:  # rank 0 alone writes the outputs
             return
-        reloaded = outputs.save_verified_model(result, data, model)
-        metrics, paths = outputs.write_reports(result, data, reports)
-        run.log_metrics(outputs.final_metrics(metrics))
-        run.log_artifacts(paths)
-        info = run.log_model(
-            outputs.portable_model(result),
-            "model",
-            outputs.input_example(result, data),
-            metadata=outputs.model_metadata(result, data),
-        )
-        if p.tracking.register_models:
-            run.register_model(info, experiment, reloaded.accuracy)
+        # One set: the model file and every report file appear together, or none changes.
+        with output_set(model.parent, reports) as out:
+            reloaded = outputs.save_verified_model(result, data, out.path(model))
+            metrics, paths = outputs.write_reports(result, data, out.path(reports))
+            run.log_metrics(outputs.final_metrics(metrics))
+            run.log_artifacts(paths)  # the staged files, named as in reports/<arch>
+            info = run.log_model(
+                outputs.portable_model(result),
+                "model",
+                outputs.input_example(result, data),
+                metadata=outputs.model_metadata(result, data),
+            )
+            if p.tracking.register_models:
+                run.register_model(info, experiment, reloaded.accuracy)
         resume.remove()  # every output is written: the next run starts fresh
 
 

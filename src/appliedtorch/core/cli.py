@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 from appliedtorch.core.errors import AppliedTorchError
+from appliedtorch.core.tracking import redact
 
 
 class Terminated(KeyboardInterrupt):
@@ -30,8 +31,19 @@ def setup_logging() -> None:
     """One compact format for every stage; APPLIEDTORCH_LOG_LEVEL=DEBUG for more."""
     level = os.environ.get("APPLIEDTORCH_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redact_record)  # no log line shows a password from a tracking URI
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Logs a traceback for every database error it then raises: the stage reports it in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+def _redact_record(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if "@" in message:
+        record.msg, record.args = redact(message), None
+    return True
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -65,7 +77,7 @@ def run_stage(main: Callable[[], object]) -> None:
         with signals_raise():
             main()
     except AppliedTorchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT

@@ -378,9 +378,21 @@ def read_yaml(path: str | os.PathLike) -> Any:
         loader.dispose()
 
 
+_loaded_from: Path | None = None
+
+
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate params.yaml; raise ParamsError with one line on any problem."""
-    return parse_params(read_yaml(path), Path(path).name)
+    params = parse_params(read_yaml(path), Path(path).name)
+    global _loaded_from
+    _loaded_from = Path(path).resolve().parent
+    return params
+
+
+def loaded_from() -> Path | None:
+    """The directory of the params file this process loaded last (the tracking database's
+    relative path is anchored at the repository holding it); None before any."""
+    return _loaded_from
 
 
 def run_params(params: Params, section: str) -> dict[str, Any]:

@@ -20,12 +20,13 @@ import math
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from appliedtorch.core.errors import TrackingError
+from appliedtorch.core.errors import AppliedTorchError, TrackingError
 from appliedtorch.core.utils import first_line, json_md5
 
 log = logging.getLogger(__name__)
@@ -33,32 +34,102 @@ log = logging.getLogger(__name__)
 
 def repo_root(start: str | os.PathLike | None = None) -> Path:
     """The project root: DVC_ROOT when DVC runs the stage, else the nearest directory at or
-    above `start` (default: cwd) holding dvc.yaml or .git.
+    above `start` (default: cwd) holding dvc.yaml or .git; `start` itself if there is none.
 
     `dvc exp run --queue/--temp` runs stages in a temporary copy of the repository but sets
     DVC_ROOT to the real one, so a relative sqlite path still lands in the workspace database.
     """
-    if start is None and os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    here = Path(start or Path.cwd()).resolve()
+    return find_repo_root(start) or Path(start or Path.cwd()).resolve()
+
+
+def _root_above(start: str | os.PathLike) -> Path | None:
+    here = Path(start).resolve()
     for d in (here, *here.parents):
         if (d / "dvc.yaml").exists() or (d / ".git").exists():
             return d
-    return here
+    return None
+
+
+def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The project root or None: DVC_ROOT, else the root above `start`; without `start`, the
+    root above the params file this process loaded, the cwd, or the stage script, in that order.
+
+    The params file comes first: `python /repo/stages/pinn.py --params /repo/params.yaml` run
+    from elsewhere must use /repo's tracking database, not start a new one in the cwd.
+    """
+    if start is not None:
+        return _root_above(start)
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    from appliedtorch.core.params import loaded_from
+
+    starts = [loaded_from(), Path.cwd()]
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else None
+    if script is not None and script.parent.name == "stages":
+        starts.append(script.parent)
+    return next((r for s in starts if s is not None and (r := _root_above(s))), None)
+
+
+def redact(text: str) -> str:
+    """`scheme://user:***@host`: a password in any URI in `text` is replaced by ***."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
+
+
+_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*):[^/@\s]*@")
+
+# MLflow retries a failing HTTP request 7 times with back-off and waits 120 s for each answer:
+# a tracking server answering 500 took 250 s to be reported. A stage prefers failing in seconds
+# (set any of these variables to keep MLflow's behaviour).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
+}
 
 
 def resolve_tracking_uri(uri: str | None, root: str | os.PathLike | None = None) -> str:
-    """MLFLOW_TRACKING_URI wins; else `uri`, with a relative sqlite path anchored at `root`."""
+    """MLFLOW_TRACKING_URI wins; else `uri`, with a relative sqlite path anchored at `root`
+    (default: the repository root, see `find_repo_root`).
+
+    Credentials in an http(s) URI (`http://user:pw@host`) move to MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD for this process, where MLflow (and `check_reachable`) read them:
+    the URI returned, logged and shown carries none. MLflow's HTTP retries are cut to seconds.
+    """
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from_env = bool(os.environ.get("MLFLOW_TRACKING_URI"))
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or "sqlite:///mlflow.db"
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = Path(uri[len(prefix) :])
-        if not path.is_absolute():
-            path = Path(root) if root else repo_root()
-            path = path / uri[len(prefix) :]
-        uri = prefix + str(path.resolve())
+        rel = uri[len(prefix) :]
+        base = Path(root) if root else find_repo_root()
+        if base is None:
+            where = "MLFLOW_TRACKING_URI" if from_env else "tracking.uri"
+            raise TrackingError(
+                f"cannot place the tracking database {rel}: no repository root (a directory "
+                f"with dvc.yaml or .git) above the params file or {Path.cwd()}; run the stage "
+                f"in the repository or set {where} to an absolute sqlite:////path/to/mlflow.db"
+            )
+        uri = prefix + str((base / rel).resolve())
     check_uri(uri)
+    uri = _move_credentials(uri)
+    if from_env:
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # subprocesses see it without the password
     return uri
+
+
+def _move_credentials(uri: str) -> str:
+    """Strip `user:pw@` from an http(s) URI into MLflow's basic-auth variables."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    if parts.username is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username)
+    if parts.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password)
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 # Schemes MLflow's tracking client accepts (a `+driver` suffix, e.g. postgresql+psycopg, is allowed).
@@ -94,7 +165,7 @@ def check_uri(uri: str) -> None:
     if problem:
         where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
         raise TrackingError(
-            f"tracking URI '{uri}' {problem}; set {where} to sqlite:///path/to/mlflow.db or "
+            f"tracking URI '{redact(uri)}' {problem}; set {where} to sqlite:///path/to/mlflow.db or "
             "http(s)://host:port"
         )
 
@@ -286,29 +357,105 @@ def load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
         info = mlflow.models.get_model_info(uri)
         model = mlflow.pytorch.load_model(uri)  # logged from the CPU (portable_model)
     except Exception as exc:  # noqa: BLE001 - unknown name, alias, run or a broken store
-        raise TrackingError(f"model '{uri}' not found or not loadable: {first_line(exc)}") from None
+        raise TrackingError(
+            f"model '{uri}' not found or not loadable: {_first_line(exc)}"
+        ) from None
     return model, dict(info.metadata or {})
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not minutes of client retries) when an http(s) tracking server is down."""
+    """Fail fast (seconds, not minutes of client retries) when an http(s) tracking server is
+    down, never answers, or answers its health check with a server error (5xx).
+
+    Sends the credentials MLflow would send (MLFLOW_TRACKING_USERNAME/PASSWORD as basic auth,
+    or MLFLOW_TRACKING_TOKEN), so a server behind authentication is not taken for a dead one.
+    A sqlite database that is not a database file is refused here too, before MLflow spends
+    minutes retrying it.
+    """
+    if uri.startswith("sqlite:///"):
+        check_sqlite_file(Path(uri[len("sqlite:///") :]))
+    if uri.split(":", 1)[0].split("+")[0].lower() in _DB_PORTS:
+        check_db_server(uri, timeout)
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
     import http.client
     import urllib.error
     import urllib.request
 
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user or password:
+        token = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    shown = redact(uri)
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+        with urllib.request.urlopen(request, timeout=timeout):
             pass
-    except urllib.error.HTTPError:
-        return  # the server answered; auth or routing problems surface with their own message
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:  # MLflow would retry this for minutes
+            raise TrackingError(
+                f"MLflow tracking server {shown} answers HTTP {exc.code} ({exc.reason}); check "
+                "the server's log, fix tracking.uri in params.yaml, or unset MLFLOW_TRACKING_URI"
+            ) from None
+        # Else the server answered; auth or routing problems surface with their own message.
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
+        reason = redact(str(getattr(exc, "reason", exc)))
         raise TrackingError(
-            f"MLflow tracking server {uri} is not reachable ({reason}); start it, fix tracking.uri "
-            "in params.yaml, or unset MLFLOW_TRACKING_URI"
+            f"MLflow tracking server {shown} is not reachable ({reason}); start it, fix "
+            "tracking.uri in params.yaml, or unset MLFLOW_TRACKING_URI"
         ) from None
+
+
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_db_server(uri: str, timeout: float = 5.0) -> None:
+    """A database server (postgresql, mysql, mssql) that refuses or drops connections is reported
+    in seconds: MLflow retries opening it ten times over ~100 s."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.hostname:  # a local socket: the driver reports it
+        return
+    port = parts.port or _DB_PORTS[parts.scheme.split("+")[0].lower()]
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise TrackingError(
+            f"tracking database server {redact(uri)} is not reachable ({reason}); start it, fix "
+            "tracking.uri in params.yaml, or unset MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def bound_store_retries() -> None:
+    """MLflow retries opening a database 10 times with doubling sleeps (~100 s) before it
+    reports anything; 3 attempts (0.4 s of sleep) are plenty for a database that works."""
+    import mlflow.store.db.utils as db_utils
+
+    db_utils.MAX_RETRY_COUNT = min(getattr(db_utils, "MAX_RETRY_COUNT", 3), 3)
+
+
+def check_sqlite_file(db: Path) -> None:
+    """A tracking database that exists must be an sqlite file (MLflow retries a directory for
+    ~100 s); one that does not exist yet is created by MLflow."""
+    if not db.exists():
+        return
+    fix = "move it away or set tracking.uri (or MLFLOW_TRACKING_URI) to another database"
+    if not db.is_file():
+        raise TrackingError(f"tracking database {db} is a directory, not an sqlite file; {fix}")
+    try:
+        with db.open("rb") as f:
+            header = f.read(16)
+    except OSError as exc:
+        raise TrackingError(f"cannot read tracking database {db}: {exc.strerror}") from None
+    if header and header != b"SQLite format 3\0":
+        raise TrackingError(f"tracking database {db} is not an sqlite database (damaged?); {fix}")
 
 
 def ensure_schema(uri: str, timeout: float = 600.0) -> None:
@@ -349,10 +496,11 @@ def stage_run(
     `resumed_from`.
     """
     root = repo_root()
-    tracking_uri = resolve_tracking_uri(uri, root)
+    tracking_uri = resolve_tracking_uri(uri)  # anchored at the params file's repository
     check_reachable(tracking_uri)
     import mlflow  # after the checks: importing it takes seconds that a dead server should not
 
+    bound_store_retries()
     mlflow.set_tracking_uri(tracking_uri)
     try:
         ensure_schema(tracking_uri)
@@ -381,7 +529,7 @@ def stage_run(
                 resume_tags = {"resumed_from": resume_run_id}
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
         raise TrackingError(
-            f"cannot use MLflow tracking at {tracking_uri}: {first_line(exc)}"
+            f"cannot use MLflow tracking at {redact(tracking_uri)}: {_first_line(exc)}"
         ) from None
     run = StageRun(mlflow, active)
     try:
@@ -396,10 +544,50 @@ def stage_run(
         yield run
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        mlflow.end_run(status=status)
+        not_ended = _end_run(mlflow, status)
+        ended = f"the run ended {status}"
+        if not_ended:
+            ended = f"the run could not be ended ({not_ended}) and stays RUNNING"
+        if _raised_in_mlflow(exc) and not isinstance(exc, KeyboardInterrupt):
+            raise TrackingError(
+                f"MLflow tracking at {redact(tracking_uri)} failed during run {run.run_id}: "
+                f"{_first_line(exc)}; {ended}"
+            ) from None
+        if not_ended and isinstance(exc, AppliedTorchError):
+            exc.args = (f"{exc}; MLflow: {ended}",)  # still one line
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        not_ended = _end_run(mlflow, "FINISHED")
+        if not_ended:
+            raise TrackingError(
+                f"cannot end MLflow run {run.run_id} at {redact(tracking_uri)}: {not_ended}; "
+                "it stays RUNNING (the stage's outputs are written)"
+            )
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first telling line (core.utils.first_line), passwords redacted."""
+    return redact(first_line(exc)[:300])
+
+
+def _end_run(mlflow: Any, status: str) -> str | None:
+    """End the active run with `status`; None, or what stopped it (the store is unwritable)."""
+    try:
+        mlflow.end_run(status=status)
+    except Exception as exc:  # noqa: BLE001 - any backend failure: the caller reports one line
+        return _first_line(exc)
+    return None
+
+
+def _raised_in_mlflow(exc: BaseException) -> bool:
+    """Whether `exc` came out of MLflow's code (a store or server failing mid-run), not the
+    stage's own work."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("mlflow."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _reopen_run(mlflow: Any, run_id: str) -> Any:
@@ -450,9 +638,10 @@ def latest_runs(
     ):
         return {}
     check_reachable(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri)
+    bound_store_retries()
     out: dict[str, dict[str, Any]] = {}
     try:
+        client = mlflow.MlflowClient(tracking_uri)
         for name in experiments:
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -473,6 +662,6 @@ def latest_runs(
             }
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
         raise TrackingError(
-            f"cannot read MLflow runs at {tracking_uri}: {first_line(exc)}"
+            f"cannot read MLflow runs at {redact(tracking_uri)}: {_first_line(exc)}"
         ) from None
     return out
