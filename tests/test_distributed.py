@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from functools import cache
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 from appliedtorch.classify.batches import Batches, Normalizer
 from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.classify.loop import TrainConfig, train_classifier
+from appliedtorch.classify.resume import resume_path
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import load_params
 from appliedtorch.data import ImageData, download, load_dataset, synthetic_in_memory
@@ -69,11 +72,13 @@ def make_data(name: str) -> ImageData:
     return synthetic_in_memory(base, int(n or n_train), n_test)
 
 
+TORCHRUN = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
 def torchrun(*args: object, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=2 ...` with this interpreter (it picks a free port)."""
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.run(
-        [*cmd, *map(str, args)],
+        [*TORCHRUN, *map(str, args)],
         cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         capture_output=True,
@@ -192,3 +197,91 @@ def test_train_mlp_stage_under_torchrun(tmp_path, tracking_uri, params_file):
     assert run.info.status == "FINISHED"
     assert run.data.tags["distributed.world_size"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.slow
+def test_sigkilled_torchrun_training_resumes_to_the_same_model_and_run(
+    tmp_path, mlflow_template_db, params_file
+):
+    """2 processes killed after an epoch: the rerun restores every rank's state (weights,
+    optimizer, StepLR, the shared shuffle stream and each rank's own dropout, crop and flip
+    streams) in the same MLflow run, and ends with the model file of an uninterrupted 2-process
+    run, byte for byte. The CNN, not the MLP: the MLP draws from no per-rank stream."""
+    import mlflow  # here, not at the top: ddp_worker.py imports this module in every process
+
+    data_dir = tmp_path / "data" / "raw" / "cifar10"
+    download("cifar10", data_dir, source="synthetic", synthetic_sizes=(256, 128))
+    epochs = 4
+    cnn = {"epochs": epochs, "batch_size": 32, "train_limit": 256, "step_size": 2, "gamma": 0.5}
+    params = params_file({"device": "cpu", "cnn": {**cnn, "dropout": 0.5, "augment": True}})
+
+    def start(name: str) -> subprocess.Popen:
+        out = tmp_path / name
+        out.mkdir(exist_ok=True)
+        if not (out / "mlflow.db").exists():
+            (out / "mlflow.db").write_bytes(mlflow_template_db.read_bytes())
+        cmd = [*TORCHRUN, REPO / "stages" / "train_cnn.py", "--params", params, "--data",
+               data_dir, "--model", out / "models/cnn.pt", "--reports", out / "reports/cnn"]  # fmt: skip
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
+        return subprocess.Popen(
+            [str(a) for a in cmd], cwd=out, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+
+    def finish(proc: subprocess.Popen) -> str:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        return err
+
+    # The uninterrupted reference runs beside the run that is killed and resumed.
+    reference_proc, proc = start("reference"), start("killed")
+    out, reference = tmp_path / "killed", tmp_path / "reference"
+    resume = resume_path(out / "models/cnn.pt")
+    deadline = time.monotonic() + 240
+    while not resume.exists():  # the first epoch's resume state: kill right after it appears
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no resume state appeared"
+        time.sleep(0.005)
+    workers = children(proc.pid)
+    for pid in (proc.pid, *workers):  # torchrun starts each worker in its own session
+        os.killpg(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert len(workers) == 2 and proc.returncode == -signal.SIGKILL
+    state = torch.load(resume, weights_only=True)
+    done = state["epoch"]
+    assert 1 <= done < epochs and state["world_size"] == 2 and len(state["rng"]) == 2, done
+    assert not (out / "models/cnn.pt").exists()
+
+    err = finish(start("killed"))  # the same command again
+    assert f"resuming from {resume}: {done} epoch(s) done" in err, err[-3000:]
+    assert f"epoch {done}: train loss" not in err and f"epoch {done + 1}: train loss" in err
+    finish(reference_proc)
+    model = out / "models/cnn.pt"
+    assert model.read_bytes() == (reference / "models/cnn.pt").read_bytes()  # bitwise
+
+    def without_timings(path: Path) -> dict:
+        metrics = json.loads(path.read_text())
+        return {k: v for k, v in metrics.items() if not (k == "seconds" or k.endswith("_seconds"))}
+
+    assert without_timings(out / "reports/cnn/metrics.json") == without_timings(
+        reference / "reports/cnn/metrics.json"
+    )
+    assert not resume.exists() and not list(resume.parent.glob("*.tmp"))
+
+    # One MLflow run, continued: FINISHED, with every epoch's metrics once.
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("cifar10-cnn").experiment_id])
+    assert run.info.run_id == state["run_id"]
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+    assert run.data.tags["distributed.world_size"] == "2"
+    for key in ("train_loss", "test_accuracy", "lr"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1)), key

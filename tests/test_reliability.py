@@ -286,6 +286,21 @@ def test_resume_state_from_other_params_is_reported_and_not_resumed(tmp_path, ca
     assert "ignoring unreadable resume state" in caplog.text
 
 
+def test_resume_state_from_another_number_of_processes_is_reported_and_not_resumed(
+    tmp_path, caplog
+):
+    data = make_data("mnist", 256, 64)
+    path = tmp_path / ".mlp.resume"
+    interrupted(data, MLP, ResumeState(path, "fp"), at_epoch=2)
+    state = torch.load(path, weights_only=True)
+    assert state["world_size"] == 1 and len(state["rng"]) == 1
+    # As a 2-process torchrun run writes it: same params and data, one set of streams per rank.
+    torch.save({**state, "world_size": 2, "rng": state["rng"] * 2}, path)
+    resume = ResumeState.open(path, "fp")
+    assert resume.saved is None and resume.run_id is None
+    assert "written by 2 process(es), this run has 1" in caplog.text
+
+
 # ---- 3. divergence ----------------------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ returns `SINGLE`, whose every method is the identity, so a one-process run is un
 
 A `World` knows nothing about models' metrics or params: it shards index sequences (`shard`,
 `strided_batches`), wraps a model in DistributedDataParallel and combines plain numbers and
-tensors across processes (`sum`, `max`, `any`, `all_gather`). What to shard and how to combine
+tensors across processes (`sum`, `max`, `any`, `all_gather`), and moves picklable objects
+between rank 0 and the others (`gather_objects`, `broadcast_object`). What to shard and how to combine
 an evaluation is decided where those live (`appliedtorch.classify.batches`, `.loop`).
 This module imports no other project module.
 """
@@ -21,6 +22,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,6 +121,22 @@ class World:
         gathered = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(gathered, padded)
         return [g[:n].cpu() for g, n in zip(gathered, counts, strict=True)]
+
+    def gather_objects(self, obj: Any) -> list[Any] | None:
+        """Every process's picklable `obj`, in rank order, on rank 0; None on the other ranks."""
+        if not self.distributed:
+            return [obj]
+        gathered: list[Any] | None = [None] * self.size if self.is_main else None
+        torch.distributed.gather_object(obj, gathered, dst=0)
+        return gathered
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's picklable `obj` on every process (what the other ranks pass is ignored)."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        torch.distributed.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
 
     def _reduce(self, values: tuple[float, ...], op: str) -> tuple[float, ...]:
         if not self.distributed:

@@ -271,10 +271,13 @@ def train_classifier(
 ) -> TrainResult:
     """Train the configured network on `data` (in memory) and evaluate it after every epoch.
 
-    With `resume`, the resume state is saved after every epoch, and a loaded one is resumed from.
+    With `resume`, the resume state is saved after every epoch, and a loaded one is resumed from
+    (under torchrun on every process: each saves and restores its own random streams).
     With a distributed `world` (torchrun), each process trains on its shard of every epoch's
     permutation and the metrics are combined across processes.
     """
+    if resume is not None and resume.world != world:
+        raise ValueError("the resume state belongs to another process group than `world`")
     device = resolve_device(config.device)
     batch_size = _local_batch_size(config, world)  # a bad split fails before any work
     mean, std = _normalization(data)
@@ -282,7 +285,8 @@ def train_classifier(
     model_args = model_args_for(config, data)
     model, net, optimizer, scheduler, shuffle, augment = _build(config, model_args, device, world)
     train, test = _batches(data, config, batch_size, normalize, shuffle, augment, world)
-    done = resume.restore(model, optimizer, scheduler, shuffle) if resume else 0
+    streams = {"shuffle": shuffle, "augment": augment}  # one generator in one process
+    done = resume.restore(model, optimizer, scheduler, streams) if resume else 0
     history = [EpochStats(**h) for h in resume.history] if resume else []
     evaluation = None
     with thread_count(config.threads):
@@ -310,7 +314,7 @@ def train_classifier(
                 callback(stats)
             if resume is not None:
                 history_dicts = [dataclasses.asdict(h) for h in history]
-                resume.save(epoch, model, optimizer, scheduler, shuffle, history_dicts)
+                resume.save(epoch, model, optimizer, scheduler, streams, history_dicts)
         if evaluation is None:  # resumed after the last epoch: only the final evaluation is left
             evaluation = evaluate(net, test, config.bf16)
     model.eval()

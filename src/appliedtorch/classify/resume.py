@@ -1,20 +1,29 @@
 """Resumable classifier training: the resume state, written atomically after every epoch.
 
-    resume = ResumeState.open(resume_path("models/mlp.pt"), fingerprint(params, tags))
+    resume = ResumeState.open(resume_path("models/mlp.pt"), fingerprint(params, tags), world)
     with stage_run(..., resume_run_id=resume.run_id) as run:
         resume.run_id = run.run_id
-        result = train_classifier(data, config, resume=resume)
+        result = train_classifier(data, config, resume=resume, world=world)
         ...                       # write the model file and reports
         resume.remove()           # only after everything succeeded
 
 The resume state (`models/.mlp.resume`, beside the model file: git-ignored, not a DVC output)
 holds what the rest of the run depends on: model, optimizer and scheduler state, every RNG state
-(torch's global one, which drives dropout; the generator that shuffles and augments; CUDA's,
+(torch's global one, which drives dropout; the generators that shuffle and augment; CUDA's,
 Python's and NumPy's), the finished epochs' history, the MLflow run id and a fingerprint of the
 params and data. A rerun after a kill resumes after the last finished epoch and ends, on the
 CPU, with a model and metrics bit-identical to an uninterrupted run (timings aside). A resume
 state with another fingerprint, or one that cannot be read, is reported and ignored. A file left
 under the old name (`models/.mlp.ckpt`) is removed unread.
+
+Under torchrun every process has its own random streams (dropout, crops and flips), so the
+state holds one set per rank: at each save, rank 0 gathers them (`World.gather_objects`) and
+writes the one file, atomically, with the world size; a kill can therefore never leave ranks'
+parts from different epochs. On resume rank 0 reads and checks the file and broadcasts it, so
+every rank restores the same epoch, each its own streams, before training continues. A state
+written by another number of processes is reported and ignored, like one with other params
+(the random streams, and the sums' order, depend on the number of processes). Only rank 0
+knows the MLflow run id; it is in the state rank 0 writes.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +39,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.core.utils import json_md5, save_torch
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when the layout of the saved state changes: older resume states are then ignored
+FORMAT = 3  # bump when the layout of the saved state changes: older resume states are then ignored
 
 
 def resume_path(model_path: str | os.PathLike) -> Path:
@@ -54,45 +64,64 @@ def fingerprint(*parts: dict[str, Any]) -> str:
 class ResumeState:
     """The training state saved at the end of each epoch, and the one loaded to resume from."""
 
-    def __init__(self, path: str | os.PathLike, fingerprint: str):
+    def __init__(self, path: str | os.PathLike, fingerprint: str, world: World = SINGLE):
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.world = world  # every rank saves and restores; rank 0 alone reads and writes the file
         self.saved: dict[str, Any] | None = None  # the loaded state that training resumes from
         self.run_id: str | None = None  # the MLflow run the epochs belong to
 
     @classmethod
-    def open(cls, path: str | os.PathLike, fingerprint: str) -> ResumeState:
-        """The resume state at `path`, loaded when it was saved with the same `fingerprint`."""
-        state = cls(path, fingerprint)
-        old = state.path.with_suffix(".ckpt")  # the name before the rename: never resumed from
+    def open(cls, path: str | os.PathLike, fingerprint: str, world: World = SINGLE) -> ResumeState:
+        """The resume state at `path`, loaded when it was saved with the same `fingerprint` and
+        number of processes. Under torchrun every rank calls it and gets rank 0's reading."""
+        state = cls(path, fingerprint, world)
+        saved = state._load() if world.is_main else None
+        state.saved = world.broadcast_object(saved)
+        if state.saved is not None:
+            state.run_id = state.saved.get("run_id")
+        return state
+
+    def _load(self) -> dict[str, Any] | None:
+        """The saved state if it can be resumed from, else None (reported)."""
+        old = self.path.with_suffix(".ckpt")  # the name before the rename: never resumed from
         # A kill while saving leaves the temporary file of the atomic write: not a resume state.
-        for stale in (old, *state.path.parent.glob(f".{state.path.name}.*.tmp")):
-            if stale != state.path:
+        for stale in (old, *self.path.parent.glob(f".{self.path.name}.*.tmp")):
+            if stale != self.path:
                 stale.unlink(missing_ok=True)
-        if not state.path.exists():
-            return state
+        if not self.path.exists():
+            return None
         try:
-            saved = torch.load(state.path, map_location="cpu", weights_only=True)
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file: start fresh, say so
             log.warning(
-                "ignoring unreadable resume state %s (%s); training from scratch", path, exc
+                "ignoring unreadable resume state %s (%s); training from scratch", self.path, exc
             )
-            return state
-        if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+            return None
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint:
             log.warning(
                 "ignoring resume state %s: it was written with other params or data; "
                 "training from scratch (it is replaced after the first epoch)",
-                state.path,
+                self.path,
             )
-            return state
-        state.saved, state.run_id = saved, saved.get("run_id")
+            return None
+        size = saved.get("world_size")
+        if size != self.world.size or len(saved.get("rng") or ()) != size:
+            log.warning(
+                "ignoring resume state %s: it was written by %s process(es), this run has %d; "
+                "training from scratch (it is replaced after the first epoch)",
+                self.path,
+                size,
+                self.world.size,
+            )
+            return None
         log.info(
             "resuming from %s: %d epoch(s) done, MLflow run %s",
-            state.path,
+            self.path,
             saved["epoch"],
-            state.run_id,
+            saved.get("run_id"),
         )
-        return state
+        return saved
 
     @property
     def epochs_done(self) -> int:
@@ -110,29 +139,23 @@ class ResumeState:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        generator: torch.Generator,
+        generators: Mapping[str, torch.Generator],
         history: Sequence[dict[str, Any]],
     ) -> None:
         """Write everything training needs to continue after `epoch`, atomically: a kill leaves
-        the previous state whole."""
-        np_state = np.random.get_state(legacy=False)  # noqa: NPY002 - the global state
-        rng = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-            "generator": generator.get_state(),
-            "python": random.getstate(),
-            "numpy": {
-                **np_state,
-                "state": {**np_state["state"], "key": np_state["state"]["key"].tolist()},
-            },
-        }
+        the previous state whole. Under torchrun every rank calls it (it gathers every rank's
+        random streams); rank 0 writes."""
+        streams = self.world.gather_objects(_rng_state(generators))
+        if not self.world.is_main:
+            return
         state = {
             "format": FORMAT,
             "epoch": epoch,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng,
+            "world_size": self.world.size,
+            "rng": streams,  # one per rank, in rank order
             "history": list(history),
             "fingerprint": self.fingerprint,
             "run_id": self.run_id,
@@ -144,9 +167,10 @@ class ResumeState:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        generator: torch.Generator,
+        generators: Mapping[str, torch.Generator],
     ) -> int:
-        """Load the saved state into freshly built objects; return the last finished epoch."""
+        """Load the saved state into freshly built objects (this rank's random streams); return
+        the last finished epoch."""
         saved = self.saved
         if saved is None:
             return 0
@@ -154,17 +178,36 @@ class ResumeState:
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
-        rng = saved["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        generator.set_state(rng["generator"])
-        random.setstate(rng["python"])
-        np_state = rng["numpy"]
-        key = np.asarray(np_state["state"]["key"], dtype=np.uint32)
-        np.random.set_state({**np_state, "state": {**np_state["state"], "key": key}})  # noqa: NPY002
+        _set_rng_state(saved["rng"][self.world.rank], generators)
         return int(saved["epoch"])
 
     def remove(self) -> None:
         """Delete the resume state once the run's outputs are written."""
         self.path.unlink(missing_ok=True)
+
+
+def _rng_state(generators: Mapping[str, torch.Generator]) -> dict[str, Any]:
+    """This process's random streams (NumPy's key as a list: torch.load(weights_only) reads it)."""
+    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 - the global state
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "generators": {name: g.get_state() for name, g in generators.items()},
+        "python": random.getstate(),
+        "numpy": {
+            **np_state,
+            "state": {**np_state["state"], "key": np_state["state"]["key"].tolist()},
+        },
+    }
+
+
+def _set_rng_state(rng: dict[str, Any], generators: Mapping[str, torch.Generator]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    for name, generator in generators.items():
+        generator.set_state(rng["generators"][name])
+    random.setstate(rng["python"])
+    np_state = rng["numpy"]
+    key = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state({**np_state, "state": {**np_state["state"], "key": key}})  # noqa: NPY002

@@ -60,11 +60,9 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
         "compute_dtype": "bfloat16" if config.bf16 else "float32",  # `bf16: auto`, resolved
     }
     logged_params = run_params(p, arch)
-    # Resumes a run killed mid-training if params and data are the same. A torchrun run starts
-    # fresh (a resume state holds one process's random streams) but removes a stale one at the end.
-    resume = ResumeState(resume_path(model), fingerprint(logged_params, tags))
-    if not world.distributed:
-        resume = ResumeState.open(resume.path, resume.fingerprint)
+    # Resumes a run killed mid-training if params, data and the number of processes are the
+    # same; under torchrun every rank restores rank 0's reading of the state (see resume.py).
+    resume = ResumeState.open(resume_path(model), fingerprint(logged_params, tags), world)
     with main_stage_run(  # the MLflow run on rank 0; one that records nothing elsewhere
         world, experiment, f"train_{arch}", logged_params, p.tracking.uri, tags, resume.run_id
     ) as run:
@@ -73,7 +71,7 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
             data,
             config,
             callback=lambda e: run.log_metrics(e.metrics(), step=e.epoch),
-            resume=None if world.distributed else resume,
+            resume=resume,
             world=world,
         )
         if not world.is_main:  # rank 0 alone writes the outputs
