@@ -16,11 +16,16 @@ from torchvision import transforms
 
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer, random_crop_flip
 from appliedtorch.classify.loop import Evaluation, TrainConfig, evaluate, train_classifier
-from appliedtorch.classify.models import CNN, MLP, load_model
-from appliedtorch.classify.outputs import final_metrics, save_verified_model, write_reports
+from appliedtorch.classify.models import CNN, MLP, PixelClassifier, load_model
+from appliedtorch.classify.outputs import (
+    evaluate_pixels,
+    final_metrics,
+    save_verified_model,
+    write_reports,
+)
 from appliedtorch.core.errors import DivergenceError
 from appliedtorch.core.utils import flatten, thread_count
-from appliedtorch.data import ImageData, download, synthetic_in_memory
+from appliedtorch.data import ImageData, download, load_dataset, synthetic_in_memory
 from conftest import run_script
 
 # threads=1: two OpenMP threads on a busy 2-core runner spin against each other.
@@ -73,6 +78,25 @@ def test_model_shapes_match_the_tutorial():
     assert [c.out_channels for c in (cnn.conv1, cnn.conv2, cnn.conv3)] == [32, 64, 128]
     assert tuple(cnn.fc1.weight.shape) == (512, 2048) and cnn.dropout.p == 0.5
     assert MLP(hidden_size=32).fc2.weight.shape == (32, 32)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pixel_classifier_normalises_exactly_as_training_does(channels_last):
+    """The saved model's own normalisation gives the very floats the training batches had."""
+    mean, std = NORMALIZATION["cifar10"]
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    seen = []
+    net = CNN().eval()
+    classifier = PixelClassifier(net, mean, std, channels_last).eval()
+    net.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.inference_mode():
+        probs = classifier(images)
+        logits = net(Normalizer(mean, std, channels_last=channels_last)(images))
+    assert torch.equal(seen[0], Normalizer(mean, std, channels_last=channels_last)(images))
+    assert torch.equal(probs, torch.softmax(logits, dim=1))
+    assert probs.dtype == torch.float32 and probs.shape == (5, 10)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
 
 
 # ---- batch transforms --------------------------------------------------------------------------
@@ -222,15 +246,27 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     model_path = tmp_path / "models" / "mlp.pt"
     again = save_verified_model(mlp_result, mnist, model_path)
     assert torch.equal(again.predictions, mlp_result.evaluation.predictions)
+    assert again.accuracy == mlp_result.evaluation.accuracy
 
+    # The file's model takes raw uint8 pixels and returns probabilities; its network, fed
+    # normalised batches as in training, gives the training-time evaluation exactly.
     model, saved = load_model(model_path)
+    assert isinstance(model, PixelClassifier) and not model.training
     assert saved["arch"] == "mlp" and saved["classes"] == mnist.classes
+    assert saved["input_dtype"] == "uint8" and saved["output"] == "probabilities"
+    assert model.mean.tolist() == saved["mean"] == [0.5]
     test = Batches(
         mnist.test_images, mnist.test_labels, 1024, Normalizer(saved["mean"], saved["std"])
     )
     with thread_count(MLP_CONFIG.threads):  # as in training: thread count can change last bits
-        reloaded = evaluate(model, test)
+        reloaded = evaluate(model.net, test)
+        by_pixels = evaluate_pixels(model, mnist.test_images, mnist.test_labels, batch_size=100)
+        probs = model(mnist.test_images[:8]).detach()
+    assert reloaded.loss == mlp_result.evaluation.loss
     assert torch.equal(reloaded.predictions, mlp_result.evaluation.predictions)
+    assert torch.equal(by_pixels.predictions, mlp_result.evaluation.predictions)
+    assert by_pixels.loss == pytest.approx(mlp_result.evaluation.loss, rel=1e-5)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(8))
 
     metrics, paths = write_reports(mlp_result, mnist, tmp_path / "reports")
     names = {p.name for p in paths}
@@ -333,9 +369,20 @@ def test_stage_end_to_end(
     (logged,) = mlflow.search_logged_models(
         experiment_ids=[exp.experiment_id], output_format="list"
     )
-    loaded = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
-    x = np.zeros((2, *saved["input_shape"]), dtype=np.float32)
-    assert tuple(loaded(torch.from_numpy(x)).shape) == (2, 10)
+    # The logged model takes uint8 pixels and returns probabilities; its signature says so and
+    # its input example is the first test images.
+    model_uri = f"models:/{logged.model_id}"
+    info = mlflow.models.get_model_info(model_uri)
+    (spec,) = info.signature.inputs.inputs
+    (out,) = info.signature.outputs.inputs
+    assert (spec.type, spec.shape) == (np.dtype("uint8"), (-1, *saved["input_shape"]))
+    assert (out.type, out.shape) == (np.dtype("float32"), (-1, 10))
+    example = mlflow.models.Model.load(model_uri).load_input_example()
+    data = load_dataset(dataset, data_dir)
+    assert example.dtype == np.uint8 and np.array_equal(example, data.test_images[:4].numpy())
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    probs = pyfunc.predict(data.test_images[:3].numpy())
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
 def test_cnn_pools_before_relu_exactly_like_the_tutorial_order():
