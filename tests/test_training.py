@@ -18,6 +18,7 @@ from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer, ra
 from appliedtorch.classify.loop import Evaluation, TrainConfig, evaluate, train_classifier
 from appliedtorch.classify.models import CNN, MLP, PixelClassifier, load_model
 from appliedtorch.classify.outputs import (
+    classification_metrics,
     evaluate_pixels,
     final_metrics,
     save_verified_model,
@@ -239,6 +240,34 @@ def test_evaluation_confusion_matches_a_direct_count_and_sums_to_test_size():
     assert ev.per_class_accuracy(4) == [1.0, 0.5, 2 / 3, None]  # class 3 absent
 
 
+def test_precision_recall_f1_match_a_hand_computed_confusion_matrix():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    preds = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 0, 2, 3])
+    ev = Evaluation(loss=0.0, accuracy=6 / 11, predictions=preds, labels=labels)
+    # Counted by hand: rows actual, columns predicted. Class d never occurs but is predicted once.
+    cm = np.array(
+        [
+            [3, 1, 0, 0],
+            [0, 1, 1, 0],
+            [1, 0, 3, 1],
+            [0, 0, 0, 0],
+        ]
+    )
+    np.testing.assert_array_equal(ev.confusion(4), cm)
+    # precision = diagonal / column sum, recall = diagonal / row sum; 0 where a sum is 0.
+    precision = [3 / 4, 1 / 2, 3 / 4, 0.0]  # column sums 4, 2, 4, 1
+    recall = [3 / 4, 1 / 2, 3 / 5, 0.0]  # row sums 4, 2, 5, 0
+    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall, strict=True)]
+    assert f1[2] == pytest.approx(2 / 3)  # 2 * 0.75 * 0.6 / 1.35
+
+    got = classification_metrics(ev, ["a", "b", "c", "d"])
+    for name, want in (("precision", precision), ("recall", recall), ("f1", f1)):
+        assert list(got[name]) == ["a", "b", "c", "d"]
+        assert list(got[name].values()) == pytest.approx(want, abs=1e-15), name
+        assert got[f"macro_{name}"] == pytest.approx(sum(want) / 4, abs=1e-15), name
+    assert got["macro_recall"] == pytest.approx((0.75 + 0.5 + 0.6 + 0) / 4)
+
+
 # ---- outputs -----------------------------------------------------------------------------------
 
 
@@ -284,6 +313,13 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     assert metrics["test_accuracy"] == mlp_result.evaluation.accuracy
     assert metrics["test_samples"] == 300 and metrics["data_source"] == "synthetic"
     assert set(metrics["per_class_accuracy"]) == set(mnist.classes)
+    # Recall is per-class accuracy under its other name; precision and F1 come with it.
+    for name in ("precision", "recall", "f1"):
+        assert list(metrics[name]) == mnist.classes
+    assert list(metrics["recall"].values()) == pytest.approx(
+        [a or 0.0 for a in metrics["per_class_accuracy"].values()]
+    )
+    assert metrics["macro_f1"] == pytest.approx(np.mean(list(metrics["f1"].values())))
 
     # confusion.json: one record per test sample, counts equal to the confusion matrix.
     records = json.loads((tmp_path / "reports" / "confusion.json").read_text())
@@ -310,6 +346,8 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
         final["per_class_accuracy." + mnist.classes[0]]
         == metrics["per_class_accuracy"][mnist.classes[0]]
     )
+    assert final["f1." + mnist.classes[3]] == metrics["f1"][mnist.classes[3]]
+    assert {"macro_precision", "macro_recall", "macro_f1"} <= set(final)
     assert not {"epoch_seconds", "class_accuracy"} & {k.split(".")[0] for k in metrics}
 
 
@@ -383,6 +421,10 @@ def test_stage_end_to_end(
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     probs = pyfunc.predict(data.test_images[:3].numpy())
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert metrics["macro_f1"] == run.data.metrics["macro_f1"]
+    assert run.data.metrics[f"precision.{data.classes[0]}"] == pytest.approx(
+        metrics["precision"][data.classes[0]]
+    )
 
 
 def test_cnn_pools_before_relu_exactly_like_the_tutorial_order():

@@ -130,10 +130,36 @@ def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
         "train_samples": result.train_samples,
         "test_samples": len(ev.labels),
         "per_class_accuracy": dict(zip(result.classes, per_class, strict=True)),
+        **classification_metrics(ev, result.classes),
         "train_seconds": result.train_seconds,
         "mean_epoch_seconds": result.train_seconds / max(len(result.history), 1),
         "eval_seconds": result.eval_seconds,
         "data_source": source,
+    }
+
+
+def classification_metrics(ev: Evaluation, classes: Sequence[str]) -> dict[str, Any]:
+    """Per-class precision, recall and F1 and their macro averages, by scikit-learn.
+
+    Every class gets a value (0 where it is never predicted or absent: `zero_division=0`), and
+    the macro averages are the unweighted means over all classes, absent ones included."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    args = (ev.labels.numpy(), ev.predictions.numpy())
+    kwargs = {"labels": list(range(len(classes))), "zero_division": 0}
+    precision, recall, f1, _ = precision_recall_fscore_support(*args, **kwargs)
+    macro = precision_recall_fscore_support(*args, average="macro", **kwargs)[:3]
+
+    def per_class(values: np.ndarray) -> dict[str, float]:
+        return dict(zip(classes, map(float, values), strict=True))
+
+    return {
+        "macro_precision": float(macro[0]),
+        "macro_recall": float(macro[1]),
+        "macro_f1": float(macro[2]),
+        "precision": per_class(precision),
+        "recall": per_class(recall),
+        "f1": per_class(f1),
     }
 
 
