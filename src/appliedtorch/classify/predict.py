@@ -40,7 +40,7 @@ class Classifier:
 
 def load_classifier(uri: str) -> Classifier:
     """Load a model file or an MLflow model URI, with its class names and input shape."""
-    if "://" not in uri and not uri.startswith("models:/"):
+    if "://" not in uri and not uri.startswith(("models:/", "runs:/")):
         from appliedtorch.classify.models import load_model
 
         model, meta = load_model(uri)
