@@ -351,6 +351,26 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     assert not {"epoch_seconds", "class_accuracy"} & {k.split(".")[0] for k in metrics}
 
 
+def test_a_model_file_that_predicts_otherwise_is_not_left_behind(
+    mlp_result, mnist, tmp_path, monkeypatch
+):
+    from appliedtorch.classify import outputs
+    from appliedtorch.core.errors import AppliedTorchError
+
+    real = outputs.load_model
+
+    def wrong_normalisation(path):
+        model, saved = real(path)
+        model.std.mul_(3)
+        return model, saved
+
+    monkeypatch.setattr(outputs, "load_model", wrong_normalisation)
+    path = tmp_path / "mlp.pt"
+    with pytest.raises(AppliedTorchError, match=r"predicts otherwise .* on [1-9]\d* of 300 test"):
+        save_verified_model(mlp_result, mnist, path)
+    assert not path.exists()
+
+
 # ---- stages end to end -------------------------------------------------------------------------
 
 
