@@ -1,9 +1,16 @@
-"""Model registry (alias `champion`) and the `appliedtorch-predict` command."""
+"""Model registry (alias `champion`), the `appliedtorch-predict` command and the champion served
+by `mlflow models serve`."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -14,9 +21,15 @@ from PIL import Image
 
 from appliedtorch.core.tracking import should_promote
 from appliedtorch.data import download, load_dataset
-from conftest import run_script
+from conftest import REPO, free_port, run_script
 
 PREDICT = str(Path(sys.executable).parent / "appliedtorch-predict")
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+# README's one-liner: a grey PNG's pixels as the JSON body of POST /invocations, shape (1, 1, H, W).
+PNG_TO_JSON = (
+    "import json, sys, numpy as np; from PIL import Image; "
+    'print(json.dumps({"inputs": [[np.asarray(Image.open(sys.argv[1]).convert("L")).tolist()]]}))'
+)
 
 
 def predict(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -137,7 +150,13 @@ def test_predict_errors_are_one_line(trained, tmp_path, monkeypatch):
     not_image.write_text("not an image")
     image = tmp_path / "ok.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+    # A model file from before models took pixels: no input_dtype, the bare network's weights.
+    saved = torch.load(model, weights_only=True)
+    del saved["input_dtype"]
+    saved["state_dict"] = {k[4:]: v for k, v in saved["state_dict"].items() if k[:4] == "net."}
+    torch.save(saved, tmp_path / "old.pt")
     cases = [
+        (["--model", tmp_path / "old.pt", image], "old.pt: an older model file"),
         (["--model", tmp_path / "nope.pt", image], "nope.pt: model file not found"),
         (["--model", model, not_image], "notes.png: not an image file"),
         (["--model", model, tmp_path / "missing.png"], "missing.png: file not found"),
@@ -251,3 +270,91 @@ def test_unreadable_image_is_one_line_naming_the_file(case, tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {message}"), lines
     assert len(lines[0]) < 300
+
+
+# ---- serving ------------------------------------------------------------------------------------
+
+
+def wait_for_ping(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    """Wait until the scoring server answers GET /ping; fail with its log if it dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(
+                f"mlflow models serve did not answer /ping:\n{log.read_text()[-3000:]}"
+            )
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_served_champion_classifies_png_pixels_like_predict(trained, tmp_path, monkeypatch):
+    """`mlflow models serve` on the registered champion takes a PNG's raw uint8 pixels over HTTP
+    (built by README's one-liner) and answers the class `appliedtorch-predict` prints."""
+    root, uri, data_dir = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(uri)
+    try:
+        champion = client.get_model_version_by_alias("mnist-mlp", "champion")
+    except mlflow.exceptions.MlflowException:  # this test alone: register one
+        run_mlp(root, uri, data_dir, epochs=2)
+        champion = client.get_model_version_by_alias("mnist-mlp", "champion")
+    assert PNG_TO_JSON in (REPO / "README.md").read_text()
+    data = load_dataset("mnist", data_dir)
+    png = tmp_path / "digit.png"
+    Image.fromarray(data.test_images[0, 0].numpy()).save(png)
+    made = subprocess.run(
+        [sys.executable, "-c", PNG_TO_JSON, png], capture_output=True, text=True, check=True
+    )
+    body = made.stdout.encode()
+    pixels = json.loads(body)["inputs"]
+    assert np.array_equal(np.array(pixels, dtype=np.uint8), data.test_images[:1].numpy())
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    command = [MLFLOW, "models", "serve", "-m", "models:/mnist-mlp@champion",
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    # As in an activated virtual environment: the server execs `uvicorn` found on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    with log.open("w") as out:
+        # Its own process group: the server's workers are stopped with it.
+        server = subprocess.Popen(
+            command, cwd=tmp_path, env={**os.environ, "PATH": path}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for_ping(url, server, log)
+        request = urllib.request.Request(
+            f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.status == 200
+            answer = json.loads(response.read())
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group may have exited already
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    print(f"POST /invocations {len(body)} bytes -> {json.dumps(answer)}")  # shown with -s
+
+    (probs,) = answer["predictions"]  # one image: ten class probabilities
+    assert len(probs) == 10 and sum(probs) == pytest.approx(1.0, abs=1e-5)
+    served = data.classes[int(np.argmax(probs))]
+    by_predict = predict("--model", "models:/mnist-mlp@champion", png, cwd=root)
+    assert by_predict.returncode == 0, by_predict.stderr[-2000:]
+    _, label, probability = by_predict.stdout.strip().split("\t")
+    assert label == served
+    assert float(probability) == pytest.approx(max(probs), abs=5e-5)  # printed with 4 decimals
+    # The same model through its run: the same line.
+    by_run = predict("--model", f"runs:/{champion.run_id}/model", png, cwd=root)
+    assert by_run.returncode == 0, by_run.stderr[-2000:]
+    assert by_run.stdout == by_predict.stdout

@@ -31,6 +31,12 @@ MLP_METRICS = {
     "train_samples": 1000,
     "test_samples": 300,
     "per_class_accuracy": {"<zero>": 0.95, "one": None},
+    "macro_precision": 0.4375,
+    "macro_recall": 0.475,
+    "macro_f1": 0.4556,
+    "precision": {"<zero>": 0.875, "one": 0.0},
+    "recall": {"<zero>": 0.95, "one": 0.0},
+    "f1": {"<zero>": 0.91111, "one": 0.0},
     "train_seconds": 1.5,
     "mean_epoch_seconds": 0.75,
     "eval_seconds": 0.1,
@@ -78,6 +84,15 @@ def test_report_shows_numbers_pictures_runs_and_flags_synthetic_data(tmp_path):
     assert "http://127.0.0.1:5000/#/experiments/7/runs/" + "a" * 32 in page
     assert "d41d8cd9.dir" in page  # the data hash from the run's lineage tags
     assert "&lt;zero&gt;" in page and "<zero>" not in page  # class names are escaped
+    # Macro averages among the key numbers, and one per-class table (the MLP's only).
+    numbers = page.split('<div class="numbers">', 1)[1].split("</div>", 1)[0]
+    assert "<tr><td>macro_f1</td><td>0.4556</td></tr>" in numbers
+    assert numbers.index("test_loss") < numbers.index("macro_precision") < numbers.index("epochs")
+    assert page.count('class="per-class"') == 1
+    table = page.split('class="per-class"', 1)[1].split("</details>", 1)[0]
+    assert "<th>class</th><th>precision</th><th>recall</th><th>F1</th>" in table
+    assert "<tr><td>&lt;zero&gt;</td><td>0.875</td><td>0.95</td><td>0.9111</td></tr>" in table
+    assert "<tr><td>one</td><td>0</td><td>0</td><td>0</td></tr>" in table
     # Every picture is inlined, byte for byte, so the file opens from disk with no server.
     uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
     assert len(uris) == 3 and all(base64.b64decode(u) == PNG for u in uris)

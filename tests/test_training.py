@@ -16,11 +16,17 @@ from torchvision import transforms
 
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer, random_crop_flip
 from appliedtorch.classify.loop import Evaluation, TrainConfig, evaluate, train_classifier
-from appliedtorch.classify.models import CNN, MLP, load_model
-from appliedtorch.classify.outputs import final_metrics, save_verified_model, write_reports
+from appliedtorch.classify.models import CNN, MLP, PixelClassifier, load_model
+from appliedtorch.classify.outputs import (
+    classification_metrics,
+    evaluate_pixels,
+    final_metrics,
+    save_verified_model,
+    write_reports,
+)
 from appliedtorch.core.errors import DivergenceError
 from appliedtorch.core.utils import flatten, thread_count
-from appliedtorch.data import ImageData, download, synthetic_in_memory
+from appliedtorch.data import ImageData, download, load_dataset, synthetic_in_memory
 from conftest import run_script
 
 # threads=1: two OpenMP threads on a busy 2-core runner spin against each other.
@@ -73,6 +79,25 @@ def test_model_shapes_match_the_tutorial():
     assert [c.out_channels for c in (cnn.conv1, cnn.conv2, cnn.conv3)] == [32, 64, 128]
     assert tuple(cnn.fc1.weight.shape) == (512, 2048) and cnn.dropout.p == 0.5
     assert MLP(hidden_size=32).fc2.weight.shape == (32, 32)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pixel_classifier_normalises_exactly_as_training_does(channels_last):
+    """The saved model's own normalisation gives the very floats the training batches had."""
+    mean, std = NORMALIZATION["cifar10"]
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    seen = []
+    net = CNN().eval()
+    classifier = PixelClassifier(net, mean, std, channels_last).eval()
+    net.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.inference_mode():
+        probs = classifier(images)
+        logits = net(Normalizer(mean, std, channels_last=channels_last)(images))
+    assert torch.equal(seen[0], Normalizer(mean, std, channels_last=channels_last)(images))
+    assert torch.equal(probs, torch.softmax(logits, dim=1))
+    assert probs.dtype == torch.float32 and probs.shape == (5, 10)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
 
 
 # ---- batch transforms --------------------------------------------------------------------------
@@ -215,6 +240,34 @@ def test_evaluation_confusion_matches_a_direct_count_and_sums_to_test_size():
     assert ev.per_class_accuracy(4) == [1.0, 0.5, 2 / 3, None]  # class 3 absent
 
 
+def test_precision_recall_f1_match_a_hand_computed_confusion_matrix():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    preds = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 0, 2, 3])
+    ev = Evaluation(loss=0.0, accuracy=6 / 11, predictions=preds, labels=labels)
+    # Counted by hand: rows actual, columns predicted. Class d never occurs but is predicted once.
+    cm = np.array(
+        [
+            [3, 1, 0, 0],
+            [0, 1, 1, 0],
+            [1, 0, 3, 1],
+            [0, 0, 0, 0],
+        ]
+    )
+    np.testing.assert_array_equal(ev.confusion(4), cm)
+    # precision = diagonal / column sum, recall = diagonal / row sum; 0 where a sum is 0.
+    precision = [3 / 4, 1 / 2, 3 / 4, 0.0]  # column sums 4, 2, 4, 1
+    recall = [3 / 4, 1 / 2, 3 / 5, 0.0]  # row sums 4, 2, 5, 0
+    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall, strict=True)]
+    assert f1[2] == pytest.approx(2 / 3)  # 2 * 0.75 * 0.6 / 1.35
+
+    got = classification_metrics(ev, ["a", "b", "c", "d"])
+    for name, want in (("precision", precision), ("recall", recall), ("f1", f1)):
+        assert list(got[name]) == ["a", "b", "c", "d"]
+        assert list(got[name].values()) == pytest.approx(want, abs=1e-15), name
+        assert got[f"macro_{name}"] == pytest.approx(sum(want) / 4, abs=1e-15), name
+    assert got["macro_recall"] == pytest.approx((0.75 + 0.5 + 0.6 + 0) / 4)
+
+
 # ---- outputs -----------------------------------------------------------------------------------
 
 
@@ -222,15 +275,27 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     model_path = tmp_path / "models" / "mlp.pt"
     again = save_verified_model(mlp_result, mnist, model_path)
     assert torch.equal(again.predictions, mlp_result.evaluation.predictions)
+    assert again.accuracy == mlp_result.evaluation.accuracy
 
+    # The file's model takes raw uint8 pixels and returns probabilities; its network, fed
+    # normalised batches as in training, gives the training-time evaluation exactly.
     model, saved = load_model(model_path)
+    assert isinstance(model, PixelClassifier) and not model.training
     assert saved["arch"] == "mlp" and saved["classes"] == mnist.classes
+    assert saved["input_dtype"] == "uint8" and saved["output"] == "probabilities"
+    assert model.mean.tolist() == saved["mean"] == [0.5]
     test = Batches(
         mnist.test_images, mnist.test_labels, 1024, Normalizer(saved["mean"], saved["std"])
     )
     with thread_count(MLP_CONFIG.threads):  # as in training: thread count can change last bits
-        reloaded = evaluate(model, test)
+        reloaded = evaluate(model.net, test)
+        by_pixels = evaluate_pixels(model, mnist.test_images, mnist.test_labels, batch_size=100)
+        probs = model(mnist.test_images[:8]).detach()
+    assert reloaded.loss == mlp_result.evaluation.loss
     assert torch.equal(reloaded.predictions, mlp_result.evaluation.predictions)
+    assert torch.equal(by_pixels.predictions, mlp_result.evaluation.predictions)
+    assert by_pixels.loss == pytest.approx(mlp_result.evaluation.loss, rel=1e-5)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(8))
 
     metrics, paths = write_reports(mlp_result, mnist, tmp_path / "reports")
     names = {p.name for p in paths}
@@ -248,6 +313,13 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     assert metrics["test_accuracy"] == mlp_result.evaluation.accuracy
     assert metrics["test_samples"] == 300 and metrics["data_source"] == "synthetic"
     assert set(metrics["per_class_accuracy"]) == set(mnist.classes)
+    # Recall is per-class accuracy under its other name; precision and F1 come with it.
+    for name in ("precision", "recall", "f1"):
+        assert list(metrics[name]) == mnist.classes
+    assert list(metrics["recall"].values()) == pytest.approx(
+        [a or 0.0 for a in metrics["per_class_accuracy"].values()]
+    )
+    assert metrics["macro_f1"] == pytest.approx(np.mean(list(metrics["f1"].values())))
 
     # confusion.json: one record per test sample, counts equal to the confusion matrix.
     records = json.loads((tmp_path / "reports" / "confusion.json").read_text())
@@ -274,7 +346,29 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
         final["per_class_accuracy." + mnist.classes[0]]
         == metrics["per_class_accuracy"][mnist.classes[0]]
     )
+    assert final["f1." + mnist.classes[3]] == metrics["f1"][mnist.classes[3]]
+    assert {"macro_precision", "macro_recall", "macro_f1"} <= set(final)
     assert not {"epoch_seconds", "class_accuracy"} & {k.split(".")[0] for k in metrics}
+
+
+def test_a_model_file_that_predicts_otherwise_is_not_left_behind(
+    mlp_result, mnist, tmp_path, monkeypatch
+):
+    from appliedtorch.classify import outputs
+    from appliedtorch.core.errors import AppliedTorchError
+
+    real = outputs.load_model
+
+    def wrong_normalisation(path):
+        model, saved = real(path)
+        model.std.mul_(3)
+        return model, saved
+
+    monkeypatch.setattr(outputs, "load_model", wrong_normalisation)
+    path = tmp_path / "mlp.pt"
+    with pytest.raises(AppliedTorchError, match=r"predicts otherwise .* on [1-9]\d* of 300 test"):
+        save_verified_model(mlp_result, mnist, path)
+    assert not path.exists()
 
 
 # ---- stages end to end -------------------------------------------------------------------------
@@ -333,9 +427,24 @@ def test_stage_end_to_end(
     (logged,) = mlflow.search_logged_models(
         experiment_ids=[exp.experiment_id], output_format="list"
     )
-    loaded = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
-    x = np.zeros((2, *saved["input_shape"]), dtype=np.float32)
-    assert tuple(loaded(torch.from_numpy(x)).shape) == (2, 10)
+    # The logged model takes uint8 pixels and returns probabilities; its signature says so and
+    # its input example is the first test images.
+    model_uri = f"models:/{logged.model_id}"
+    info = mlflow.models.get_model_info(model_uri)
+    (spec,) = info.signature.inputs.inputs
+    (out,) = info.signature.outputs.inputs
+    assert (spec.type, spec.shape) == (np.dtype("uint8"), (-1, *saved["input_shape"]))
+    assert (out.type, out.shape) == (np.dtype("float32"), (-1, 10))
+    example = mlflow.models.Model.load(model_uri).load_input_example()
+    data = load_dataset(dataset, data_dir)
+    assert example.dtype == np.uint8 and np.array_equal(example, data.test_images[:4].numpy())
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    probs = pyfunc.predict(data.test_images[:3].numpy())
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert metrics["macro_f1"] == run.data.metrics["macro_f1"]
+    assert run.data.metrics[f"precision.{data.classes[0]}"] == pytest.approx(
+        metrics["precision"][data.classes[0]]
+    )
 
 
 def test_cnn_pools_before_relu_exactly_like_the_tutorial_order():

@@ -3,13 +3,19 @@
     >>> model = MLP(in_features=784, hidden_size=128, num_classes=10)
     >>> model(torch.zeros(2, 1, 28, 28)).shape
     torch.Size([2, 10])
+    >>> classifier = PixelClassifier(model, mean=[0.5], std=[0.5])
+    >>> classifier(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape  # probabilities
+    torch.Size([2, 10])
 
+Training feeds the networks normalised float batches; what is saved, logged and served is the
+network inside a `PixelClassifier`, which takes the uint8 pixels of an image file as they come.
 No training logic lives here (see `appliedtorch.classify.loop`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +75,35 @@ class CNN(nn.Module):
         return self.fc2(x)  # (B, 10) logits
 
 
+class PixelClassifier(nn.Module):
+    """Raw uint8 pixels (B, C, H, W) in [0, 255] -> class probabilities (B, K): what is saved,
+    logged to MLflow and served, so a user sends an image's pixels, not normalised floats."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.net = net
+        # Per-channel pixel mean and std in [0, 1] (C,): buffers, so they live in the state dict.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (x / 255 - mean) / std, computed exactly as training's `batches.Normalizer` does (one
+        # fused multiply-add with the same float32 constants), so predictions match to the bit.
+        std = self.std.view(1, -1, 1, 1)  # (1, C, 1, 1)
+        scale = 1.0 / (255.0 * std)
+        shift = -self.mean.view(1, -1, 1, 1) / std
+        x = x.to(dtype=torch.float32, memory_format=self.memory_format)  # (B, C, H, W)
+        logits = self.net(torch.addcmul(shift, x, scale))  # (B, K)
+        return torch.softmax(logits.float(), dim=1)  # (B, K), rows sum to 1
+
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
 
 
@@ -82,17 +117,22 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
 
 
 def save_model(
-    path: str | os.PathLike, model: nn.Module, arch: str, model_args: dict[str, Any], **meta: Any
+    path: str | os.PathLike,
+    model: PixelClassifier,
+    arch: str,
+    model_args: dict[str, Any],
+    **meta: Any,
 ) -> None:
-    """Write the model file: the state dict with everything needed to rebuild and use it (atomically)."""
+    """Write the model file: the pixel classifier's state dict (network weights, mean and std) with
+    everything needed to rebuild and use it (atomically)."""
     # contiguous(): a channels_last model would otherwise save NHWC strides that surprise loaders.
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_torch({"arch": arch, "model_args": model_args, "state_dict": state, **meta}, path)
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a model file written by `save_model`; returns (model in eval mode,
-    the file's contents)."""
+def load_model(path: str | os.PathLike) -> tuple[PixelClassifier, dict[str, Any]]:
+    """Rebuild the pixel classifier from a model file written by `save_model`; returns (model in
+    eval mode: uint8 pixels in, probabilities out, the file's contents)."""
     path = Path(path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -102,6 +142,12 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         raise AppliedTorchError(f"{path}: not a readable model file ({first_line(exc)})") from None
     if not isinstance(saved, dict) or not {"arch", "model_args", "state_dict"} <= saved.keys():
         raise AppliedTorchError(f"{path}: not an appliedtorch model file (arch/model_args missing)")
-    model = build_model(saved["arch"], **saved["model_args"])
+    if saved.get("input_dtype") != "uint8":
+        raise AppliedTorchError(
+            f"{path}: an older model file (its network takes normalised floats, not pixels); "
+            "run the training stage again"
+        )
+    net = build_model(saved["arch"], **saved["model_args"])
+    model = PixelClassifier(net, saved["mean"], saved["std"])
     model.load_state_dict(saved["state_dict"])
     return model.eval(), saved

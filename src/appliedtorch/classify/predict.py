@@ -8,8 +8,10 @@ Prints one tab-separated line per image: the path, then class and probability fo
 
 `--model` takes a registered model (`models:/name@alias` or `models:/name/version`), a run's model
 (`runs:/<run_id>/model`) or a model file written by a training stage (`models/mlp.pt`). Images
-are converted the way the model was trained: grayscale 28x28 for MNIST (white digit on black, as in
-MNIST), RGB 32x32 for CIFAR-10, then normalised with the training mean and std.
+are converted to the model's input shape: grayscale 28x28 for MNIST (white digit on black, as in
+MNIST), RGB 32x32 for CIFAR-10. All three are the same model, a `PixelClassifier`: it takes those
+uint8 pixels, normalises them as in training and returns probabilities, as `mlflow models serve`
+does for the same pixels.
 """
 
 from __future__ import annotations
@@ -31,16 +33,14 @@ from appliedtorch.core.errors import AppliedTorchError
 class Classifier:
     """A model plus what it needs to turn image files into inputs."""
 
-    model: Any  # callable: float32 (B, C, H, W) -> logits (B, K)
+    model: Any  # callable: uint8 (B, C, H, W) -> probabilities (B, K)
     classes: list[str]
-    mean: list[float]
-    std: list[float]
     input_shape: tuple[int, int, int]  # (C, H, W)
 
 
 def load_classifier(uri: str) -> Classifier:
-    """Load a model file or an MLflow model URI, with its class names and normalisation."""
-    if "://" not in uri and not uri.startswith("models:/"):
+    """Load a model file or an MLflow model URI, with its class names and input shape."""
+    if "://" not in uri and not uri.startswith(("models:/", "runs:/")):
         from appliedtorch.classify.models import load_model
 
         model, meta = load_model(uri)
@@ -48,14 +48,17 @@ def load_classifier(uri: str) -> Classifier:
         from appliedtorch.core.tracking import load_logged_model
 
         model, meta = load_logged_model(uri)
-    missing = {"classes", "mean", "std", "input_shape"} - meta.keys()
+    missing = {"classes", "input_shape"} - meta.keys()
     if missing:
         raise AppliedTorchError(f"model '{uri}' lacks {', '.join(sorted(missing))}; retrain it")
+    if meta.get("input_dtype") != "uint8":
+        raise AppliedTorchError(
+            f"model '{uri}' takes normalised floats, not pixels (logged by an older "
+            "appliedtorch); retrain it"
+        )
     return Classifier(
         model=model,
         classes=list(meta["classes"]),
-        mean=[float(m) for m in meta["mean"]],
-        std=[float(s) for s in meta["std"]],
         input_shape=tuple(int(d) for d in meta["input_shape"]),  # type: ignore[arg-type]
     )
 
@@ -119,13 +122,9 @@ def _to_8bit(img: Any) -> Any:
 
 
 def classify(clf: Classifier, images: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (B, K) for uint8 images (B, C, H, W)."""
-    from appliedtorch.classify.batches import Normalizer
-
-    x = Normalizer(clf.mean, clf.std)(images)  # as in training
+    """Class probabilities (B, K) for uint8 images (B, C, H, W): the model normalises them."""
     with torch.inference_mode():
-        logits = clf.model(x)
-    return torch.softmax(logits.float(), dim=1)
+        return clf.model(images).float()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

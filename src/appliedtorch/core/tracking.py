@@ -269,8 +269,11 @@ class StageRun:
     ) -> Any:
         """Log a torch model with a signature inferred from `input_example` (a numpy array).
 
-        `metadata` (class names, normalisation, ...) is stored with the model so that `predict`
-        can use a registered model on its own.
+        The signature is the example's dtype and shape and the model's output on it, with a free
+        batch size: for a classifier, uint8 pixels (-1, C, H, W) in, float32 probabilities
+        (-1, K) out, so `mlflow models serve` takes an image's pixels as they are. `metadata`
+        (class names, input shape, ...) is stored with the model so that `predict` can use a
+        registered model on its own.
         """
         import mlflow.pytorch
         import torch

@@ -51,6 +51,9 @@ _CLASSIFIER_FIGURES = (
 _CLASSIFIER_HEADLINE = (
     "test_accuracy",
     "test_loss",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
     "train_loss",
     "epochs",
     "train_samples",
@@ -207,6 +210,19 @@ def _key_numbers(loaded: _Loaded) -> tuple[list[tuple[str, str]], list[tuple[str
     return key_rows, all_rows
 
 
+# Per-class metrics (metrics.json: {"precision": {class: value}, ...}) shown as one table.
+_PER_CLASS = ("precision", "recall", "f1")
+
+
+def _per_class_rows(metrics: Mapping[str, Any] | None) -> list[tuple[str, ...]]:
+    """One row per class: class, precision, recall, F1 (empty when the stage has none)."""
+    tables = [(metrics or {}).get(name) for name in _PER_CLASS]
+    if not all(isinstance(t, dict) for t in tables):
+        return []
+    named = list(zip(_PER_CLASS, tables, strict=True))
+    return [(c, *(format_value(n, t.get(c)) for n, t in named)) for c in tables[0]]
+
+
 def _lineage_rows(run: Mapping[str, Any]) -> list[tuple[str, str]]:
     tags = run.get("tags", {})
     keys = [k for k in _LINEAGE if k in tags]
@@ -243,6 +259,7 @@ def _section(loaded: _Loaded, run: Mapping[str, Any] | None, ui_base: str | None
         "problem": loaded.problem or "not run yet",
         "key_rows": key_rows,
         "all_rows": all_rows,
+        "per_class_rows": _per_class_rows(loaded.metrics),
         "lineage_rows": _lineage_rows(run) if run else [],
         "figures": [(n, c, loaded.figures.get(n)) for n, c in s.figures] if show_figures else [],
     }
