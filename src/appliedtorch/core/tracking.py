@@ -287,6 +287,13 @@ class StageRun:
         # in a subprocess and costs 10-20 s per run. The local build tag (+cu130) is dropped so
         # the pin resolves from PyPI.
         torch_version = torch.__version__.split("+")[0]
+        # The model is exported (torch.export, MLflow's default format) on the CPU, and an exported
+        # program cannot move to another device. MLflow loads a pyfunc model onto CUDA whenever a
+        # GPU is present, so on a GPU machine its check of the serving example failed (seen on an
+        # H200): load it on the CPU there, unless the user chose a device. Serving on a GPU
+        # machine needs the same variable (README); these classifiers are small for a GPU anyway.
+        if torch.cuda.is_available():
+            os.environ.setdefault("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")
         return mlflow.pytorch.log_model(
             model_cpu,
             name=name,
