@@ -34,12 +34,13 @@ def main() -> None:
     parser.add_argument("--only", default="mlp,cnn")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="default: params.yaml's")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--json", type=Path, default=REPO / "reports" / "bf16_accuracy.json")
     args = parser.parse_args()
 
     p = load_params(args.params)
-    out: dict = {"cpu": cpu_description(), "runs": []}
+    out: dict = {"cpu": cpu_description(), "device": args.device, "runs": []}
     print(f"CPU: {out['cpu']['model']}; bf16 flags: {out['cpu']['bf16_flags'] or 'none'}")
     for arch in args.only.split(","):
         name, n_train, n_test = DATASET[arch]
@@ -47,7 +48,7 @@ def main() -> None:
         section = getattr(p, arch)
         for seed in args.seeds:
             for bf16 in (False, True):
-                config = TrainConfig.from_section(arch, section, seed=seed, device="cpu")
+                config = TrainConfig.from_section(arch, section, seed=seed, device=args.device)
                 config = replace(config, bf16=bf16, progress=False, compile=False)
                 if args.epochs:
                     config = replace(config, epochs=args.epochs)
