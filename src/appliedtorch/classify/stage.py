@@ -55,7 +55,14 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
     ckpt = Checkpointer.open(checkpoint_path(model), fingerprint(logged_params, tags))
     resume_run = None if world.distributed else ckpt.run_id  # torchrun runs start fresh
     with distributed.main_stage_run(  # the MLflow run on rank 0; one that records nothing elsewhere
-        world, experiment, f"train_{arch}", logged_params, p.tracking.uri, tags, resume_run
+        world,
+        experiment,
+        f"train_{arch}",
+        logged_params,
+        p.tracking.uri,
+        tags,
+        resume_run,
+        system_metrics=p.tracking.system_metrics,
     ) as run:
         ckpt.run_id = run.run_id
         result = training.train_classifier(
