@@ -3,7 +3,7 @@
     python stages/pinn.py --params params.yaml --model models/pinn.pt --reports reports/pinn
 
 Writes models/pinn.pt (state dict + config, checked by reloading it) and reports/pinn/
-(metrics.json, solution.png, error.png, loss.png); logs one MLflow run in experiment `pinn-ode`.
+(metrics.json, solution.csv, solution.png, error.png, loss.png); logs one MLflow run in `pinn-ode`.
 """
 
 from __future__ import annotations
