@@ -75,7 +75,8 @@ def test_report_shows_numbers_pictures_runs_and_flags_synthetic_data(tmp_path):
     assert "<title>appliedtorch report (SYNTHETIC DATA)</title>" in page
     assert "93.12 %" in page and "0.2346" in page and "4.6e-12" in page
     assert "1234abcd" * 5 in page and "uncommitted changes" in page
-    assert "http://127.0.0.1:5000/#/experiments/7/runs/" + "a" * 32 in page
+    link = "http://127.0.0.1:5000/#/experiments/7/runs/" + "a" * 32
+    assert link + "?workflowType=machine_learning" in page
     assert "d41d8cd9.dir" in page  # the data hash from the run's lineage tags
     assert "&lt;zero&gt;" in page and "<zero>" not in page  # class names are escaped
     # Every picture is inlined, byte for byte, so the file opens from disk with no server.

@@ -227,6 +227,7 @@ def _run_link(run: Mapping[str, Any], ui_base: str | None) -> str:
     if not ui_base:
         return f"<code>{run_id}</code>"
     url = f"{ui_base.rstrip('/')}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+    url += "?workflowType=machine_learning"  # MLflow 3's UI otherwise starts in its GenAI mode
     return f'<a href="{html.escape(url)}"><code>{run_id}</code></a>'
 
 
