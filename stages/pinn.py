@@ -32,7 +32,10 @@ def main() -> None:
     check_writable(args.model.parent, args.reports)  # before any work, not after solving
     seed_everything(p.seed)
     tags = {"device.resolved": "cpu"}  # a 141-weight net is latency-bound: the CPU beats a GPU
-    with stage_run("pinn-ode", "pinn", run_params(p, "pinn"), p.tracking.uri, tags) as run:
+    params, uri = run_params(p, "pinn"), p.tracking.uri
+    with stage_run(
+        "pinn-ode", "pinn", params, uri, tags, system_metrics=p.tracking.system_metrics
+    ) as run:
         result = pinn.solve(p.pinn)
         pinn.save_verified(result.net, args.model, p.pinn.eval_points)
         metrics, outputs = pinn.write_reports(result, args.reports, p.pinn.eval_points)

@@ -150,6 +150,7 @@ def test_stage_writes_reports_model_and_mlflow_run(tmp_path, params_file, tracki
     assert run.data.tags["dvc.stage"] == "pinn"
     assert run.data.params["pinn.boundary"] == "hard"
     assert run.data.metrics["max_abs_error"] == pytest.approx(metrics["max_abs_error"])
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # tracking.system_metrics
     history = client.get_metric_history(run.info.run_id, "loss")
     assert len(history) > 10 and max(m.step for m in history) == 269
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

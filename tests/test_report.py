@@ -125,7 +125,8 @@ def test_sections_match_dvc_yaml():
     report_deps = set(stages["report"]["deps"])
     assert stages["report"]["outs"] == ["reports/index.html"]
     for s in report.SECTIONS:
-        outs = {o if isinstance(o, str) else next(iter(o)) for o in stages[s.stage]["outs"]}
+        declared = stages[s.stage]["outs"] + stages[s.stage].get("plots", [])  # images: plots
+        outs = {o if isinstance(o, str) else next(iter(o)) for o in declared}
         metrics = {m if isinstance(m, str) else next(iter(m)) for m in stages[s.stage]["metrics"]}
         assert f"reports/{s.folder}/metrics.json" in metrics & report_deps
         for name, _ in s.figures:

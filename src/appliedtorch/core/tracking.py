@@ -10,7 +10,7 @@ The run carries the lineage tags of the tracking contract (git.commit, git.dirty
 dvc.exp_name, and `sweep` for a named grid of queued experiments) and ends FAILED if the block
 raises. A run whose tags name a dataset (`data.<name>.md5`) also logs that dataset's train and
 test splits as MLflow dataset inputs; `system_metrics=True` records CPU, memory (and GPU) use.
-Every experiment is marked as a model-training experiment, so MLflow 3's UI opens it on its runs.
+Every experiment is tagged as a model-training experiment (`mlflow.experimentKind`).
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ def sweep_name(exp_name: str | None) -> str | None:
     `dvc exp run --queue -n lr-grid -S 'mlp.lr=choice(...)'` names the grid's experiments
     `lr-grid-1`, `lr-grid-2`, ... (DVC refuses a name already used on the same baseline), so the
     prefix names exactly that batch. DVC passes nothing else that tells one batch from another:
-    a grid queued without `-n` gets random names and no sweep tag.
+    a grid queued without `-n` gets random names and no sweep tag (and a lone experiment named
+    like `model-2` is tagged `sweep=model`).
     """
     match = re.fullmatch(r"(.+)-(\d+)", exp_name or "")
     return match.group(1) if match else None
@@ -414,8 +415,10 @@ def ensure_schema(uri: str, timeout: float = 600.0) -> None:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
-# MLflow 3's UI opens an experiment by its kind: GenAI experiments on their traces overview,
-# model-training ones on the runs table and charts. Without the tag the UI guesses (and asks).
+# MLflow's per-experiment kind: its UI's "create experiment" dialog sets this tag, and a UI that
+# routes by kind opens model-training experiments on their runs table and charts, GenAI ones on a
+# traces overview. MLflow 3.17's UI routes by its global GenAI / Model training switch instead
+# (default GenAI), so links also carry `?workflowType=machine_learning` (README, report).
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: MODEL_TRAINING}
 
