@@ -260,7 +260,7 @@ def test_dvc_plots_diff_shows_two_experiments_confusion_matrices_side_by_side(pi
     cmd = [str(BIN / "dvc"), "plots", "diff", "lr-sweep-1", "lr-sweep-2", "--targets", target]
     run([*cmd, "-o", str(out)], pipeline, env)
     dom = Chromium(tmp_path).dom(
-        (out / "index.html").as_uri(), "10-dvc-plots-diff.png", size=(1400, 800), budget_ms=2000
+        (out / "index.html").as_uri(), "10-dvc-plots-diff.png", size=(2100, 1000), budget_ms=2000
     )
     shown = re.findall(r'<img[^>]*src="([^"]+)"', dom)
     assert len(shown) == 2, dom[:3000]
