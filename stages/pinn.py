@@ -3,7 +3,7 @@
     python stages/pinn.py --params params.yaml --model models/pinn.pt --reports reports/pinn
 
 Writes models/pinn.pt (state dict + config, checked by reloading it) and reports/pinn/
-(metrics.json, solution.png, error.png, loss.png); logs one MLflow run in experiment `pinn-ode`.
+(metrics.json, solution.csv, solution.png, error.png, loss.png); logs one MLflow run in `pinn-ode`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def main() -> None:
     check_writable(args.model.parent, args.reports)  # before any work, not after solving
     seed_everything(p.seed)
     tags = {"device.resolved": "cpu"}  # a 141-weight net is latency-bound: the CPU beats a GPU
-    with stage_run("pinn-ode", "pinn", run_params(p, "pinn"), p.tracking.uri, tags) as run:
+    params, uri = run_params(p, "pinn"), p.tracking.uri
+    with stage_run(
+        "pinn-ode", "pinn", params, uri, tags, system_metrics=p.tracking.system_metrics
+    ) as run:
         result = pinn.solve(p.pinn)
         # One set: the model and every report file appear together, or none of them changes.
         with output_set(args.model.parent, args.reports) as out:

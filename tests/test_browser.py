@@ -9,6 +9,7 @@ read the rendered text; the screenshots are kept in .test-artifacts/browser/ for
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from test_pipeline import BIN, make_workspace, run
 
 from conftest import REPO, serve_mlflow
@@ -127,9 +129,10 @@ def pipeline(tmp_path_factory, mlflow_template_db):
     shutil.copy(mlflow_template_db, ws / "mlflow.db")  # git-ignored; skips the schema migration
     dvc = str(BIN / "dvc")
     run([dvc, "repro"], ws, env)
-    # A learning-rate sweep on top: with the baseline, three comparable mnist-mlp runs.
-    for lr in SWEEP:
-        run([dvc, "exp", "run", "-S", f"mlp.lr={lr}", "train_mlp"], ws, env)
+    # A learning-rate sweep on top: with the baseline, three comparable mnist-mlp runs. Named as
+    # DVC names a queued grid's experiments (`-n lr-sweep`), so the runs share `sweep=lr-sweep`.
+    for i, lr in enumerate(SWEEP, 1):
+        run([dvc, "exp", "run", "-n", f"lr-sweep-{i}", "-S", f"mlp.lr={lr}", "train_mlp"], ws, env)
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     return ws
@@ -148,6 +151,9 @@ def test_mlflow_ui_shows_the_experiments_runs_and_metrics(pipeline, tmp_path):
                 assert name not in runs, f"{name}: more than one `dvc repro` run"
                 runs[name] = r
     assert sorted(float(r.data.params["mlp.lr"]) for r in sweep) == sorted(SWEEP)
+    assert {r.data.tags["sweep"] for r in sweep} == {"lr-sweep"}
+    for exp in exps.values():  # MLflow's marker of a model-training (not GenAI) experiment
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
     browser = Chromium(tmp_path)
     with serve_mlflow(db, pipeline / "mlartifacts", tmp_path / "server.log") as ui:
@@ -173,17 +179,55 @@ def test_mlflow_ui_shows_the_experiments_runs_and_metrics(pipeline, tmp_path):
                 data_tag = next(
                     k for k in r.data.tags if k.startswith("data.") and k != "data.source"
                 )
-                must += [f"{data_tag} : {r.data.tags[data_tag]}", "data.source : synthetic"]
+                md5, dataset = r.data.tags[data_tag], data_tag.split(".")[1]
+                must += [f"{data_tag} : {md5}", "data.source : synthetic"]
+                # The datasets it read (not "Datasets None") and its system metrics.
+                must += [f"Datasets {dataset}-train ({md5}) training +1"]
+                system = sorted(k for k in r.data.metrics if k.startswith("system/"))
+                assert "system/cpu_utilization_percentage" in system, sorted(r.data.metrics)
+                must += [f"System metrics ({len(system)})", "system/cpu_utilization_percentage"]
             text = browser.text(url, f"0{i}-run-{name}.png", must, size=(1600, 2600))
             missing = [m for m in must if m not in text]
             assert not missing, f"{name}: the run page does not show {missing}: {text[:3000]}"
+            if name in ("mnist-mlp", "cifar10-cnn"):
+                assert "Datasets None" not in text
+
+        # A training run's System metrics tab: one chart per metric.
+        r = runs["mnist-mlp"]
+        url = f"{ui}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}/system-metrics"
+        system = [k for k in r.data.metrics if k.startswith("system/")]
+        must = [f"System metrics ({len(system)})", "Add chart"]
+        text = browser.text(url, "06-mnist-mlp-system-metrics.png", must, size=(1600, 1400))
+        assert all(m in text for m in must), text[:3000]
+
+        # An experiment opens on its training runs (the runs table, datasets, the Runs tab),
+        # not on the GenAI overview of traces, at the address README gives.
+        for name in ("mnist-mlp", "pinn-ode"):
+            exp = exps[name]
+            url = f"{ui}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
+            named = [runs[name].info.run_name] + [
+                r.info.run_name for r in sweep if name == "mnist-mlp"
+            ]
+            must = ["Runs", "Run Name", "Created", *named, f"{len(named)} matching run"]
+            if name == "mnist-mlp":
+                must += ["Dataset", "mnist-train"]
+            text = browser.text(url, f"07-experiment-{name}.png", must, size=(1600, 1000))
+            missing = [m for m in must if m not in text]
+            assert not missing, (
+                f"{name}: the experiment page does not show {missing}: {text[:3000]}"
+            )
+            for genai in ("Token Usage", "Tokens per Trace", "Cost Breakdown", "Latency"):
+                assert genai not in text, f"{name} opened on the GenAI overview: {text[:3000]}"
 
         # The sweep in the comparison view: three runs and a chart per metric.
         exp = exps["mnist-mlp"]
         url = f"{ui}/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART"
         must = [r.info.run_name for r in [runs["mnist-mlp"], *sweep]]
-        must += [f"Model metrics ({len(runs['mnist-mlp'].data.metrics)})", "3 matching runs"]
-        text = browser.text(url, "06-mnist-mlp-charts.png", must, size=(1600, 1400))
+        metrics = runs["mnist-mlp"].data.metrics
+        system = [k for k in metrics if k.startswith("system/")]
+        must += [f"Model metrics ({len(metrics) - len(system)})", f"System metrics ({len(system)})"]
+        must += ["3 matching runs"]
+        text = browser.text(url, "08-mnist-mlp-charts.png", must, size=(1600, 1400))
         assert all(m in text for m in must), text[:3000]
 
 
@@ -198,7 +242,7 @@ def test_report_page_renders_from_disk(pipeline, tmp_path):
     ]
     assert len(run_ids) == len(EXPERIMENTS)
     page = (pipeline / "reports" / "index.html").resolve()
-    dom = Chromium(tmp_path).dom(page.as_uri(), "07-report.png", size=(1300, 9000), budget_ms=2000)
+    dom = Chromium(tmp_path).dom(page.as_uri(), "09-report.png", size=(1300, 9000), budget_ms=2000)
     text = visible_text(dom)
     assert "SYNTHETIC DATA. The MNIST and CIFAR-10 results" in text
     assert "not run yet" not in text.lower() and "not produced yet" not in text
@@ -206,3 +250,38 @@ def test_report_page_renders_from_disk(pipeline, tmp_path):
         assert run_id in text
     assert "max_abs_error" in text and "test_accuracy" in text and "max_error" in text
     assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == 13
+
+
+def test_dvc_plots_diff_shows_two_experiments_confusion_matrices_side_by_side(pipeline, tmp_path):
+    """`dvc plots diff <expA> <expB>`: each experiment's own image, both on one page."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    target = "reports/mlp/confusion_matrix.png"
+    out = tmp_path / "diff"
+    cmd = [str(BIN / "dvc"), "plots", "diff", "lr-sweep-1", "lr-sweep-2", "--targets", target]
+    run([*cmd, "-o", str(out)], pipeline, env)
+    dom = Chromium(tmp_path).dom(
+        (out / "index.html").as_uri(), "10-dvc-plots-diff.png", size=(2100, 1000), budget_ms=2000
+    )
+    shown = re.findall(r'<img[^>]*src="([^"]+)"', dom)
+    assert len(shown) == 2, dom[:3000]
+    text = visible_text(dom)
+    assert target in text and "lr-sweep-1" in text and "lr-sweep-2" in text, text[:2000]
+    # Each image is that experiment's own picture, as its dvc.lock records it (and they differ).
+    for exp in ("lr-sweep-1", "lr-sweep-2"):
+        src = next(src for src in shown if exp in src)
+        assert (out / src).read_bytes() == cached_output(pipeline, env, exp, target)
+    assert (out / shown[0]).read_bytes() != (out / shown[1]).read_bytes()
+
+
+def cached_output(ws: Path, env: dict, exp: str, path: str) -> bytes:
+    """The bytes of output `path` in DVC experiment `exp`: its dvc.lock's md5, from the cache."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], ws, env).stdout
+    rev = next(r for r in refs.split() if r.endswith("/" + exp))  # refs/exps/<baseline>/<name>
+    lock = yaml.safe_load(run(["git", "show", f"{rev}:dvc.lock"], ws, env).stdout)
+    md5 = next(
+        out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", []) + stage.get("plots", [])
+        if out["path"] == path
+    )
+    return (ws / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).read_bytes()

@@ -6,6 +6,8 @@ import json
 import math
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.testing import assert_close
@@ -132,6 +134,12 @@ def test_stage_writes_reports_model_and_mlflow_run(tmp_path, params_file, tracki
     assert metrics["seconds"] > 0
     for name in ("solution.png", "error.png", "loss.png"):
         assert (reports / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The plot data DVC draws: the solution against sin x and the pointwise error.
+    table = pd.read_csv(reports / "solution.csv")
+    assert list(table.columns) == ["x", "u", "exact", "abs_error"] and len(table) == 1000
+    assert_close(table["exact"].to_numpy(), np.sin(table["x"].to_numpy()), atol=1e-15, rtol=0)
+    assert_close(table["abs_error"].to_numpy(), (table["u"] - table["exact"]).abs().to_numpy())
+    assert table["abs_error"].max() == pytest.approx(metrics["max_abs_error"], rel=1e-12)
 
     reloaded = pinn.evaluate(pinn.load_pinn(model), 1000)
     assert reloaded["max_abs_error"] == metrics["max_abs_error"]
@@ -142,10 +150,11 @@ def test_stage_writes_reports_model_and_mlflow_run(tmp_path, params_file, tracki
     assert run.data.tags["dvc.stage"] == "pinn"
     assert run.data.params["pinn.boundary"] == "hard"
     assert run.data.metrics["max_abs_error"] == pytest.approx(metrics["max_abs_error"])
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # tracking.system_metrics
     history = client.get_metric_history(run.info.run_id, "loss")
     assert len(history) > 10 and max(m.step for m in history) == 269
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "solution.png", "error.png", "loss.png"} <= artifacts
+    assert {"metrics.json", "solution.csv", "solution.png", "error.png", "loss.png"} <= artifacts
     logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     x = pinn.grid(7, torch.float64)
     with torch.no_grad():

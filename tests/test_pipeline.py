@@ -213,20 +213,44 @@ def test_full_repro_on_synthetic_data_then_nothing_to_do(tmp_path, tracking_uri)
         (r,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
         assert r.data.tags[f"data.{dataset}.md5"] == locked_md5[dataset]
         assert r.data.tags["data.source"] == "synthetic"
+        # The run's dataset inputs are the data dvc.lock records; its system metrics were sampled.
+        inputs = {
+            (i.dataset.name, i.dataset.digest, tag.value)
+            for i in r.inputs.dataset_inputs
+            for tag in i.tags
+            if tag.key == "mlflow.data.context"
+        }
+        assert inputs == {
+            (f"{dataset}-train", locked_md5[dataset], "training"),
+            (f"{dataset}-test", locked_md5[dataset], "testing"),
+        }
+        for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+            assert key in r.data.metrics, sorted(r.data.metrics)
 
-    # `dvc plots show` renders the five plots of dvc.yaml, each with data from this workspace.
+    # `dvc plots show` renders the plots of dvc.yaml, each with data from this workspace: the
+    # data-series plots with their templates, the classifier figures as images.
     shown = json.loads(run([dvc, "plots", "show", "--json"], ws, env).stdout)
     plots = shown["data"]
     assert not shown.get("errors"), shown.get("errors")
-    expected = {
+    series = {
         "MNIST MLP loss", "CIFAR-10 CNN loss", "Test accuracy",
         "MNIST MLP confusion matrix", "CIFAR-10 CNN confusion matrix",
+        "PINN solution", "PINN pointwise error",
     }  # fmt: skip
-    assert set(plots) == expected, sorted(plots)  # each drawn once, none again by default
-    assert all(plots[name] and plots[name][0].get("type") == "vega" for name in expected), {
-        k: str(v)[:300] for k, v in plots.items()
+    images = {
+        f"reports/{arch}/{name}.png"
+        for arch in ("mlp", "cnn")
+        for name in ("loss", "confusion_matrix", "per_class_accuracy", "predictions")
     }
-    assert (ws / "dvc_plots").exists() is False  # --json renders nothing to disk
+    assert set(plots) == series | images, sorted(plots)  # each drawn once, none again by default
+    kinds = {name: [p.get("type") for p in plots[name]] for name in plots}
+    assert all(kinds[name] == ["vega"] for name in series), kinds
+    assert all(kinds[name] == ["image"] for name in images), kinds
+    # --json renders no page; DVC copies each image where its `url` points (dvc_plots/).
+    assert not (ws / "dvc_plots" / "index.html").exists()
+    for name in images:
+        (entry,) = plots[name]
+        assert Path(entry["url"]).read_bytes() == (ws / name).read_bytes()
 
     lock_before = (ws / "dvc.lock").stat().st_mtime_ns
     start = time.perf_counter()

@@ -81,7 +81,8 @@ def test_report_shows_numbers_pictures_runs_and_flags_synthetic_data(tmp_path):
     assert "<title>appliedtorch report (SYNTHETIC DATA)</title>" in page
     assert "93.12 %" in page and "0.2346" in page and "4.6e-12" in page
     assert "1234abcd" * 5 in page and "uncommitted changes" in page
-    assert "http://127.0.0.1:5000/#/experiments/7/runs/" + "a" * 32 in page
+    link = "http://127.0.0.1:5000/#/experiments/7/runs/" + "a" * 32
+    assert link + "?workflowType=machine_learning" in page
     assert "d41d8cd9.dir" in page  # the data hash from the run's lineage tags
     assert "&lt;zero&gt;" in page and "<zero>" not in page  # class names are escaped
     # Macro averages among the key numbers, and one per-class table (the MLP's only).
@@ -139,7 +140,8 @@ def test_sections_match_dvc_yaml():
     report_deps = set(stages["report"]["deps"])
     assert stages["report"]["outs"] == ["reports/index.html"]
     for s in report.SECTIONS:
-        outs = {o if isinstance(o, str) else next(iter(o)) for o in stages[s.stage]["outs"]}
+        declared = stages[s.stage]["outs"] + stages[s.stage].get("plots", [])  # images: plots
+        outs = {o if isinstance(o, str) else next(iter(o)) for o in declared}
         metrics = {m if isinstance(m, str) else next(iter(m)) for m in stages[s.stage]["metrics"]}
         assert f"reports/{s.folder}/metrics.json" in metrics & report_deps
         for name, _ in s.figures:

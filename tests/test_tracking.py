@@ -123,3 +123,74 @@ def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
     with pytest.raises(TrackingError, match=expected), stage_run("unit-exp", "s", {"seed": 1}):
         raise AssertionError("the stage body must not run")
     assert time.monotonic() - start < 30
+
+
+def test_training_run_logs_its_datasets_and_is_found_by_them(tracking_uri):
+    """`data.<name>.md5` tags become MLflow dataset inputs: name, DVC md5 digest, source, split."""
+    tags = {"data.mnist.md5": "0123456789abcdef0123456789abcdef.dir", "data.source": "synthetic"}
+    with stage_run("unit-exp", "train_mlp", {"seed": 1}, None, tags) as run:
+        pass
+    with stage_run("unit-exp", "math_demos", {"seed": 1}, None, {}) as other:
+        pass
+    client = mlflow.MlflowClient(tracking_uri)
+    inputs = client.get_run(run.run_id).inputs.dataset_inputs
+    got = {
+        (d.dataset.name, d.dataset.digest, d.dataset.source_type, d.dataset.source, t.value)
+        for d in inputs
+        for t in d.tags
+        if t.key == "mlflow.data.context"
+    }
+    md5, source = tags["data.mnist.md5"], '{"uri": "synthetic"}'
+    assert got == {
+        ("mnist-train", md5, "dvc", source, "training"),
+        ("mnist-test", md5, "dvc", source, "testing"),
+    }
+    assert client.get_run(other.run_id).inputs.dataset_inputs == []
+    exp = client.get_experiment_by_name("unit-exp").experiment_id
+    found = client.search_runs([exp], filter_string=f"dataset.digest = '{md5}'")
+    assert [r.info.run_id for r in found] == [run.run_id]
+    found = client.search_runs([exp], filter_string="dataset.name = 'mnist-test'")
+    assert [r.info.run_id for r in found] == [run.run_id]
+
+
+def test_experiments_are_marked_model_training_unless_a_person_chose(tracking_uri):
+    """MLflow 3's UI opens `custom_model_development` experiments on their runs table."""
+    client = mlflow.MlflowClient(tracking_uri)
+    with stage_run("new-exp", "pinn", {"seed": 1}):
+        pass
+    assert client.get_experiment_by_name("new-exp").tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+    old = client.create_experiment("old-exp")  # made before the tag existed: marked on next run
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    for name in ("old-exp", "chosen"):
+        with stage_run(name, "pinn", {"seed": 1}):
+            pass
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_system_metrics_are_sampled_when_asked(tracking_uri, monkeypatch):
+    import time
+
+    monkeypatch.delenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", raising=False)
+    with stage_run("unit-exp", "train_mlp", {"seed": 1}, system_metrics=True) as on:
+        time.sleep(2.5)  # the interval is 1 s: at least one sample
+    with stage_run("unit-exp", "train_mlp", {"seed": 1}) as off:
+        time.sleep(1.5)
+    client = mlflow.MlflowClient(tracking_uri)
+    metrics = client.get_run(on.run_id).data.metrics
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        assert key in metrics, sorted(metrics)
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert not [k for k in client.get_run(off.run_id).data.metrics if k.startswith("system/")]
+
+
+@pytest.mark.parametrize(
+    "exp_name, sweep",
+    [("lr-grid-1", "lr-grid"), ("lr-grid-12", "lr-grid"), ("curly-bass", None), (None, None)],
+)
+def test_sweep_is_the_name_of_a_queued_grid(exp_name, sweep):
+    from appliedtorch.core.tracking import sweep_name
+
+    assert sweep_name(exp_name) == sweep

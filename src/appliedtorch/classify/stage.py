@@ -64,7 +64,14 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
     # same; under torchrun every rank restores rank 0's reading of the state (see resume.py).
     resume = ResumeState.open(resume_path(model), fingerprint(logged_params, tags), world)
     with main_stage_run(  # the MLflow run on rank 0; one that records nothing elsewhere
-        world, experiment, f"train_{arch}", logged_params, p.tracking.uri, tags, resume.run_id
+        world,
+        experiment,
+        f"train_{arch}",
+        logged_params,
+        p.tracking.uri,
+        tags,
+        resume.run_id,
+        system_metrics=p.tracking.system_metrics,
     ) as run:
         resume.run_id = run.run_id
         result = train_classifier(

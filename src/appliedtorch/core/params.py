@@ -163,6 +163,8 @@ class TrackingParams(Section):
     uri: str = Field("sqlite:///mlflow.db", min_length=1, max_length=4096)
     # Register classifiers as mnist-mlp / cifar10-cnn; alias `champion` follows the best one.
     register_models: bool = False
+    # Sample CPU, memory (and GPU) use into a training run's system/* metrics (needs psutil).
+    system_metrics: bool = True
 
 
 class Params(Section):

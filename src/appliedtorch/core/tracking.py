@@ -7,12 +7,16 @@ One stage execution is one MLflow run:
         run.log_artifacts([Path("reports/math/metrics.json")])
 
 The run carries the lineage tags of the tracking contract (git.commit, git.dirty, dvc.stage,
-dvc.exp_name) and ends FAILED if the block raises.
+dvc.exp_name, and `sweep` for a named grid of queued experiments) and ends FAILED if the block
+raises. A run whose tags name a dataset (`data.<name>.md5`) also logs that dataset's train and
+test splits as MLflow dataset inputs; `system_metrics=True` records CPU, memory (and GPU) use.
+Every experiment is tagged as a model-training experiment (`mlflow.experimentKind`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -194,7 +198,22 @@ def lineage_tags(stage: str, root: Path) -> dict[str, str]:
     ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
+    if sweep := sweep_name(os.environ.get("DVC_EXP_NAME")):
+        tags["sweep"] = sweep
     return tags
+
+
+def sweep_name(exp_name: str | None) -> str | None:
+    """The sweep a queued experiment belongs to: `lr-grid` for `lr-grid-2`, else None.
+
+    `dvc exp run --queue -n lr-grid -S 'mlp.lr=choice(...)'` names the grid's experiments
+    `lr-grid-1`, `lr-grid-2`, ... (DVC refuses a name already used on the same baseline), so the
+    prefix names exactly that batch. DVC passes nothing else that tells one batch from another:
+    a grid queued without `-n` gets random names and no sweep tag (and a lone experiment named
+    like `model-2` is tagged `sweep=model`).
+    """
+    match = re.fullmatch(r"(.+)-(\d+)", exp_name or "")
+    return match.group(1) if match else None
 
 
 def dvc_md5(path: str | os.PathLike) -> str:
@@ -229,6 +248,22 @@ def data_tags(name: str, path: str | os.PathLike, source: str) -> dict[str, str]
     return {f"data.{name}.md5": dvc_md5(path), "data.source": source}
 
 
+# Dataset inputs: each dataset a run's tags name (`data.<name>.md5`) is logged as two splits.
+SPLITS = (("train", "training"), ("test", "testing"))
+
+
+def dataset_inputs(tags: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(name, digest, source, context) of every split a run read, from its `data.*` tags:
+    `("mnist-train", <DVC md5 of data/raw/mnist>, "synthetic", "training")`, ..."""
+    source = str(tags.get("data.source", ""))
+    out = []
+    for key, md5 in tags.items():
+        match = re.fullmatch(r"data\.(.+)\.md5", key)
+        if match:
+            out += [(f"{match.group(1)}-{split}", str(md5), source, ctx) for split, ctx in SPLITS]
+    return out
+
+
 def params_md5(params: Mapping[str, Any]) -> str:
     """A stable hash of the params a run used (canonical JSON)."""
     return json_md5(dict(params))
@@ -255,6 +290,18 @@ class StageRun:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_datasets(self, inputs: Sequence[tuple[str, str, str, str]]) -> None:
+        """Log (name, digest, source, context) datasets as the run's inputs (see `dataset_inputs`).
+
+        The digest is DVC's md5 of the data directory, so a run can be matched with `dvc.lock`
+        and found with `search_runs(filter_string="dataset.digest = '<md5>'")`.
+        """
+        from mlflow.data.meta_dataset import MetaDataset
+
+        for name, digest, source, context in inputs:
+            dataset = MetaDataset(_dvc_dataset_source()(source), name=name, digest=digest)
+            self._mlflow.log_input(dataset, context=context)
 
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
         """Log report files (directories are logged recursively); missing paths are skipped."""
@@ -335,6 +382,42 @@ class StageRun:
 
 
 CHAMPION = "champion"
+
+
+@functools.cache
+def _dvc_dataset_source() -> type:
+    """An mlflow DatasetSource for data DVC fetched (built on first use: mlflow loads lazily)."""
+    from mlflow.data.dataset_source import DatasetSource
+
+    class DVCDatasetSource(DatasetSource):
+        """Where the download stage fetched the data: `data.source` (upstream, synthetic, a mirror)."""
+
+        def __init__(self, uri: str):
+            self.uri = uri
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return "dvc"
+
+        def load(self) -> str:
+            return self.uri
+
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source: Any) -> DatasetSource:
+            return cls(str(raw_source))
+
+        def to_dict(self) -> dict[str, Any]:
+            return {"uri": self.uri}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict[Any, Any]) -> DatasetSource:
+            return cls(source_dict["uri"])
+
+    return DVCDatasetSource
 
 
 def should_promote(new: Mapping[str, str], champion: Mapping[str, str] | None) -> tuple[bool, str]:
@@ -490,6 +573,24 @@ def ensure_schema(uri: str, timeout: float = 600.0) -> None:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
+# MLflow's per-experiment kind: its UI's "create experiment" dialog sets this tag, and a UI that
+# routes by kind opens model-training experiments on their runs table and charts, GenAI ones on a
+# traces overview. MLflow 3.17's UI routes by its global GenAI / Model training switch instead
+# (default GenAI), so links also carry `?workflowType=machine_learning` (README, report).
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+
+# Seconds between system-metric samples: MLflow's default (10 s) records nothing for a run that
+# ends sooner, and one sample a second costs nothing next to training.
+SYSTEM_METRICS_INTERVAL = 1.0
+
+
+def mark_model_training(client: Any, experiment: Any) -> None:
+    """Tag `experiment` as model training unless a kind is already set (by a person, in the UI)."""
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+
+
 @contextlib.contextmanager
 def stage_run(
     experiment: str,
@@ -498,12 +599,15 @@ def stage_run(
     uri: str | None = None,
     tags: Mapping[str, Any] | None = None,
     resume_run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[StageRun]:
     """Start one MLflow run for one stage execution; end it FINISHED, or FAILED if the block raises.
 
     `resume_run_id` (from a training checkpoint) continues that run, tagged `resumed: true`;
     if it cannot be reopened (e.g. another tracking store), a new run links to it with the tag
-    `resumed_from`.
+    `resumed_from`. `system_metrics` samples CPU, memory, disk, network (and GPU) use into
+    `system/*` metrics every SYSTEM_METRICS_INTERVAL seconds (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+    wins). Datasets named by `data.<name>.md5` tags are logged as inputs (`dataset_inputs`).
     """
     root = repo_root()
     tracking_uri = resolve_tracking_uri(uri)  # anchored at the params file's repository
@@ -523,18 +627,23 @@ def stage_run(
                 location = (db.parent / "mlartifacts" / experiment).as_uri()
             # Another stage may create it concurrently: then it already exists, which is fine.
             with contextlib.suppress(mlflow.exceptions.MlflowException):
-                mlflow.create_experiment(experiment, artifact_location=location)
-        mlflow.set_experiment(experiment)
+                mlflow.create_experiment(
+                    experiment, artifact_location=location, tags=EXPERIMENT_TAGS
+                )
+        exp = mlflow.set_experiment(experiment)
+        mark_model_training(mlflow.MlflowClient(), exp)
+        if system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
         exp_name = os.environ.get("DVC_EXP_NAME")
         run_name = (
             f"{stage}@{exp_name}" if exp_name else f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         resume_tags: dict[str, str] = {}
-        active = _reopen_run(mlflow, resume_run_id) if resume_run_id else None
+        active = _reopen_run(mlflow, resume_run_id, system_metrics) if resume_run_id else None
         if active is not None:
             resume_tags = {"resumed": "true"}
         else:
-            active = mlflow.start_run(run_name=run_name)
+            active = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
             if resume_run_id:
                 resume_tags = {"resumed_from": resume_run_id}
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
@@ -550,6 +659,7 @@ def stage_run(
             | resume_tags
         )
         mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
+        run.log_datasets(dataset_inputs(dict(tags or {})))
         log.info("MLflow run %s in experiment '%s' at %s", run.run_id, experiment, tracking_uri)
         yield run
     except BaseException as exc:
@@ -600,10 +710,10 @@ def _raised_in_mlflow(exc: BaseException) -> bool:
     return False
 
 
-def _reopen_run(mlflow: Any, run_id: str) -> Any:
+def _reopen_run(mlflow: Any, run_id: str, system_metrics: bool = False) -> Any:
     """Continue an interrupted run; None (with a warning) if this store does not have it."""
     try:
-        return mlflow.start_run(run_id=run_id)
+        return mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
     except mlflow.exceptions.MlflowException as exc:
         log.warning(
             "cannot continue MLflow run %s (%s); starting a new one", run_id, first_line(exc)

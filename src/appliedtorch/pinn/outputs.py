@@ -85,11 +85,15 @@ def loss_log_points(result: PINNResult, max_points: int = 100) -> list[tuple[int
 def write_reports(
     result: PINNResult, reports: str | Path, n_points: int = 1000
 ) -> tuple[dict[str, float], list[Path]]:
-    """solution.png, error.png, loss.png, then metrics.json (last: it marks a complete run).
+    """solution.csv, solution.png, error.png, loss.png, then metrics.json (last: it marks a
+    complete run). solution.csv (x, u, exact, abs_error on the evaluation grid) is the data DVC
+    draws as the solution and pointwise-error plots (dvc.yaml `plots:`).
 
     Returns the metrics and the paths written."""
+    import pandas as pd
+
     from appliedtorch.core.plots import save_figure
-    from appliedtorch.core.utils import write_json
+    from appliedtorch.core.utils import write_json, write_text
     from appliedtorch.pinn import figures as plots
 
     reports = Path(reports)
@@ -97,6 +101,8 @@ def write_reports(
     with torch.no_grad():
         u, exact = result.net(x).squeeze(1).numpy(), exact_solution(x).squeeze(1).numpy()
     xs = x.squeeze(1).numpy()
+    table = pd.DataFrame({"x": xs, "u": u, "exact": exact, "abs_error": abs(u - exact)})
+    write_text(reports / "solution.csv", table.to_csv(index=False))
     figures = {
         "solution.png": plots.pinn_solution_figure(xs, u, exact),
         "error.png": plots.pinn_error_figure(xs, abs(u - exact)),
@@ -106,7 +112,7 @@ def write_reports(
         save_figure(fig, reports / name)
     metrics = summary_metrics(result, n_points)
     write_json(reports / "metrics.json", metrics)
-    return metrics, [reports / name for name in (*figures, "metrics.json")]
+    return metrics, [reports / name for name in ("solution.csv", *figures, "metrics.json")]
 
 
 def input_example(net: PINNNet, k: int = 5) -> Any:

@@ -246,6 +246,7 @@ def _section(loaded: _Loaded, run: Mapping[str, Any] | None, ui_base: str | None
     run_url = None
     if run and ui_base:
         run_url = f"{ui_base.rstrip('/')}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+        run_url += "?workflowType=machine_learning"  # MLflow 3's UI otherwise starts in GenAI mode
     show_figures = loaded.problem != "not run yet" or any(loaded.figures.values())
     return {
         "stage": s.stage,
