@@ -82,7 +82,7 @@ class MLPParams(Section):
     train_limit: int | None = Field(None, gt=0, le=MAX_SAMPLES)
     eval_batch_size: int = Field(2048, gt=0, le=MAX_BATCH)
     # bfloat16 autocast: auto = where the device computes bf16 natively (core/hardware.py)
-    bf16: Literal["auto"] | bool = "auto"
+    bf16: Literal["auto"] | bool = False  # measured slower in bf16: see params.yaml
     compile: bool = False  # torch.compile the model (first epoch pays the compile time)
     # 1: small GEMMs; 2 threads gained ~10% on the quiet 2-core CPU but lost 3x with another process
     # busy (spinning), and waking sleeping threads (OMP_WAIT_POLICY=PASSIVE) cost more than they gave
