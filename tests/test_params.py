@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -105,7 +106,7 @@ def test_missing_file(tmp_path):
     ],
 )
 def test_checker_cli_exits_2_with_one_line(params_file, overrides, message):
-    """`python -m appliedtorch.core.params` reports like every stage: one line, exit 2, no traceback."""
+    """`python -m appliedtorch.params` reports like every stage: one line, exit 2, no traceback."""
     path = params_file(overrides)
     proc = run_script("src/appliedtorch/params.py", path)
     assert proc.returncode == 2
@@ -271,3 +272,22 @@ def test_accepted_devices_are_exactly_what_torch_parses_unchanged(params_file, d
     except RuntimeError:
         parsed = False
     assert accepted == (parsed and not device.startswith("cpu:")), (device, accepted, parsed)
+
+
+def test_checker_output_piped_into_head_is_quiet(tmp_path):
+    """`python -m appliedtorch.params params.yaml | head -1`: no BrokenPipeError traceback."""
+    import subprocess
+
+    from conftest import PYTHON, REPO
+
+    proc = subprocess.run(
+        f"{PYTHON} -m appliedtorch.params {REPO / 'params.yaml'} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # one write per line: the pipe closes early
+    )
+    assert proc.stdout.startswith(f"{REPO / 'params.yaml'}: ok")
+    assert proc.stderr == ""

@@ -84,3 +84,6 @@ def run_stage(main: Callable[[], object]) -> None:
         name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (SIGINT)"
         print(f"error: {name}", file=sys.stderr)
         sys.exit(128 + int(signum))
+    except BrokenPipeError:  # stdout piped into `head` and closed: stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for such a pipe

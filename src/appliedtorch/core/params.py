@@ -315,6 +315,7 @@ def parse_params(raw: Any, name: str = "params.yaml") -> Params:
 
 
 _SECTIONS = [f for f, info in Params.model_fields.items() if info.is_required()]
+REQUIRED_SECTIONS = tuple(_SECTIONS)  # what every params.yaml must hold
 
 
 def _check_duplicates(node: yaml.Node, path: tuple[str, ...] = ()) -> None:
@@ -404,24 +405,3 @@ def run_params(params: Params, section: str) -> dict[str, Any]:
         "seed": params.seed,
         "device": params.device,
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m appliedtorch.core.params [params.yaml]`: validate a params file and print its sections."""
-    import sys
-
-    from appliedtorch.core.cli import run_stage
-
-    path = (argv if argv is not None else sys.argv[1:]) or ["params.yaml"]
-
-    def check() -> None:
-        params = load_params(path[0])
-        print(f"{path[0]}: ok ({', '.join(_SECTIONS)})")
-        for key, value in flatten(params.model_dump()).items():
-            print(f"  {key} = {value}")
-
-    run_stage(check)
-
-
-if __name__ == "__main__":
-    main()

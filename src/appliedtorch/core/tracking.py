@@ -603,7 +603,7 @@ def stage_run(
 ) -> Iterator[StageRun]:
     """Start one MLflow run for one stage execution; end it FINISHED, or FAILED if the block raises.
 
-    `resume_run_id` (from a training checkpoint) continues that run, tagged `resumed: true`;
+    `resume_run_id` (from a resume state) continues that run, tagged `resumed: true`;
     if it cannot be reopened (e.g. another tracking store), a new run links to it with the tag
     `resumed_from`. `system_metrics` samples CPU, memory, disk, network (and GPU) use into
     `system/*` metrics every SYSTEM_METRICS_INTERVAL seconds (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
@@ -618,34 +618,10 @@ def stage_run(
     mlflow.set_tracking_uri(tracking_uri)
     try:
         ensure_schema(tracking_uri)
-        exp = mlflow.get_experiment_by_name(experiment)
-        if exp is None:
-            location = None
-            if tracking_uri.startswith("sqlite:"):
-                # Keep artifacts beside the database, not wherever the stage happened to run.
-                db = Path(tracking_uri.removeprefix("sqlite:///"))
-                location = (db.parent / "mlartifacts" / experiment).as_uri()
-            # Another stage may create it concurrently: then it already exists, which is fine.
-            with contextlib.suppress(mlflow.exceptions.MlflowException):
-                mlflow.create_experiment(
-                    experiment, artifact_location=location, tags=EXPERIMENT_TAGS
-                )
-        exp = mlflow.set_experiment(experiment)
-        mark_model_training(mlflow.MlflowClient(), exp)
+        _open_experiment(mlflow, experiment, tracking_uri)
         if system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
             mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
-        exp_name = os.environ.get("DVC_EXP_NAME")
-        run_name = (
-            f"{stage}@{exp_name}" if exp_name else f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
-        resume_tags: dict[str, str] = {}
-        active = _reopen_run(mlflow, resume_run_id, system_metrics) if resume_run_id else None
-        if active is not None:
-            resume_tags = {"resumed": "true"}
-        else:
-            active = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
-            if resume_run_id:
-                resume_tags = {"resumed_from": resume_run_id}
+        active, resume_tags = _start_run(mlflow, stage, resume_run_id, system_metrics)
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
         raise TrackingError(
             f"cannot use MLflow tracking at {redact(tracking_uri)}: {_first_line(exc)}"
@@ -663,18 +639,7 @@ def stage_run(
         log.info("MLflow run %s in experiment '%s' at %s", run.run_id, experiment, tracking_uri)
         yield run
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        not_ended = _end_run(mlflow, status)
-        ended = f"the run ended {status}"
-        if not_ended:
-            ended = f"the run could not be ended ({not_ended}) and stays RUNNING"
-        if _raised_in_mlflow(exc) and not isinstance(exc, KeyboardInterrupt):
-            raise TrackingError(
-                f"MLflow tracking at {redact(tracking_uri)} failed during run {run.run_id}: "
-                f"{_first_line(exc)}; {ended}"
-            ) from None
-        if not_ended and isinstance(exc, AppliedTorchError):
-            exc.args = (f"{exc}; MLflow: {ended}",)  # still one line
+        _end_failed(mlflow, run, exc, tracking_uri)
         raise
     else:
         not_ended = _end_run(mlflow, "FINISHED")
@@ -683,6 +648,53 @@ def stage_run(
                 f"cannot end MLflow run {run.run_id} at {redact(tracking_uri)}: {not_ended}; "
                 "it stays RUNNING (the stage's outputs are written)"
             )
+
+
+def _open_experiment(mlflow: Any, experiment: str, tracking_uri: str) -> None:
+    """Create `experiment` if needed (artifacts beside an sqlite database), make it active and
+    mark it as a model-training experiment."""
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = None
+        if tracking_uri.startswith("sqlite:"):
+            # Keep artifacts beside the database, not wherever the stage happened to run.
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            location = (db.parent / "mlartifacts" / experiment).as_uri()
+        # Another stage may create it concurrently: then it already exists, which is fine.
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
+    exp = mlflow.set_experiment(experiment)
+    mark_model_training(mlflow.MlflowClient(), exp)
+
+
+def _start_run(
+    mlflow: Any, stage: str, resume_run_id: str | None, system_metrics: bool
+) -> tuple[Any, dict[str, str]]:
+    """The active run: `resume_run_id` reopened (tag `resumed`), or a new one, linked to the run
+    it could not reopen (tag `resumed_from`). Named `<stage>@<dvc exp name>` under `dvc exp`."""
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    run_name = f"{stage}@{exp_name}" if exp_name else f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    active = _reopen_run(mlflow, resume_run_id, system_metrics) if resume_run_id else None
+    if active is not None:
+        return active, {"resumed": "true"}
+    active = mlflow.start_run(run_name=run_name, log_system_metrics=system_metrics)
+    return active, ({"resumed_from": resume_run_id} if resume_run_id else {})
+
+
+def _end_failed(mlflow: Any, run: StageRun, exc: BaseException, tracking_uri: str) -> None:
+    """End the run KILLED (a signal) or FAILED as the stage's block raised `exc`. A failure inside
+    MLflow itself becomes one TrackingError line; a run that cannot be ended is said so."""
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    not_ended = _end_run(mlflow, status)
+    ended = f"the run ended {status}"
+    if not_ended:
+        ended = f"the run could not be ended ({not_ended}) and stays RUNNING"
+    if _raised_in_mlflow(exc) and not isinstance(exc, KeyboardInterrupt):
+        raise TrackingError(
+            f"MLflow tracking at {redact(tracking_uri)} failed during run {run.run_id}: "
+            f"{_first_line(exc)}; {ended}"
+        ) from None
+    if not_ended and isinstance(exc, AppliedTorchError):
+        exc.args = (f"{exc}; MLflow: {ended}",)  # still one line
 
 
 def _first_line(exc: BaseException) -> str:

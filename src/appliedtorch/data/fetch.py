@@ -38,8 +38,8 @@ from typing import Any
 from torchvision.datasets.utils import USER_AGENT, calculate_md5
 from tqdm import tqdm
 
+import appliedtorch.data.synthetic as synthetic
 from appliedtorch.core.errors import DataError
-from appliedtorch.data import synthetic
 from appliedtorch.data.loading import (
     CIFAR10_BATCHES,
     DEFAULT_SIZES,
@@ -475,6 +475,27 @@ def _shutdown(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+def _progress_bar(url: str, total: int | None, quiet: bool) -> tqdm:
+    """A byte progress bar for one download, shown only on a terminal (never when `quiet`)."""
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc=Path(url).name,
+        disable=True if quiet else None,  # None: only on a terminal
+    )
+
+
+def _http_error(exc: urllib.error.HTTPError) -> _FetchError:
+    """An HTTP error answer as a fetch error: 4xx will not change on retry (408 and 429 might);
+    5xx is the server's trouble and is retried."""
+    permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
+    reason = (
+        "not found (HTTP 404)" if exc.code == 404 else f"HTTP {exc.code} {_brief(exc.reason, 60)}"
+    )
+    return _FetchError(reason, permanent=permanent, missing=exc.code in (404, 410))
+
+
 def _fetch(
     url: str,
     dest: Path,
@@ -501,16 +522,7 @@ def _fetch(
                 total = response.length
                 if total is not None and total > max_bytes:
                     raise _FetchError(f"{total} bytes announced, {too_big}", permanent=True)
-                with (
-                    open(dest, "wb") as fh,
-                    tqdm(
-                        total=total,
-                        unit="B",
-                        unit_scale=True,
-                        desc=Path(url).name,
-                        disable=True if quiet else None,  # None: only on a terminal
-                    ) as bar,
-                ):
+                with open(dest, "wb") as fh, _progress_bar(url, total, quiet) as bar:
                     while chunk := response.read(1 << 20):
                         done += len(chunk)
                         if done > max_bytes:
@@ -520,14 +532,7 @@ def _fetch(
         except _FetchError:
             raise
         except urllib.error.HTTPError as exc:
-            # 4xx will not change on retry (408 and 429 might); 5xx is the server's trouble.
-            permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
-            reason = (
-                "not found (HTTP 404)"
-                if exc.code == 404
-                else f"HTTP {exc.code} {_brief(exc.reason, 60)}"
-            )
-            raise _FetchError(reason, permanent=permanent, missing=exc.code in (404, 410)) from None
+            raise _http_error(exc) from None
         except urllib.error.URLError as exc:
             if deadline.expired:
                 raise _too_slow(file_timeout, done) from None

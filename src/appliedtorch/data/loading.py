@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10, MNIST
 
+import appliedtorch.data.synthetic as synthetic
 from appliedtorch.core.errors import DataError
-from appliedtorch.data import synthetic
 
 log = logging.getLogger(__name__)
 

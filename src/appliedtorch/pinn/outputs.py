@@ -92,9 +92,9 @@ def write_reports(
     Returns the metrics and the paths written."""
     import pandas as pd
 
+    import appliedtorch.pinn.figures as plots
     from appliedtorch.core.plots import save_figure
     from appliedtorch.core.utils import write_json, write_text
-    from appliedtorch.pinn import figures as plots
 
     reports = Path(reports)
     x = grid(n_points, next(result.net.parameters()).dtype)
