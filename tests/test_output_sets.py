@@ -95,22 +95,40 @@ def test_a_rename_failing_at_any_file_puts_the_previous_set_back(
     assert not leftovers(tmp_path)
 
 
-def test_a_signal_during_the_moves_waits_until_the_set_is_complete(previous, tmp_path, monkeypatch):
-    """SIGTERM arriving between two renames is held: the whole set lands, then the stage stops."""
+@pytest.mark.parametrize("to", ["process", "another thread"])
+def test_a_signal_during_the_moves_waits_until_the_set_is_complete(
+    to, previous, tmp_path, monkeypatch
+):
+    """SIGTERM arriving between two renames is held: the whole set lands, then the stage stops.
+
+    Also when the kernel hands the signal to another thread (a stage has several: MLflow's
+    system-metrics sampler, tqdm's monitor): a signal mask set in the main thread misses that.
+    """
+    import threading
+
     from appliedtorch.core.cli import Terminated, signals_raise
 
     models, reports, _ = previous
     real_replace, sent = os.replace, []
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
 
     def replace(src, dst):
         if ".outputs." in str(src) and ".outputs." not in str(dst) and not sent:
             sent.append(dst)
-            os.kill(os.getpid(), signal.SIGTERM)  # delivered at once unless held
+            if to == "process":
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered at once unless held
+            else:
+                signal.pthread_kill(other.ident, signal.SIGTERM)
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(Terminated), signals_raise():
-        write_set(models, reports, "new")
+    try:
+        with pytest.raises(Terminated), signals_raise():
+            write_set(models, reports, "new")
+    finally:
+        stop.set()
     assert sent
     assert (reports / "new.txt").read_text() == "new"  # the last file of the set arrived
     assert all(b"old" not in v for v in tree(tmp_path).values())

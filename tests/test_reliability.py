@@ -446,7 +446,9 @@ def test_signalled_training_is_one_line_and_ends_its_mlflow_run(
     assert "Traceback" not in err
     assert [e for e in err.splitlines() if e.startswith("error:")] == [line]
     assert err.strip().splitlines()[-1] == line
-    assert took < 10, took
+    # A hang guard, not a speed check: ~5 s on a quiet machine (Python and MLflow shutting
+    # down), 23 s seen during a full test run on the 2 cores.
+    assert took < 45, took
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id])
     assert run.info.status == "KILLED"

@@ -220,17 +220,28 @@ def _destination(path: Path) -> Path:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Delay SIGINT and SIGTERM until the block ends (main thread, POSIX; else a no-op)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "pthread_sigmask"
-    ):
+    """Delay SIGINT and SIGTERM until the block ends, then deliver them (main thread; else a
+    no-op). The handlers are swapped rather than the signal mask set: a mask covers only the
+    thread that sets it, and a process-directed signal reaches any thread that does not mask it
+    (MLflow's system-metrics sampler, tqdm's monitor), whose handler flag Python then acts on in
+    the main thread regardless of its mask."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    pending: list[int] = []
+
+    def defer(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.signal(s, defer) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)  # now handled as usual: Terminated, KeyboardInterrupt, ...
 
 
 def _pid_alive(pid: int) -> bool:

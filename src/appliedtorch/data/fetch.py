@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 import appliedtorch.data.synthetic as synthetic
 from appliedtorch.core.errors import DataError
+from appliedtorch.core.utils import signals_held
 from appliedtorch.data.loading import (
     CIFAR10_BATCHES,
     DEFAULT_SIZES,
@@ -202,7 +203,7 @@ def _replace_dir(new: Path, out: Path) -> None:
     missing with the previous dataset only under its `.old` name.
     """
     old = None
-    with _signals_held():
+    with signals_held():
         if out.exists():
             old = out.with_name(f".{out.name}.{os.getpid()}.old")
             os.replace(out, old)
@@ -214,24 +215,6 @@ def _replace_dir(new: Path, out: Path) -> None:
             raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _signals_held() -> Any:
-    """Delay SIGINT and SIGTERM until the block ends (main thread, POSIX; else a no-op)."""
-    import signal
-
-    held = {signal.SIGINT, signal.SIGTERM}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "pthread_sigmask"
-    ):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _write_synthetic(name: str, staging: Path, seed: int, n_train: int, n_test: int) -> None:
