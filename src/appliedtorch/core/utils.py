@@ -244,7 +244,8 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(s)  # now handled as usual: Terminated, KeyboardInterrupt, ...
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -370,5 +371,5 @@ def _remove_stale_staging(directory: Path) -> None:
     """Remove `.outputs.<pid>.tmp/` left in `directory` by a process that no longer runs."""
     for p in directory.iterdir():
         m = _STAGING.fullmatch(p.name)
-        if m and int(m[1]) != os.getpid() and not _pid_alive(int(m[1])):
+        if m and int(m[1]) != os.getpid() and not pid_alive(int(m[1])):
             shutil.rmtree(p, ignore_errors=True)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 import appliedtorch.data.synthetic as synthetic
 from appliedtorch.core.errors import DataError
-from appliedtorch.core.utils import signals_held
+from appliedtorch.core.utils import pid_alive, signals_held
 from appliedtorch.data.loading import (
     CIFAR10_BATCHES,
     DEFAULT_SIZES,
@@ -135,16 +135,6 @@ def download(
     return record
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, another user's
-        return True
-    return True
-
-
 def remove_stale_staging(out: Path) -> list[Path]:
     """Remove `.<name>.<pid>.*.tmp` / `.<name>.<pid>.old` beside `out` whose process is gone
     (a download killed by SIGKILL or a power cut); return what was removed."""
@@ -153,7 +143,7 @@ def remove_stale_staging(out: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for p in out.parent.iterdir():
             m = pattern.fullmatch(p.name)
-            if not m or int(m[1]) == os.getpid() or _pid_alive(int(m[1])):
+            if not m or int(m[1]) == os.getpid() or pid_alive(int(m[1])):
                 continue
             if p.name.endswith(".old") and not out.exists():
                 # Killed between moving the old dataset aside and the new one in: put it back.
