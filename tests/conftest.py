@@ -98,6 +98,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(
+    url: str, proc: subprocess.Popen, log_path: Path, timeout: float, interval: float
+) -> None:
+    """Poll `url` until it answers; RuntimeError with the log's tail if `proc` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(log_path.read_text()[-2000:]) from None
+            time.sleep(interval)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server process; kill it if it has not gone within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def serve_mlflow(
     backend_uri: str,
@@ -135,23 +160,11 @@ def serve_mlflow(
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
         )
         try:
-            deadline = time.monotonic() + 180  # a fresh PostgreSQL schema migrates at start
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                        break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(log_path.read_text()[-2000:]) from None
-                    time.sleep(0.5)
+            # A fresh PostgreSQL schema migrates at start: up to 180 s.
+            wait_for_http(f"{uri}/health", proc, log_path, timeout=180, interval=0.5)
             yield uri
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 @pytest.fixture

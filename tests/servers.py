@@ -18,12 +18,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import free_port
+from conftest import free_port, stop, wait_for_http
 
 BIN = Path(sys.executable).parent
 # moto accepts any credentials; these are what the servers and DVC are given in the tests.
@@ -114,7 +112,6 @@ def postgres_cluster(log_path: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def s3_server(log_path: Path, buckets: tuple[str, ...] = ()) -> Iterator[str]:
     """moto's standalone S3-compatible server on 127.0.0.1 with `buckets` created; yields its URL."""
-    import boto3
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -125,44 +122,31 @@ def s3_server(log_path: Path, buckets: tuple[str, ...] = ()) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
-                        break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(log_path.read_text()[-2000:]) from None
-                    time.sleep(0.3)
-            s3 = boto3.client(
-                "s3",
-                endpoint_url=url,
-                aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
-            )
+            wait_for_http(f"{url}/moto-api/", proc, log_path, timeout=60, interval=0.3)
+            s3 = s3_client(url)
             for bucket in buckets:
                 s3.create_bucket(Bucket=bucket)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
-def s3_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
-    """Every object key under `prefix` in `bucket` on the S3 server at `endpoint`."""
+def s3_client(endpoint: str):  # a boto3 S3 client
+    """A boto3 S3 client for the test server at `endpoint`, with the test credentials."""
     import boto3
 
-    s3 = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
     )
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+
+
+def s3_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
+    """Every object key under `prefix` in `bucket` on the S3 server at `endpoint`."""
+    pages = (
+        s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    )
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]

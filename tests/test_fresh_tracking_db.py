@@ -15,7 +15,7 @@ import time
 import mlflow
 import pytest
 import yaml
-from test_pipeline import BIN, make_workspace, run
+from test_pipeline import BIN, make_workspace, run, run_queue
 
 from conftest import PYTHON, REPO
 
@@ -125,17 +125,7 @@ def test_queued_experiments_started_together_on_a_new_database(tmp_path):
     for lr in (0.02, 0.05):
         out = run([dvc, "exp", "run", "--queue", "-S", f"math.gd_lr={lr}"], ws, env)
         names.append(re.search(r"Queued experiment '([^']+)'", out.stdout).group(1))
-    try:
-        run([dvc, "queue", "start", "-j", "2"], ws, env)
-        deadline = time.monotonic() + 400
-        while True:
-            status = run([dvc, "queue", "status"], ws, env).stdout
-            if not re.search(r"\b(Queued|Running)\b", status):
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(2)
-    finally:
-        run([dvc, "queue", "stop", "--kill"], ws, env, check=False)
+    status = run_queue(ws, env, jobs=2, timeout=400, kill=True)
     for name in names:
         assert re.search(rf"{name}\s.*Success", status), (
             status + run([dvc, "queue", "logs", name], ws, env, check=False).stdout

@@ -63,6 +63,25 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     return proc
 
 
+def run_queue(ws: Path, env: dict, jobs: int = 1, timeout: float = 600, kill: bool = False) -> str:
+    """`dvc queue start -j jobs`, wait until nothing is queued or running; `dvc queue status`."""
+    import re
+    import time
+
+    dvc = str(BIN / "dvc")
+    try:
+        run([dvc, "queue", "start", "-j", str(jobs)], ws, env)
+        deadline = time.monotonic() + timeout
+        while True:
+            status = run([dvc, "queue", "status"], ws, env).stdout
+            if not re.search(r"\b(Queued|Running)\b", status):
+                return status
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        run([dvc, "queue", "stop", *(["--kill"] if kill else [])], ws, env, check=False)
+
+
 def make_workspace(root: Path, overrides: dict, tracking_uri: str) -> tuple[Path, dict]:
     """Copy the project into a fresh git+DVC repository; return it and the env to run DVC in."""
     ws = root / "ws"

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
-from test_pipeline import BIN, make_workspace, run
+from test_pipeline import BIN, make_workspace, run, run_queue
 
 SWEEP = (0.02, 0.05)
 
@@ -41,17 +40,7 @@ def test_queued_sweep_is_one_mlflow_run_per_experiment_in_the_workspace_db(
     for lr in SWEEP:
         out = run([dvc, "exp", "run", "--queue", "-S", f"math.gd_lr={lr}", "math_demos"], ws, env)
         names[lr] = re.search(r"Queued experiment '([^']+)'", out.stdout).group(1)
-    try:
-        run([dvc, "queue", "start"], ws, env)
-        deadline = time.monotonic() + 600
-        while True:
-            status = run([dvc, "queue", "status"], ws, env).stdout
-            if not re.search(r"\b(Queued|Running)\b", status):
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(2)
-    finally:
-        run([dvc, "queue", "stop"], ws, env, check=False)
+    status = run_queue(ws, env, jobs=1, timeout=600)
     for name in names.values():
         assert re.search(rf"{name}\s.*Success", status), status
 
@@ -137,17 +126,7 @@ def test_grid_sweep_runs_in_parallel_shares_a_sweep_tag_and_agrees_with_dvc(
     out = run([dvc, "exp", "run", "--queue", "-n", "lr-grid", "-S", grid, "train_mlp"], ws, env)
     names = re.findall(r"Queued experiment '([^']+)'", out.stdout)
     assert sorted(names) == ["lr-grid-1", "lr-grid-2", "lr-grid-3"], out.stdout
-    try:
-        run([dvc, "queue", "start", "-j", "2"], ws, env)
-        deadline = time.monotonic() + 600
-        while True:
-            status = run([dvc, "queue", "status"], ws, env).stdout
-            if not re.search(r"\b(Queued|Running)\b", status):
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(2)
-    finally:
-        run([dvc, "queue", "stop"], ws, env, check=False)
+    status = run_queue(ws, env, jobs=2, timeout=600)
     for name in names:
         assert re.search(rf"{name}\s.*Success", status), status
 
