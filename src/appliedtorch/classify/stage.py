@@ -55,7 +55,7 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
     device = f"cuda:{world.local_rank}" if world.backend == "nccl" else p.device
     config = TrainConfig.from_section(arch, getattr(p, arch), seed=p.seed, device=device)
     tags = {
-        **data_tags(dataset, data_dir, data.source),
+        **data_tags(dataset, data_dir, data.source, data.file_md5),  # md5s read once
         "device.resolved": resolve_device(p.device),
         "compute_dtype": "bfloat16" if config.bf16 else "float32",  # `bf16: auto`, resolved
     }

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from appliedtorch.core.errors import AppliedTorchError, TrackingError
-from appliedtorch.core.utils import first_line, json_md5
+from appliedtorch.core.utils import file_md5, first_line, json_md5
 
 log = logging.getLogger(__name__)
 
@@ -216,36 +216,33 @@ def sweep_name(exp_name: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def dvc_md5(path: str | os.PathLike) -> str:
+def dvc_md5(path: str | os.PathLike, known: Mapping[str, str] | None = None) -> str:
     """The hash DVC records in dvc.lock for `path`: a file's md5, or a directory's `<md5>.dir`.
 
     A directory's hash is the md5 of the JSON list of {"md5", "relpath"} entries sorted by
-    relpath, as dvc-data computes it, so a run's tag can be matched against dvc.lock.
+    relpath, as dvc-data computes it, so a run's tag can be matched against dvc.lock. `known`
+    holds md5s already computed ({relpath: md5}, e.g. by the dataset's check on loading).
     """
     path = Path(path)
     if path.is_file():
-        return _file_md5(path)
-    entries = [
-        {"md5": _file_md5(f), "relpath": f.relative_to(path).as_posix()}
-        for f in sorted(path.rglob("*"))
-        if f.is_file()
-    ]
+        return file_md5(path)
+    known = known or {}
+    entries = []
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            rel = f.relative_to(path).as_posix()
+            entries.append({"md5": known.get(rel) or file_md5(f), "relpath": rel})
     entries.sort(key=lambda e: e["relpath"])
     blob = json.dumps(entries, sort_keys=True).encode("utf-8")
     return hashlib.md5(blob).hexdigest() + ".dir"
 
 
-def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def data_tags(name: str, path: str | os.PathLike, source: str) -> dict[str, str]:
-    """Tags naming the exact data a run read: `data.<name>.md5` (DVC's hash) and `data.source`."""
-    return {f"data.{name}.md5": dvc_md5(path), "data.source": source}
+def data_tags(
+    name: str, path: str | os.PathLike, source: str, known: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Tags naming the exact data a run read: `data.<name>.md5` (DVC's hash) and `data.source`;
+    `known` as in `dvc_md5`."""
+    return {f"data.{name}.md5": dvc_md5(path, known), "data.source": source}
 
 
 # Dataset inputs: each dataset a run's tags name (`data.<name>.md5`) is logged as two splits.

@@ -103,6 +103,15 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def file_md5(path: str | os.PathLike) -> str:
+    """md5 of a file, read in 1 MiB chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def json_md5(obj: Any) -> str:
     """md5 of `obj` as canonical JSON (sorted keys; anything else as its str): a stable hash."""
     return hashlib.md5(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

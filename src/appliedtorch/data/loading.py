@@ -13,12 +13,11 @@ came from:
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import logging
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from torchvision.datasets import CIFAR10, MNIST
 
 import appliedtorch.data.synthetic as synthetic
 from appliedtorch.core.errors import DataError
+from appliedtorch.core.utils import file_md5
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class ImageData:
     test_labels: torch.Tensor
     classes: list[str]
     source: str  # upstream | synthetic | the mirror; results say so (MLflow tag data.source)
+    # {path relative to the dataset directory: md5} of the files checked on loading, so the
+    # run's DVC hash (tracking.data_tags) need not read them a second time
+    file_md5: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def synthetic(self) -> bool:
@@ -97,16 +100,17 @@ def load_dataset(name: str, root: str | os.PathLike) -> ImageData:
             f"{root} holds {record['dataset']}, not {name}; pass the {name} directory "
             f"(data/raw/{name}) or {_redo(name)}"
         )
-    check_files(root, record, name)
+    verified = check_files(root, record, name)
     try:
         arrays = _read_mnist(root) if name == "mnist" else _read_cifar10(root)
     except DataError as exc:
         raise DataError(f"{exc}; {_redo(name)}") from None
-    return ImageData(name=name, **arrays, source=record.get("source", "unknown"))
+    return ImageData(name=name, **arrays, source=record.get("source", "unknown"), file_md5=verified)
 
 
-def check_files(root: Path, record: dict[str, Any], name: str) -> None:
-    """Every file `source.json` lists is there with its size and md5 (DataError otherwise).
+def check_files(root: Path, record: dict[str, Any], name: str) -> dict[str, str]:
+    """Every file `source.json` lists is there with its size and md5 (DataError otherwise);
+    returns {relative path: md5} of the files checked.
 
     A stage script run by hand (not by `dvc repro`) gets no content check from DVC, and a
     same-size corruption passes a size check. md5 of the full datasets costs ~0.1-0.4 s
@@ -128,22 +132,18 @@ def check_files(root: Path, record: dict[str, Any], name: str) -> None:
                 f"{path} has {path.stat().st_size} bytes, {info['bytes']} expected "
                 f"(truncated or modified); {_redo(name)}"
             )
+    verified = {}
     for rel, info in files.items():
         path = root / rel
-        if "md5" in info and file_md5(path) != info["md5"]:
+        if "md5" not in info:
+            continue
+        verified[rel] = file_md5(path)
+        if verified[rel] != info["md5"]:
             raise DataError(
                 f"{path} does not match its md5 in {SOURCE_FILE} (modified or corrupt); "
                 f"{_redo(name)}"
             )
-
-
-def file_md5(path: str | os.PathLike) -> str:
-    """md5 of a file, read in 1 MiB chunks."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return verified
 
 
 def _read_record(root: Path, name: str) -> dict[str, Any]:
