@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
-from appliedtorch.classify.loop import TrainConfig, evaluate, model_args_for
+from appliedtorch.classify.loop import TrainConfig, evaluate, model_args_for, model_name
 from appliedtorch.classify.models import build_model
 from appliedtorch.core.hardware import cpu_description, cpu_peak_gflops
 from appliedtorch.core.params import PINNParams, load_params
@@ -128,7 +128,7 @@ def arithmetic(
 ) -> dict[str, Any]:
     """Achieved GFLOP/s of an epoch of `seconds` (FLOPs counted by torch) against the peak."""
     per_sample = flops.train_flops_per_sample(
-        arch, model_args_for(config, data), tuple(data.train_images.shape[1:])
+        model_name(config), model_args_for(config, data), tuple(data.train_images.shape[1:])
     )
     achieved = flops.achieved(per_sample, len(data.train_images), seconds)
     peak, how = peak_gflops(config.device, fmt, threads)

@@ -12,7 +12,8 @@ import sys
 from test_distributed import CONFIGS, make_data
 
 from appliedtorch.classify import distributed
-from appliedtorch.classify.loop import train_classifier
+from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
+from appliedtorch.classify.loop import evaluate, train_classifier
 
 
 def main() -> None:
@@ -24,6 +25,15 @@ def main() -> None:
             "history": [dataclasses.asdict(h) for h in result.history],
             "predictions": result.evaluation.predictions.tolist(),
         }
+        if world.is_main:  # the whole test set through rank 0's model, in this process alone
+            data = make_data(dataset)
+            test = Batches(data.test_images, data.test_labels, config.eval_batch_size,
+                           Normalizer(*NORMALIZATION[data.name]))  # fmt: skip
+            alone = evaluate(result.model, test)
+            out[name]["same_as_rank0_model"] = bool(
+                (alone.predictions == result.evaluation.predictions).all()
+            )
+            out[name]["rank0_model_loss"] = (alone.loss, result.evaluation.loss)
     if world.is_main:
         with open(sys.argv[1], "w") as f:
             json.dump(out, f)

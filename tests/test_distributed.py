@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -27,6 +28,11 @@ SIZES = {"mnist": (1024, 300), "cifar10": (256, 100)}
 # Sample counts divisible by the global batch: no padding, no short batch, so two processes
 # with half batches average to exactly the one-process gradients (up to float sum order).
 # The CNN runs without augmentation or dropout, whose random streams are per process.
+# Batch norm: both processes evaluate (three test batches, dealt in turn) with rank 0's
+# running statistics, as its saved model has them; with one test batch, process 1 has none
+# (DDP's buffer broadcast in an evaluating forward would leave process 0 waiting).
+MLP_BN = TrainConfig("mlp", epochs=1, batch_size=64, lr=1e-3, batch_norm=True, threads=1,
+                     eval_batch_size=128, progress=False)  # fmt: skip
 CONFIGS = {
     "mlp": (
         "mnist",
@@ -46,6 +52,8 @@ CONFIGS = {
             progress=False,
         ),
     ),  # fmt: skip
+    "mlp_bn": ("mnist", MLP_BN),
+    "mlp_bn_one_test_batch": ("mnist", replace(MLP_BN, eval_batch_size=512)),
     # 250 samples: the shards are padded and the last batch is short; with augmentation.
     "cnn_uneven": (
         "cifar10_250",
@@ -161,6 +169,12 @@ def test_two_processes_match_one(tmp_path):
     assert len(uneven) == 2 and uneven[1]["train_loss"] < uneven[0]["train_loss"]
     assert uneven[-1]["test_loss"] < 2.2  # chance: ln 10 = 2.30
     assert len(got["cnn_uneven"]["predictions"]) == SIZES["cifar10"][1]
+    # Batch norm: finished, and the evaluation is rank 0's model's, whoever evaluated each part.
+    for name in ("mlp_bn", "mlp_bn_one_test_batch"):
+        assert got[name]["same_as_rank0_model"] is True, name
+        alone, combined = got[name]["rank0_model_loss"]
+        assert combined == pytest.approx(alone, rel=1e-9, abs=0), name
+        assert len(got[name]["predictions"]) == SIZES["mnist"][1]
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from appliedtorch.classify.outputs import (
     write_reports,
 )
 from appliedtorch.core.errors import DivergenceError
+from appliedtorch.core.params import load_params, run_params
 from appliedtorch.core.utils import flatten, thread_count
 from appliedtorch.data import ImageData, download, load_dataset, synthetic_in_memory
 from conftest import run_script
@@ -412,6 +413,16 @@ def test_stage_end_to_end(
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params[f"{arch}.epochs"] == "2"
+    # Every key of the section is a run param (the recipe keys included: optimizer, ...).
+    logged_params = run_params(load_params(params), arch)
+    assert {k: "null" if v is None else str(v) for k, v in logged_params.items()} == {
+        k: v for k, v in run.data.params.items() if k in logged_params
+    }
+    assert {
+        f"{arch}.optimizer",
+        f"{arch}.scheduler",
+        f"{arch}.label_smoothing",
+    } <= logged_params.keys()
     assert run.data.tags["data.source"] == "synthetic"
     assert run.data.tags[f"data.{dataset}.md5"].endswith(".dir")
     # One name per metric: the run's metrics are metrics.json's numbers under the same keys,

@@ -86,7 +86,8 @@ class Batches:
     this process's shard of it; without, the samples go in order (under torchrun: whole batches
     dealt in turn, see `World.strided_batches`). With `augment` (a generator), each batch is
     randomly cropped and flipped before normalising. The last batch may be short, as in a
-    DataLoader. The data moves to the normaliser's device once, here.
+    DataLoader (with `drop_single`, never a single sample). The data moves to the normaliser's
+    device once, here.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class Batches:
         shuffle: torch.Generator | None = None,
         augment: torch.Generator | None = None,
         world: World = SINGLE,
+        drop_single: bool = False,
     ):
         self.device = normalize.device
         self.images = images.to(self.device)  # (N, C, H, W) uint8
@@ -113,6 +115,10 @@ class Batches:
         self.samples = (
             world.shard_size(n) if shuffle else (n if self.rows is None else len(self.rows))
         )
+        # BatchNorm cannot train on a batch of one sample (no variance): with `drop_single` a
+        # last batch of one is left out of the pass (the same on every process: equal shards).
+        if drop_single and self.samples > 1 and self.samples % batch_size == 1:
+            self.samples -= 1
 
     def __len__(self) -> int:
         return math.ceil(self.samples / self.batch_size)

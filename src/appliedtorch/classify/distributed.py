@@ -95,6 +95,13 @@ class World:
 
     # ---- collectives: every process must call them, in the same order ----
 
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) in every process's `module`: each
+        process's last training forward updated its own, and rank 0's are what it saves."""
+        if self.distributed:
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+
     def sum(self, *values: float) -> tuple[float, ...]:
         """Each value summed over the processes (in float64)."""
         return self._reduce(values, "SUM")

@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -48,15 +50,27 @@ CHECK_EVERY = 50
 class TrainConfig:
     """Everything `train_classifier` needs; built from a params section by `from_section`."""
 
-    arch: Literal["mlp", "cnn"]
+    arch: Literal["mlp", "cnn"]  # which classifier: the MNIST MLP or the CIFAR-10 CNN
     epochs: int
     batch_size: int
     lr: float
+    net: str = "tutorial"  # the section's `arch`: tutorial | residual (mlp) | resnet (cnn)
     hidden_size: int = 128  # MLP hidden width
-    dropout: float = 0.5  # CNN
+    hidden_layers: int = 2  # MLP
+    width: int = 32  # CNN: first stage's channels
+    batch_norm: bool = False
+    dropout: float | None = None  # None: the net's own default (MLP 0, CNN 0.5)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    weight_decay: float = 0.0  # weights of convs and linears only
+    scheduler: Literal["constant", "step", "cosine", "onecycle"] = "step"
     step_size: int | None = None  # StepLR period in epochs; None keeps lr constant
     gamma: float = 0.1
+    warmup_epochs: float | None = None  # None: onecycle's 30 %, no warm-up for the others
+    label_smoothing: float = 0.0  # training loss only
     augment: bool = False  # random crop (4-pixel zero padding) + horizontal flip
+    flip_tta: bool = False  # CNN: evaluate on each image and its mirror (mean logits)
     train_limit: int | None = None  # first N train and test samples
     eval_batch_size: int = 1024
     channels_last: bool = False
@@ -71,7 +85,8 @@ class TrainConfig:
     def from_section(cls, arch: str, section: Any, *, seed: int, device: str) -> TrainConfig:
         """Take the matching fields of a params section (e.g. `params.mlp`)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in section.model_dump().items() if k in names}
+        values = {k: v for k, v in section.model_dump().items() if k in names - {"arch"}}
+        values["net"] = section.arch  # `arch` here is the classifier (mlp/cnn)
         # `bf16: auto` becomes a choice here, for the device that will train.
         values["bf16"] = resolve_bf16(values.get("bf16", False), resolve_device(device))
         return cls(arch=arch, seed=seed, device=device, **values)  # type: ignore[arg-type]
@@ -216,16 +231,21 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     losses: StepLosses,
     bf16: bool = False,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    label_smoothing: float = 0.0,
 ) -> float:
-    """One pass over the training batches; returns the mean training loss per sample."""
+    """One pass over the training batches; returns the mean training loss per sample. The
+    scheduler, if any, steps after every batch (onecycle and warm-up need steps, not epochs)."""
     net.train()
     for images, labels in batches:
         with _autocast(images.device, bf16):
             logits = net(images)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         losses.append(loss)
     return losses.mean()
 
@@ -283,8 +303,9 @@ def train_classifier(
     mean, std = _normalization(data)
     normalize = Normalizer(mean, std, device, config.channels_last)
     model_args = model_args_for(config, data)
-    model, net, optimizer, scheduler, shuffle, augment = _build(config, model_args, device, world)
+    model, net, optimizer, shuffle, augment = _build(config, model_args, device, world)
     train, test = _batches(data, config, batch_size, normalize, shuffle, augment, world)
+    scheduler = make_scheduler(optimizer, config, len(train))
     streams = {"shuffle": shuffle, "augment": augment}  # one generator in one process
     done = resume.restore(model, optimizer, scheduler, streams) if resume else 0
     history = [EpochStats(**h) for h in resume.history] if resume else []
@@ -296,13 +317,11 @@ def train_classifier(
                 train, f"epoch {epoch}/{config.epochs}", config.progress and world.is_main
             )
             with _Stopwatch(device) as clock:
-                train_loss = train_one_epoch(
-                    net, bar, optimizer, StepLosses(train, epoch, lr, config.arch, bar), config.bf16
-                )
+                losses = StepLosses(train, epoch, lr, config.arch, bar)
+                train_loss = train_one_epoch(net, bar, optimizer, losses, config.bf16, scheduler,
+                                             config.label_smoothing)  # fmt: skip
             bar.close()
-            if scheduler is not None:
-                scheduler.step()
-            evaluation = evaluate(net, test, config.bf16)
+            evaluation = evaluate(_evaluated(net, model, world), test, config.bf16)
             stats = EpochStats(epoch, train_loss, evaluation.loss, evaluation.accuracy,
                                clock.seconds, evaluation.seconds, lr)  # fmt: skip
             history.append(stats)
@@ -316,19 +335,51 @@ def train_classifier(
                 history_dicts = [dataclasses.asdict(h) for h in history]
                 resume.save(epoch, model, optimizer, scheduler, streams, history_dicts)
         if evaluation is None:  # resumed after the last epoch: only the final evaluation is left
-            evaluation = evaluate(net, test, config.bf16)
+            evaluation = evaluate(_evaluated(net, model, world), test, config.bf16)
     model.eval()
     return TrainResult(model, config, history, evaluation, list(data.classes), mean, std,
                        model_args, len(train.images))  # fmt: skip
 
 
+def _evaluated(net: nn.Module, model: nn.Module, world: World) -> nn.Module:
+    """The module that evaluates: `net`, or under torchrun the unwrapped model holding rank 0's
+    buffers. DistributedDataParallel broadcasts buffers (batch norm's) in every forward, a
+    collective that a process with no test batch would never join: the others would hang."""
+    if not world.distributed:
+        return net
+    world.broadcast_buffers(model)
+    return model
+
+
+def model_name(config: TrainConfig) -> str:
+    """The network's name in `models.ARCHITECTURES` (and in the model file)."""
+    return "resnet" if config.arch == "cnn" and config.net == "resnet" else config.arch
+
+
 def model_args_for(config: TrainConfig, data: ImageData) -> dict[str, Any]:
-    """Constructor arguments of the network for this config and dataset."""
+    """Constructor arguments of the network for this config and dataset.
+
+    The tutorial's nets get only the arguments they always had, and each option only where it
+    differs from the tutorial: the default model file holds the same bytes as before the options.
+    """
     _, c, h, w = data.train_images.shape
     classes = len(data.classes)
-    if config.arch == "mlp":
-        return {"in_features": c * h * w, "hidden_size": config.hidden_size, "num_classes": classes}
-    return {"in_channels": c, "num_classes": classes, "dropout": config.dropout, "image_size": h}
+    name = model_name(config)
+    if name == "resnet":
+        return {"in_channels": c, "num_classes": classes, "dropout": config.dropout or 0.0,
+                "width": config.width, "batch_norm": config.batch_norm,
+                "flip_tta": config.flip_tta}  # fmt: skip
+    if name == "mlp":
+        args = {"in_features": c * h * w, "hidden_size": config.hidden_size, "num_classes": classes}
+        options = {"hidden_layers": (config.hidden_layers, 2),
+                   "residual": (config.net == "residual", False),
+                   "batch_norm": (config.batch_norm, False), "dropout": (config.dropout or 0.0, 0.0)}  # fmt: skip
+    else:
+        dropout = 0.5 if config.dropout is None else config.dropout
+        args = {"in_channels": c, "num_classes": classes, "dropout": dropout, "image_size": h}
+        options = {"width": (config.width, 32), "batch_norm": (config.batch_norm, False),
+                   "flip_tta": (config.flip_tta, False)}  # fmt: skip
+    return {**args, **{k: v for k, (v, tutorial) in options.items() if v != tutorial}}
 
 
 def _normalization(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -343,13 +394,13 @@ def _normalization(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...
 
 def _build(
     config: TrainConfig, model_args: dict[str, Any], device: torch.device, world: World
-) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, Any, torch.Generator, torch.Generator]:
-    """Model, the module to call (DDP, compiled), optimizer, scheduler and the random streams."""
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.Generator, torch.Generator]:
+    """Model, the module to call (DDP, compiled), optimizer and the random streams."""
     torch.manual_seed(config.seed)  # weight init and dropout
     shuffle = torch.Generator(device=device).manual_seed(config.seed)  # permutation, augmentation
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = build_model(config.arch, **model_args).to(device)
+    model = build_model(model_name(config), **model_args).to(device)
     augment = shuffle
     if world.distributed:
         # After the shared weight init, each process draws its own dropout masks, crops and flips
@@ -363,11 +414,8 @@ def _build(
         model = model.to(memory_format=torch.channels_last)
     net = world.wrap(model, device)  # DistributedDataParallel with several processes
     net = torch.compile(net) if config.compile else net
-    optimizer = _make_optimizer(model, config.lr, device)
-    scheduler = None
-    if config.step_size:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
-    return model, net, optimizer, scheduler, shuffle, augment
+    optimizer = make_optimizer(model, config, device)
+    return model, net, optimizer, shuffle, augment
 
 
 def _batches(
@@ -389,6 +437,7 @@ def _batches(
         shuffle=shuffle,
         augment=augment if config.augment else None,
         world=world,
+        drop_single=config.batch_norm,
     )
     test = Batches(
         data.test_images[:limit], data.test_labels[:limit], config.eval_batch_size, normalize,
@@ -396,6 +445,11 @@ def _batches(
     )  # fmt: skip
     if len(train.images) == 0 or len(test.images) == 0:
         raise AppliedTorchError(f"dataset '{data.name}' has no training or no test samples")
+    if config.batch_norm and train.samples < 2:
+        raise AppliedTorchError(
+            f"{config.arch}.batch_norm needs at least 2 training samples per process (got "
+            f"{train.samples}; raise {config.arch}.train_limit)"
+        )
     return train, test
 
 
@@ -406,15 +460,79 @@ def _local_batch_size(config: TrainConfig, world: World) -> int:
             f"{config.arch}.batch_size ({config.batch_size}) must be divisible by the number of "
             f"processes ({world.size}): each process takes an equal share of every batch"
         )
+    if config.batch_norm and config.batch_size // world.size < 2:
+        raise AppliedTorchError(
+            f"{config.arch}.batch_norm needs at least 2 samples per process in a batch "
+            f"({config.arch}.batch_size {config.batch_size} on {world.size} processes)"
+        )
     return config.batch_size // world.size
 
 
-def _make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam; the fused kernel (one op for all parameters) where this build has it."""
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    """The configured optimizer; the fused kernel (one op for all parameters) where this build
+    has it. Weight decay applies to the weights of convolutions and linear layers (2-D and up),
+    not to biases and norm scales (nanoGPT's configure_optimizers)."""
+    params: Any = list(model.parameters())
+    if config.weight_decay:
+        params = [
+            {"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+    # weight_decay always given: AdamW's own default is 0.01, on every parameter.
+    kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.optimizer == "sgd":
+        kwargs.update(momentum=config.momentum, nesterov=config.nesterov)
+    cls = _OPTIMIZERS[config.optimizer]
     try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
+        return cls(params, **kwargs, fused=device.type in ("cpu", "cuda"))
     except (RuntimeError, TypeError):  # fused not available for this device/build
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return cls(params, **kwargs)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The configured learning-rate schedule, stepped once per batch (torch's own schedulers).
+
+    step: x gamma after every step_size epochs (counted from the end of any warm-up), the
+    tutorial's StepLR counted in steps; cosine:
+    to 0 at the last step; onecycle: OneCycleLR's schedule (lr/25 up to lr over the warm-up, then
+    cosine down to lr/250000), momentum left as configured. A warm-up (not onecycle's) ramps
+    linearly from lr/100.
+    """
+    sched = torch.optim.lr_scheduler
+    total = config.epochs * steps_per_epoch
+    warmup = round((config.warmup_epochs or 0) * steps_per_epoch)
+    if config.scheduler == "onecycle":
+        rise = round(0.3 * total) if config.warmup_epochs is None else warmup
+        return sched.LambdaLR(optimizer, partial(one_cycle, total=total, rise=rise))
+    ramp = sched.LinearLR(optimizer, start_factor=0.01, total_iters=warmup) if warmup else None
+    main = None
+    if config.scheduler == "step" and config.step_size:
+        main = sched.StepLR(optimizer, config.step_size * steps_per_epoch, config.gamma)
+    elif config.scheduler == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
+    if ramp is None or main is None:
+        return ramp or main
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def one_cycle(step: int, total: int, rise: int, div: float = 25.0, final_div: float = 1e4) -> float:
+    """The factor of lr at `step` of torch's OneCycleLR (cosine, two phases): 1/div at step 0, 1
+    at step rise - 1 (step 0 for a rise of one step), 1/(div * final_div) at the last step.
+    torch's class divides by zero when a phase is shorter than two steps (a short test run); this
+    is the same curve for any lengths (tests/test_extensions.py compares the two)."""
+    peak = min(max(rise - 1, 0), total - 1)
+    if step <= peak:
+        start, end, pct = 1 / div, 1.0, step / peak if peak else 1.0
+    else:
+        start, end, pct = 1.0, 1 / (div * final_div), (step - peak) / max(total - 1 - peak, 1)
+    return end + (start - end) * (1 + math.cos(math.pi * min(pct, 1.0))) / 2
 
 
 def _progress(batches: Batches, desc: str, show: bool) -> tqdm:

@@ -1,4 +1,5 @@
-"""Networks from the tutorial: the MNIST MLP and the CIFAR-10 CNN, and their model files.
+"""Networks: the tutorial's MNIST MLP and CIFAR-10 CNN (with the tutorial's "extend it" options:
+depth, width, batch norm, dropout, flip test-time augmentation), a small ResNet, and model files.
 
     >>> model = MLP(in_features=784, hidden_size=128, num_classes=10)
     >>> model(torch.zeros(2, 1, 28, 28)).shape
@@ -27,24 +28,64 @@ from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.utils import first_line, save_torch
 
 
-class MLP(nn.Module):
-    """Two hidden ReLU layers: 784 -> hidden -> hidden -> 10 (the tutorial's section 10)."""
+class FlipAveraged(nn.Module):
+    """An image classifier whose `logits(x)` the subclass defines; with `flip_tta`, evaluation
+    (eval mode) returns the mean of the logits of `x` and of `x` mirrored left-right (airbench's
+    `tta_level=1`): a CIFAR-10 image and its mirror show the same class."""
 
-    def __init__(self, in_features: int = 784, hidden_size: int = 128, num_classes: int = 10):
+    flip_tta: bool = False
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_tta and not self.training:
+            return 0.5 * (self.logits(x) + self.logits(x.flip(-1)))  # (B, K)
+        return self.logits(x)
+
+
+class MLP(nn.Module):
+    """`hidden_layers` ReLU layers of `hidden_size` units, then 10 logits. The tutorial's
+    (section 10) is 784 -> 128 -> 128 -> 10; `residual` adds a skip connection around every
+    hidden layer after the first (x + layer(x)), which keeps deep stacks trainable."""
+
+    def __init__(
+        self,
+        in_features: int = 784,
+        hidden_size: int = 128,
+        num_classes: int = 10,
+        hidden_layers: int = 2,
+        residual: bool = False,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_size)
-        self.fc2 = nn.Linear(hidden_size, hidden_size)
-        self.fc3 = nn.Linear(hidden_size, num_classes)
+        self.hidden_layers, self.residual = hidden_layers, residual
+        widths = [in_features] + [hidden_size] * hidden_layers
+        # Named fc1, fc2, ... as in the tutorial (its model files keep loading); a bias before a
+        # BatchNorm is redundant (the norm's shift replaces it).
+        for i in range(1, hidden_layers + 1):
+            self.add_module(f"fc{i}", nn.Linear(widths[i - 1], hidden_size, bias=not batch_norm))
+            if batch_norm:
+                self.add_module(f"bn{i}", nn.BatchNorm1d(hidden_size))
+        self.add_module(f"fc{hidden_layers + 1}", nn.Linear(hidden_size, num_classes))
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)  # (B, 1, 28, 28) -> (B, 784)
-        x = F.relu(self.fc1(x))  # (B, hidden)
-        x = F.relu(self.fc2(x))  # (B, hidden)
-        return self.fc3(x)  # (B, 10) logits
+        for i in range(1, self.hidden_layers + 1):
+            fc, bn = getattr(self, f"fc{i}"), getattr(self, f"bn{i}", None)
+            h = fc(x) if bn is None else bn(fc(x))  # (B, hidden)
+            h = self.dropout(F.relu(h))
+            x = x + h if self.residual and i > 1 else h  # (B, hidden)
+        return getattr(self, f"fc{self.hidden_layers + 1}")(x)  # (B, 10) logits
 
 
-class CNN(nn.Module):
-    """Three 3x3 conv + max-pool blocks (32, 64, 128 channels), then fc 2048 -> 512 -> 10."""
+class CNN(FlipAveraged):
+    """The tutorial's (section 11): three 3x3 conv + max-pool blocks of `width`, 2x and 4x
+    channels (32, 64, 128), then fc 2048 -> 512 -> 10 with dropout. `batch_norm` puts a
+    BatchNorm after each conv; `flip_tta` averages the logits of each image and its mirror when
+    evaluating (eval mode)."""
 
     def __init__(
         self,
@@ -53,26 +94,97 @@ class CNN(nn.Module):
         dropout: float = 0.5,
         image_size: int = 32,
         hidden_size: int = 512,
+        width: int = 32,
+        batch_norm: bool = False,
+        flip_tta: bool = False,
     ):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
-        self.conv3 = nn.Conv2d(64, 128, kernel_size=3, padding=1)
+        w, self.flip_tta = width, flip_tta
+        self.conv1 = nn.Conv2d(in_channels, w, kernel_size=3, padding=1, bias=not batch_norm)
+        self.conv2 = nn.Conv2d(w, 2 * w, kernel_size=3, padding=1, bias=not batch_norm)
+        self.conv3 = nn.Conv2d(2 * w, 4 * w, kernel_size=3, padding=1, bias=not batch_norm)
         self.pool = nn.MaxPool2d(2, 2)
         side = image_size // 8  # three 2x2 poolings: 32 -> 4
-        self.fc1 = nn.Linear(128 * side * side, hidden_size)
+        self.fc1 = nn.Linear(4 * w * side * side, hidden_size)
         self.fc2 = nn.Linear(hidden_size, num_classes)
         self.dropout = nn.Dropout(dropout)
+        if batch_norm:  # no random init: the tutorial's layers draw their weights as before
+            self.bn1, self.bn2, self.bn3 = (nn.BatchNorm2d(c) for c in (w, 2 * w, 4 * w))
+        else:
+            self.bn1 = self.bn2 = self.bn3 = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         # relu(pool(.)) == pool(relu(.)) exactly (ReLU is monotone), values and gradients alike;
-        # pooling first runs ReLU and its backward on a quarter of the values.
-        x = F.relu(self.pool(self.conv1(x)))  # (B, 32, 16, 16)
-        x = F.relu(self.pool(self.conv2(x)))  # (B, 64, 8, 8)
-        x = F.relu(self.pool(self.conv3(x)))  # (B, 128, 4, 4)
-        x = x.flatten(1)  # (B, 2048)
+        # pooling first runs ReLU and its backward on a quarter of the values. BatchNorm goes
+        # after the pooling too (as in airbench): a quarter of the values to normalise.
+        x = F.relu(self.bn1(self.pool(self.conv1(x))))  # (B, w, 16, 16)
+        x = F.relu(self.bn2(self.pool(self.conv2(x))))  # (B, 2w, 8, 8)
+        x = F.relu(self.bn3(self.pool(self.conv3(x))))  # (B, 4w, 4, 4)
+        x = x.flatten(1)  # (B, 4w * 16)
         x = self.dropout(F.relu(self.fc1(x)))  # (B, 512)
         return self.fc2(x)  # (B, 10) logits
+
+
+class ConvBlock(nn.Module):
+    """conv 3x3 -> (max-pool 2x2) -> BatchNorm -> ReLU; pooling before the norm, as in airbench."""
+
+    def __init__(self, c_in: int, c_out: int, batch_norm: bool, pool: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=not batch_norm)
+        self.pool = nn.MaxPool2d(2, 2) if pool else nn.Identity()
+        self.norm = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.pool(self.conv(x))))  # (B, c_out, H or H/2, W or W/2)
+
+
+class Stage(nn.Module):
+    """One ResNet stage: a pooling ConvBlock to `c_out` channels at half the resolution, then a
+    residual pair of ConvBlocks (x + f(x)), as in the ResNet-9 of Page's DAWNBench entry."""
+
+    def __init__(self, c_in: int, c_out: int, batch_norm: bool):
+        super().__init__()
+        self.down = ConvBlock(c_in, c_out, batch_norm, pool=True)
+        self.res1 = ConvBlock(c_out, c_out, batch_norm)
+        self.res2 = ConvBlock(c_out, c_out, batch_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(x)  # (B, c_out, H/2, W/2)
+        return x + self.res2(self.res1(x))  # (B, c_out, H/2, W/2)
+
+
+class ResNet(FlipAveraged):
+    """A small residual net for CIFAR-10: a stem conv, three residual stages of `width`, 2x and
+    4x channels (each halving the resolution), global max-pool and one linear layer.
+
+    About 32,000 x width^2 multiply-adds per image: width 16 is 8.7 M, under the tutorial CNN's
+    11.3 M (see benchmarks/flops.py)."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        dropout: float = 0.0,
+        width: int = 16,
+        batch_norm: bool = True,
+        flip_tta: bool = False,
+    ):
+        super().__init__()
+        w, self.flip_tta = width, flip_tta
+        self.stem = ConvBlock(in_channels, w, batch_norm)
+        self.stage1 = Stage(w, w, batch_norm)
+        self.stage2 = Stage(w, 2 * w, batch_norm)
+        self.stage3 = Stage(2 * w, 4 * w, batch_norm)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)  # (B, w, 32, 32)
+        x = self.stage1(x)  # (B, w, 16, 16)
+        x = self.stage2(x)  # (B, 2w, 8, 8)
+        x = self.stage3(x)  # (B, 4w, 4, 4)
+        x = torch.amax(x, dim=(2, 3))  # (B, 4w): global max-pool
+        return self.fc(self.dropout(x))  # (B, 10) logits
 
 
 class PixelClassifier(nn.Module):
@@ -104,11 +216,12 @@ class PixelClassifier(nn.Module):
         return torch.softmax(logits.float(), dim=1)  # (B, K), rows sum to 1
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+# The names saved in model files: `mlp` and `cnn` are the tutorial's nets (and their variants).
+ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
 
 
 def build_model(arch: str, **kwargs: Any) -> nn.Module:
-    """Build `arch` ('mlp' or 'cnn') from its constructor arguments (the saved `model_args`)."""
+    """Build `arch` ('mlp', 'cnn' or 'resnet') from its constructor arguments (the saved `model_args`)."""
     if arch not in ARCHITECTURES:
         raise AppliedTorchError(
             f"unknown model architecture '{arch}' (known: {', '.join(ARCHITECTURES)})"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from appliedtorch.classify.loop import EpochStats, Evaluation, TrainResult
+from appliedtorch.classify.loop import EpochStats, Evaluation, TrainResult, model_name
 from appliedtorch.classify.models import PixelClassifier, load_model, save_model
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.utils import atomic_path, flatten, thread_count
@@ -54,7 +54,7 @@ def save_verified_model(result: TrainResult, data: ImageData, path: str | Path) 
     limit = config.train_limit
     trained = result.evaluation
     with atomic_path(path) as tmp:
-        save_model(tmp, pixel_classifier(result), config.arch, result.model_args,
+        save_model(tmp, pixel_classifier(result), model_name(config), result.model_args,
                    **model_metadata(result, data), test_accuracy=trained.accuracy)  # fmt: skip
         reloaded, _ = load_model(tmp)
         reloaded = reloaded.to(device)
