@@ -67,6 +67,7 @@ def main() -> None:
         tracking_uri=redact(uri),  # a postgresql password stays off the page
         ui_base=ui,
         runs_problem=problem,
+        params={s.params_section: run_params(p, s.params_section) for s in report.SECTIONS},
     )
     with output_set(args.out.parent) as out:
         write_text(out.path(args.out), page)

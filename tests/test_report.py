@@ -201,6 +201,28 @@ def test_report_stage_writes_the_page_with_run_ids(
     assert page.count("data:image/png;base64,") == 2
 
 
+def test_report_stage_shows_every_param_the_stages_ran_with(tmp_path, params_file, monkeypatch):
+    import html
+
+    from appliedtorch.core.params import load_params, run_params
+
+    recipe = {"arch": "resnet", "optimizer": "sgd", "nesterov": True, "scheduler": "onecycle",
+              "label_smoothing": 0.2, "flip_tta": True, "warmup_epochs": 2}  # fmt: skip
+    params = params_file({"cnn": recipe})
+    out = tmp_path / "index.html"
+    run_report_stage(monkeypatch, "--params", params, "--reports", tmp_path, "--out", out)
+    page = html.unescape(out.read_text())
+    for section in ("mlp", "cnn", "pinn", "math"):
+        for key, value in run_params(load_params(params), section).items():
+            shown = "null" if value is None else report.format_value(key, value)
+            assert f"<td>{key}</td><td>{shown}</td>" in page, key
+    assert (
+        "<td>cnn.optimizer</td><td>sgd</td>" in page and "<td>cnn.flip_tta</td><td>yes</td>" in page
+    )
+    assert "<td>cnn.label_smoothing</td><td>0.2</td>" in page
+    assert yaml.safe_load(Path(params).read_text())["cnn"]["arch"] == "resnet"
+
+
 def test_report_stage_survives_an_unreachable_tracking_server(
     tmp_path, params_file, monkeypatch, caplog
 ):

@@ -266,6 +266,14 @@ def _section(loaded: _Loaded, run: Mapping[str, Any] | None, ui_base: str | None
     }
 
 
+def _params_rows(
+    params: Mapping[str, Mapping[str, Any]] | None, section: StageSection
+) -> list[tuple[str, str]]:
+    """The stage's params as (key, value) rows, in params.yaml's order (empty when not given)."""
+    values = (params or {}).get(section.params_section) or {}
+    return [(k, "null" if v is None else format_value(k, v)) for k, v in values.items()]
+
+
 def _summary_row(item: _Loaded, run: Mapping[str, Any] | None) -> tuple[str, ...]:
     """stage, state, its lead number, data source, MLflow run id and the run's commit."""
     s = item.section
@@ -295,11 +303,13 @@ def build_report(
     ui_base: str | None = None,
     runs_problem: str | None = None,
     sections: tuple[StageSection, ...] = SECTIONS,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """The whole report as one self-contained HTML page.
 
     `runs` maps an experiment name to a run summary as returned by `tracking.latest_runs`;
-    `ui_base` is the MLflow UI address run ids link to; `runs_problem` says why runs are missing.
+    `ui_base` is the MLflow UI address run ids link to; `runs_problem` says why runs are missing;
+    `params` maps a params section to the flat params its stage ran with (`run_params`).
     """
     reports_dir = Path(reports_dir)
     runs = runs or {}
@@ -319,7 +329,10 @@ def build_report(
         ),
         runs_problem=runs_problem,
         summary=[_summary_row(item, run) for item, run in loaded],
-        sections=[_section(item, run, ui_base) for item, run in loaded],
+        sections=[
+            {**_section(item, run, ui_base), "params_rows": _params_rows(params, item.section)}
+            for item, run in loaded
+        ],
     )
 
 
