@@ -33,6 +33,39 @@ def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def built_pipeline(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path
+) -> tuple[Path, dict]:
+    """A small git+DVC workspace after `dvc repro` of every stage (test_pipeline's SHRUNK
+    params), dvc.lock then committed, its runs in its own mlflow.db (the relative path in
+    params.yaml, as a user runs it; no MLFLOW_TRACKING_URI). Every Python process of the repro
+    recorded the workspace files it loaded into `ws.parent / "loaded"` (test_pipeline checks them
+    against the deps). Built once for the session: copy it (`copy_workspace`) to change it."""
+    from test_pipeline import BIN, SHRUNK, make_workspace, record_loaded_files, run
+
+    root = tmp_path_factory.mktemp("built")
+    ws, env = make_workspace(root, SHRUNK, tracking_uri="unused")
+    del env["MLFLOW_TRACKING_URI"]
+    shutil.copy(mlflow_template_db, ws / "mlflow.db")  # git-ignored; skips the schema migration
+    plain = dict(env)
+    record_loaded_files(env, ws, root)
+    run([str(BIN / "dvc"), "repro"], ws, env)
+    run(["git", "add", "-A"], ws, plain)
+    run(["git", "commit", "-qm", "built"], ws, plain)
+    return ws, plain
+
+
+def copy_workspace(built: tuple[Path, dict], dest: Path) -> tuple[Path, dict]:
+    """A copy of a built workspace (git, DVC cache, bytecode and mlflow.db included) at dest/ws,
+    with the environment that runs its own code."""
+    ws, env = built
+    copy = dest / "ws"
+    shutil.copytree(ws, copy, symlinks=True)
+    pythonpath = env["PYTHONPATH"].replace(str(ws / "src"), str(copy / "src"))
+    return copy, {**env, "PYTHONPATH": pythonpath}
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch):
     """A fresh sqlite tracking URI in tmp_path, exported as MLFLOW_TRACKING_URI (subprocesses too)."""

@@ -18,9 +18,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from test_pipeline import BIN, make_workspace, run
+from test_pipeline import BIN, run
 
-from conftest import REPO, serve_mlflow
+from conftest import REPO, copy_workspace, serve_mlflow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / ".test-artifacts" / "browser"
@@ -42,23 +42,6 @@ EXPERIMENTS = {
 }
 
 # Smaller than test_pipeline's: this test is about what the pages show, not about accuracy.
-TINY = {
-    "device": "cpu",
-    "data": {
-        "source": "synthetic",
-        "synthetic": {
-            "mnist_train": 600,
-            "mnist_test": 200,
-            "cifar10_train": 300,
-            "cifar10_test": 100,
-        },
-    },
-    "mlp": {"epochs": 2, "train_limit": 500},
-    "cnn": {"epochs": 1, "train_limit": 200},
-    "pinn": {"adam_steps": 200, "lbfgs_steps": 20, "lm_steps": 20},
-}
-
-
 SWEEP = (0.01, 0.1)
 
 
@@ -121,16 +104,13 @@ def visible_text(dom: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, mlflow_template_db):
-    """A workspace after `dvc repro` of every stage plus `report`, tracked in its own mlflow.db."""
-    root = tmp_path_factory.mktemp("browser")
-    ws, env = make_workspace(root, TINY, tracking_uri="unused")
-    del env["MLFLOW_TRACKING_URI"]  # as a user runs it: the relative path in params.yaml
-    shutil.copy(mlflow_template_db, ws / "mlflow.db")  # git-ignored; skips the schema migration
+def pipeline(tmp_path_factory, built_pipeline):
+    """A copy of the session's built workspace (every stage and `report` run, tracked in its own
+    mlflow.db through the relative path in params.yaml), with a learning-rate sweep on top."""
+    ws, env = copy_workspace(built_pipeline, tmp_path_factory.mktemp("browser"))
     dvc = str(BIN / "dvc")
-    run([dvc, "repro"], ws, env)
-    # A learning-rate sweep on top: with the baseline, three comparable mnist-mlp runs. Named as
-    # DVC names a queued grid's experiments (`-n lr-sweep`), so the runs share `sweep=lr-sweep`.
+    # With the baseline, three comparable mnist-mlp runs. Named as DVC names a queued grid's
+    # experiments (`-n lr-sweep`), so the runs share `sweep=lr-sweep`.
     for i, lr in enumerate(SWEEP, 1):
         run([dvc, "exp", "run", "-n", f"lr-sweep-{i}", "-S", f"mlp.lr={lr}", "train_mlp"], ws, env)
     if ARTIFACTS.exists():

@@ -13,35 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import BIN, SHRUNK, _merge, make_workspace, run
+from test_pipeline import BIN, run
 
-from conftest import free_port
+from conftest import copy_workspace, free_port
 
 DVC = str(BIN / "dvc")
 
-# SHRUNK, smaller still: this module is about DVC, not about what the stages compute.
-TINY = _merge(
-    SHRUNK,
-    {
-        "data": {
-            "synthetic": {
-                "mnist_train": 400,
-                "mnist_test": 100,
-                "cifar10_train": 200,
-                "cifar10_test": 100,
-            }
-        },
-        "mlp": {"epochs": 2, "train_limit": 300},
-        "cnn": {"epochs": 1, "train_limit": 100},
-        "pinn": {"adam_steps": 50, "lbfgs_steps": 10, "lm_steps": 20},
-    },
-)
 EPOCH_LINE = re.compile(r"epoch \d+:")
 
 
@@ -55,32 +37,13 @@ def sha256_tree(ws: Path, *folders: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, mlflow_template_db) -> tuple[Path, dict]:
-    """A workspace after one successful tiny `dvc repro`, its dvc.lock committed."""
-    root = tmp_path_factory.mktemp("built")
-    shutil.copy(mlflow_template_db, root / "mlflow.db")
-    ws, env = make_workspace(root, TINY, f"sqlite:///{root / 'mlflow.db'}")
-    run([DVC, "repro"], ws, env)
-    run(["git", "add", "-A"], ws, env)
-    run(["git", "commit", "-qm", "built"], ws, env)
-    return ws, env
-
-
 @pytest.fixture
-def workspace(built, tmp_path) -> tuple[Path, dict]:
-    """A copy of the built workspace (git, DVC cache and MLflow database included) for one test."""
-    ws, env = built
-    copy = tmp_path / "ws"
-    shutil.copytree(ws, copy, symlinks=True)  # bytecode included, as a user's clone has it
-    shutil.copy(ws.parent / "mlflow.db", tmp_path / "mlflow.db")
-    env = {
-        **env,
-        "PYTHONPATH": env["PYTHONPATH"].replace(str(ws / "src"), str(copy / "src")),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
+def workspace(built_pipeline, tmp_path) -> tuple[Path, dict]:
+    """A copy of the session's built workspace (git, DVC cache, bytecode and MLflow database
+    included) for one test, its runs going to its own copy of mlflow.db."""
+    ws, env = copy_workspace(built_pipeline, tmp_path)
     assert "PYTHONDONTWRITEBYTECODE" not in env
-    return copy, env
+    return ws, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}"}
 
 
 def changed_stages(ws: Path, env: dict) -> set[str]:
