@@ -24,6 +24,8 @@ def test_relative_sqlite_uri_is_anchored_at_repo_root(tmp_path, monkeypatch):
 
 def test_relative_sqlite_uri_found_from_a_subdirectory(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # No params file read in this process yet (another test's load_params would anchor it).
+    monkeypatch.setattr("appliedtorch.core.params._loaded_from", None)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     sub = tmp_path / "stages" / "deep"
     sub.mkdir(parents=True)
@@ -187,10 +189,20 @@ def test_system_metrics_are_sampled_when_asked(tracking_uri, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "exp_name, sweep",
-    [("lr-grid-1", "lr-grid"), ("lr-grid-12", "lr-grid"), ("curly-bass", None), (None, None)],
+    "exp_name, sweep, variant",
+    [
+        ("lr-grid-1", "lr-grid", None),
+        ("lr-grid-12", "lr-grid", None),
+        ("cnn-fast-cmp.batch_norm", "cnn-fast-cmp", "batch_norm"),  # appliedtorch.recipes
+        ("v1.2.recipe", "v1.2", "recipe"),
+        ("lr-0.01", None, None),  # a dot in a value is no variant
+        ("bs-1.5-2", "bs-1.5", None),
+        ("curly-bass", None, None),
+        (None, None, None),
+    ],
 )
-def test_sweep_is_the_name_of_a_queued_grid(exp_name, sweep):
-    from appliedtorch.core.tracking import sweep_name
+def test_sweep_is_the_name_of_a_queued_grid(exp_name, sweep, variant):
+    from appliedtorch.core.tracking import sweep_name, variant_name
 
     assert sweep_name(exp_name) == sweep
+    assert variant_name(exp_name) == variant

@@ -200,11 +200,14 @@ def lineage_tags(stage: str, root: Path) -> dict[str, str]:
             tags[tag] = os.environ[env]
     if sweep := sweep_name(os.environ.get("DVC_EXP_NAME")):
         tags["sweep"] = sweep
+    if variant := variant_name(os.environ.get("DVC_EXP_NAME")):
+        tags["variant"] = variant
     return tags
 
 
 def sweep_name(exp_name: str | None) -> str | None:
-    """The sweep a queued experiment belongs to: `lr-grid` for `lr-grid-2`, else None.
+    """The sweep a queued experiment belongs to: `lr-grid` for `lr-grid-2` or for
+    `lr-grid.recipe` (`python -m appliedtorch.recipes compare`), else None.
 
     `dvc exp run --queue -n lr-grid -S 'mlp.lr=choice(...)'` names the grid's experiments
     `lr-grid-1`, `lr-grid-2`, ... (DVC refuses a name already used on the same baseline), so the
@@ -213,7 +216,21 @@ def sweep_name(exp_name: str | None) -> str | None:
     like `model-2` is tagged `sweep=model`).
     """
     match = re.fullmatch(r"(.+)-(\d+)", exp_name or "")
+    if match:
+        return match.group(1)
+    match = _VARIANT.fullmatch(exp_name or "")
     return match.group(1) if match else None
+
+
+def variant_name(exp_name: str | None) -> str | None:
+    """The variant of a comparison sweep: `recipe` for `cnn-fast-cmp.recipe`, else None."""
+    match = _VARIANT.fullmatch(exp_name or "")
+    return match.group(2) if match else None
+
+
+# `<sweep>.<variant>`, the variant a params key's name (lowercase, not a number: `lr-0.01` is
+# no variant `01`).
+_VARIANT = re.compile(r"(.+)\.([a-z_][a-z0-9_]*)")
 
 
 def dvc_md5(path: str | os.PathLike, known: Mapping[str, str] | None = None) -> str:

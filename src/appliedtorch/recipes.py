@@ -1,0 +1,208 @@
+"""`python -m appliedtorch.recipes`: check a training recipe, or queue the sweep that compares it.
+
+    python -m appliedtorch.recipes check recipes/cnn-fast.yaml     # valid on top of params.yaml?
+    python -m appliedtorch.recipes compare recipes/cnn-fast.yaml   # queue baseline, recipe and
+    dvc queue start -j 1                                          #   each change alone; run them
+    dvc exp show --only-changed --sort-by reports/cnn/metrics.json:test_accuracy
+
+A recipe (`recipes/*.yaml`) is a flat map of dotted params.yaml keys to values, one `key: value`
+per line, so that `dvc exp run` applies it with one `-S key=value` per line (README shows the
+one-liner). `compare` queues one DVC experiment per variant, named `<name>.<variant>`: `baseline`
+(params.yaml as it is: the tutorial's unless changed), `recipe` (every key) and one per change the
+recipe makes, alone (keys that only make sense together, such as an optimizer and its learning
+rate, change together). Their MLflow runs carry the tags `sweep=<name>` and `variant=<variant>`.
+
+The module sits outside every stage's DVC deps, like `appliedtorch.params`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliedtorch.core.cli import run_stage
+from appliedtorch.core.errors import ParamsError
+from appliedtorch.core.params import parse_params, read_yaml
+from appliedtorch.core.utils import flatten
+
+# What `dvc exp run` takes from one line of the README's sed one-liner: a (dotted) key, a colon,
+# one value with no spaces (no inline comment).
+_LINE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*: *[^ #]+")
+# Keys that change together in `compare`: the single change is named by the first key. An
+# optimizer's learning rate, momentum and weight decay and its schedule are one choice; a net's
+# width is the width of that net.
+COUPLED = (
+    ("arch", "width", "hidden_layers", "hidden_size"),
+    ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
+     "scheduler", "warmup_epochs", "step_size", "gamma"),
+)  # fmt: skip
+# section -> (its training stage, the stage whose data it trains on)
+STAGES = {"mlp": ("train_mlp", "download@mnist"), "cnn": ("train_cnn", "download@cifar10")}
+
+
+def read_recipe(path: str | Path, params: str | Path = "params.yaml") -> dict[str, Any]:
+    """The recipe's {dotted key: value}, checked line by line and, applied to `params`, by the
+    params models. Raises ParamsError with one line naming the problem."""
+    path = Path(path)
+    raw = read_yaml(path)  # size, encoding, anchors and duplicates, as for params.yaml
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"{path}: a recipe is a mapping of dotted params keys to values")
+    text = path.read_text(encoding="utf-8-sig")
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#") and not _LINE.fullmatch(line):
+            raise ParamsError(
+                f"{path}: line {number} is not `section.key: value` (one value, no spaces, no "
+                "inline comment): `dvc exp run -S` could not take it"
+            )
+    base = read_yaml(params)
+    known = flatten(parse_params(base, Path(params).name).model_dump())
+    for key, value in raw.items():
+        if key not in known:
+            raise ParamsError(f"{path}: unknown key '{key}' (not in {Path(params).name})")
+        if isinstance(value, (dict, list)):
+            raise ParamsError(f"{path}: {key} must be a single value, not a {type(value).__name__}")
+    parse_params(apply(base, raw), f"{Path(params).name} with {path.name}")
+    return raw
+
+
+def apply(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the params mapping with the dotted `changes` set."""
+    out = copy.deepcopy(params)
+    for key, value in changes.items():
+        *sections, name = key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return out
+
+
+def variants(recipe: dict[str, Any], params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{variant: changes}: baseline, recipe, and each change of the recipe alone (in file order;
+    a key whose value params.yaml already has is no change)."""
+    current = flatten(params)
+    changed = {k: v for k, v in recipe.items() if current.get(k) != v}
+    out: dict[str, dict[str, Any]] = {"baseline": {}, "recipe": dict(recipe)}
+    for key in changed:
+        name = key.rsplit(".", 1)[-1]
+        group = next((g for g in COUPLED if name in g), (name,))
+        label = next(g for g in group if any(k.rsplit(".", 1)[-1] == g for k in changed))
+        out.setdefault(label, {})[key] = changed[key]
+    return out
+
+
+def _value(value: Any) -> str:
+    """A value as `dvc exp run -S` writes it back to YAML (true/false/null, numbers as is)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def compare_commands(
+    recipe_path: Path,
+    params_path: Path,
+    name: str,
+    only: list[str] | None,
+    extra: list[str],
+    check_data: bool = True,
+) -> list[list[str]]:
+    """The `dvc exp run --queue` command of every variant."""
+    recipe = read_recipe(recipe_path, params_path)
+    base = read_yaml(params_path)
+    table = variants(recipe, base)
+    if only:
+        unknown = sorted(set(only) - set(table))
+        if unknown:
+            raise ParamsError(
+                f"--only: no variant {', '.join(unknown)} (known: {', '.join(table)})"
+            )
+        table = {k: v for k, v in table.items() if k in ("baseline", "recipe", *only)}
+    sections = sorted({key.split(".")[0] for key in recipe} & STAGES.keys())
+    if not sections:
+        raise ParamsError(f"{recipe_path}: changes no training section ({', '.join(STAGES)})")
+    if check_data:
+        _check_committed_data([STAGES[s][1] for s in sections])
+    stages = [STAGES[s][0] for s in sections]
+    overrides = dict(item.split("=", 1) if "=" in item else (item, None) for item in extra)
+    commands = []
+    for variant, changes in table.items():
+        # Each variant must be valid on its own, not only the whole recipe (the -S values are
+        # checked as DVC will read them: YAML).
+        each = {**changes, **{k: yaml.safe_load(v or "") for k, v in overrides.items()}}
+        parse_params(apply(base, each), f"{params_path.name} with variant {variant}")
+        sets = [a for k, v in changes.items() for a in ("-S", f"{k}={_value(v)}")]
+        for item in extra:
+            sets += ["-S", item]
+        # -f -s: every variant trains now, its stage alone. Unforced, the baseline would be HEAD's
+        # results and a variant DVC ran before would come from its run-cache: neither would log
+        # a run to the sweep.
+        commands.append(["dvc", "exp", "run", "--queue", "-f", "-s", "-n", f"{name}.{variant}",
+                         *sets, *stages])  # fmt: skip
+    return commands
+
+
+def _check_committed_data(stages: list[str]) -> None:
+    """Queued experiments start from the last commit and train on the data its dvc.lock names
+    (from the DVC cache): refuse to queue when that commit has none."""
+    proc = subprocess.run(["git", "show", "HEAD:dvc.lock"], capture_output=True, text=True)
+    locked = {}
+    if proc.returncode == 0:
+        locked = (yaml.safe_load(proc.stdout) or {}).get("stages") or {}
+    missing = [s for s in stages if s not in locked]
+    if missing:
+        raise ParamsError(
+            f"the last commit's dvc.lock has no {', '.join(missing)}: queued experiments start "
+            f"from it; run `dvc repro {' '.join(missing)}`, commit dvc.lock, then compare"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m appliedtorch.recipes", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate a recipe on top of params.yaml")
+    compare = sub.add_parser("compare", help="queue baseline, recipe and each change alone")
+    for p in (check, compare):
+        p.add_argument("recipe", type=Path)
+        p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    compare.add_argument("--name", help="sweep name (default: the recipe's file name + -cmp)")
+    compare.add_argument("--only", help="comma-separated single changes to queue (default: all)")
+    compare.add_argument("-S", "--set", dest="extra", action="append", default=[],
+                         help="key=value applied to every variant (e.g. cnn.train_limit=1000)")  # fmt: skip
+    compare.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        if args.command == "check":
+            recipe = read_recipe(args.recipe, args.params)
+            print(f"{args.recipe}: ok ({len(recipe)} keys on top of {args.params})")
+            return
+        name = args.name or f"{args.recipe.stem}-cmp"
+        only = args.only.split(",") if args.only else None
+        commands = compare_commands(
+            args.recipe, args.params, name, only, args.extra, check_data=not args.dry_run
+        )
+        for cmd in commands:
+            print(" ".join(cmd), flush=True)
+            if not args.dry_run:
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        if not args.dry_run:
+            print(
+                "queued; run them with `dvc queue start -j 1`, then `dvc exp show --only-changed`"
+            )
+
+    run_stage(body)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

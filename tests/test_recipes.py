@@ -1,0 +1,196 @@
+"""The training recipe (recipes/cnn-fast.yaml) and the sweep that compares it with the baseline.
+
+A new user's path, offline on synthetic data: the README's one-liner applies the recipe with
+`dvc exp run`, and `python -m appliedtorch.recipes compare` queues the baseline, the recipe and
+single changes, each one MLflow run tagged with its sweep and variant.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from test_pipeline import BIN, SHRUNK, make_workspace, run, run_queue
+
+from appliedtorch.core.errors import ParamsError
+from appliedtorch.recipes import read_recipe, variants
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "cnn-fast.yaml"
+TINY = ["-S", "cnn.epochs=2", "-S", "cnn.train_limit=256", "-S", "cnn.warmup_epochs=1"]
+
+
+def readme_one_liner() -> str:
+    """The README's command that applies the recipe."""
+    text = (REPO / "README.md").read_text()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("dvc exp run") and "cnn-fast" in ln
+               and "sed" in ln]  # fmt: skip
+    return line.split("  #")[0].strip()
+
+
+def test_a_recipe_may_set_top_level_keys_and_quoted_values(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("# comment\n\nseed: 7\ncnn.arch: 'resnet'\ncnn.lr: 1e-2\n")
+    assert read_recipe(path, REPO / "params.yaml") == {
+        "seed": 7,
+        "cnn.arch": "resnet",
+        "cnn.lr": 0.01,
+    }
+
+
+def test_recipe_is_valid_and_changes_what_it_says():
+    recipe = read_recipe(RECIPE, REPO / "params.yaml")
+    assert recipe["cnn.arch"] == "resnet" and recipe["cnn.flip_tta"] is True
+    table = variants(recipe, yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert list(table)[:2] == ["baseline", "recipe"] and table["baseline"] == {}
+    assert table["recipe"] == recipe
+    # Coupled keys change together; a key params.yaml already has is no change.
+    assert set(table["optimizer"]) >= {"cnn.optimizer", "cnn.lr", "cnn.scheduler"}
+    assert table["batch_norm"] == {"cnn.batch_norm": True}
+    assert "augment" not in table and "momentum" not in table
+    # The sed one-liner yields exactly one `-S key=value` per recipe key.
+    sed = readme_one_liner().split("$(", 1)[1].rsplit(")", 1)[0]
+    out = subprocess.run(sed, shell=True, cwd=REPO, capture_output=True, text=True, check=True)
+    pairs = dict(a.removeprefix("-S ").split("=", 1) for a in out.stdout.splitlines())
+    assert pairs == {
+        k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in recipe.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cnn.arch: vgg\n", r"cnn\.arch must be 'tutorial' or 'resnet' \(got 'vgg'\)"),
+        ("cnn.depth: 50\n", r"unknown key 'cnn\.depth'"),
+        ("cnn.lr: 0.1  # fast\n", r"line 1 is not `section\.key: value`"),
+        ("cnn:\n  lr: 0.1\n", r"line 1 is not `section\.key: value`"),
+        ("cnn.nesterov: true\n", r"cnn\.nesterov needs cnn\.optimizer: sgd"),
+        ("- cnn.lr\n", r"a recipe is a mapping"),
+        ("cnn.lr: &a 0.1\ncnn.gamma: *a\n", r"anchors and aliases are not allowed"),
+    ],
+)
+def test_bad_recipe_is_one_line_naming_the_problem(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ParamsError, match=message) as info:
+        read_recipe(bad, REPO / "params.yaml")
+    assert "\n" not in str(info.value)
+    proc = subprocess.run([sys.executable, "-m", "appliedtorch.recipes", "check", str(bad)],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert re.search(message, proc.stderr)
+
+
+def test_compare_checks_every_variant_with_the_extra_overrides():
+    # The recipe warms up for 2 epochs: with 2 epochs in all, every variant with the recipe's
+    # schedule is invalid, named before anything is queued.
+    cmd = [sys.executable, "-m", "appliedtorch.recipes", "compare", str(RECIPE), "--dry-run",
+           "-S", "cnn.epochs=2"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        "error: params.yaml with variant recipe: cnn.warmup_epochs must be less than cnn.epochs "
+        "(got 2 >= 2)"
+    )
+
+
+def test_compare_refuses_to_queue_without_committed_data_and_unknown_variants(tmp_path):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    cmd = [sys.executable, "-m", "appliedtorch.recipes", "compare", str(RECIPE)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "dvc exp run" not in proc.stdout
+    assert proc.stderr.strip() == (
+        "error: the last commit's dvc.lock has no download@cifar10: queued experiments start "
+        "from it; run `dvc repro download@cifar10`, commit dvc.lock, then compare"
+    )
+    proc = subprocess.run([*cmd, "--dry-run", "--only", "batch_norm,dropuot"], cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert (
+        proc.returncode == 2
+        and "--only: no variant dropuot (known: baseline, recipe, " in proc.stderr
+    )
+    dry = subprocess.run([*cmd, "--dry-run", "--only", "batch_norm"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert [line.split(" -n ")[1].split()[0] for line in dry] == [
+        "cnn-fast-cmp.baseline",
+        "cnn-fast-cmp.recipe",
+        "cnn-fast-cmp.batch_norm",
+    ]
+
+
+@pytest.mark.slow
+def test_recipe_one_liner_and_comparison_sweep_offline(tmp_path, mlflow_template_db):
+    ws, env = make_workspace(tmp_path, SHRUNK, tracking_uri="unused")
+    del env["MLFLOW_TRACKING_URI"]  # the workspace's own mlflow.db, as for a user
+    shutil.copy(mlflow_template_db, ws / "mlflow.db")  # git-ignored; skips the schema migration
+    dvc = str(BIN / "dvc")
+    run([dvc, "repro", "download@cifar10"], ws, env)  # the data, once, in the shared cache
+    run(["git", "add", "-A"], ws, env)
+    run(["git", "commit", "-qm", "data"], ws, env)
+
+    # 1. The README's one-liner, as typed (plus the tiny sizes), in the workspace.
+    cmd = f"{readme_one_liner()} {' '.join(TINY)} train_cnn"
+    proc = subprocess.run(cmd, shell=True, cwd=ws, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    params = yaml.safe_load((ws / "params.yaml").read_text())["cnn"]
+    assert (params["arch"], params["optimizer"], params["flip_tta"]) == ("resnet", "sgd", True)
+    metrics = json.loads((ws / "reports/cnn/metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["data_source"] == "synthetic"
+    import torch
+
+    saved = torch.load(ws / "models/cnn.pt", weights_only=True)
+    assert saved["arch"] == "resnet" and saved["model_args"]["flip_tta"] is True
+    run(["git", "checkout", "--", "params.yaml"], ws, env)
+
+    # 2. The comparison sweep, three variants, queued with one command.
+    compare = [sys.executable, "-m", "appliedtorch.recipes", "compare", "recipes/cnn-fast.yaml",
+               "--name", "cmp", "--only", "batch_norm", *TINY]  # fmt: skip
+    out = run(compare, ws, env).stdout
+    assert out.count("dvc exp run --queue -f -s") == 3, out
+    status = run_queue(ws, env, jobs=2, timeout=900)
+    names = ("cmp.baseline", "cmp.recipe", "cmp.batch_norm")
+    for name in names:
+        assert re.search(rf"{re.escape(name)}\s.*Success", status), status
+    shown = json.loads(run([dvc, "exp", "show", "--json"], ws, env).stdout)
+    exps = {e["name"]: e for rev in shown for e in rev.get("experiments") or []}
+    accuracy = {}
+    for name in names:
+        data = exps[name]["revs"][0]["data"]
+        accuracy[name] = data["metrics"]["reports/cnn/metrics.json"]["data"]["test_accuracy"]
+        cnn = data["params"]["params.yaml"]["data"]["cnn"]
+        assert cnn["batch_norm"] is (name != "cmp.baseline")
+        assert cnn["arch"] == ("resnet" if name == "cmp.recipe" else "tutorial")
+
+    # One MLflow run each, tagged with the sweep and the variant, with the numbers DVC shows.
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cifar10-cnn")
+    runs = client.search_runs([exp.experiment_id], "tags.sweep = 'cmp'")
+    by_variant = {r.data.tags["variant"]: r for r in runs}
+    assert sorted(by_variant) == ["baseline", "batch_norm", "recipe"]
+    for variant, r in by_variant.items():
+        assert r.info.status == "FINISHED"
+        assert r.data.metrics["test_accuracy"] == accuracy[f"cmp.{variant}"]
+    assert by_variant["recipe"].data.params["cnn.scheduler"] == "onecycle"
+    assert by_variant["baseline"].data.params["cnn.optimizer"] == "adam"
+    # The recipe's logged model (a ResNet with flip TTA) still takes uint8 pixels.
+    recipe_run = by_variant["recipe"].info.run_id
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    try:
+        models = mlflow.search_logged_models(
+            experiment_ids=[exp.experiment_id], output_format="list"
+        )
+        (logged,) = [m for m in models if m.source_run_id == recipe_run]
+        pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+        probs = mlflow.pyfunc.load_model(f"models:/{logged.model_id}").predict(pixels)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
