@@ -2,6 +2,10 @@
 
     python tests/same_numbers.py > tests/golden/same_numbers.json   # re-record (rarely!)
 
+On a CPU with another signature (`cpu_signature`), the numbers may be recorded beside it, as
+`tests/golden/same_numbers-<name>.json`, with the code of a commit whose numbers already passed
+(say which in its "recorded_with"): never with the change under test.
+
 `tests/test_same_numbers.py` runs this and compares with the recorded file: moving or tidying
 code must not change a single number on the CPU. Timing values are left out (they are the only
 values allowed to differ between two runs).
@@ -87,11 +91,19 @@ def _flat(obj: object, prefix: str = "") -> dict:
 
 
 def cpu_signature() -> str:
-    """What decides the last bits of a CPU result: torch's version and its kernel level."""
+    """What decides the last bits of a CPU result: torch's version and kernel level, and the CPU
+    itself (vendor and family: MKL and oneDNN pick kernels by them; the flags that select
+    kernels; the core count, which splits reductions). Two CPUs at the same kernel level (an
+    Intel AVX-512 Xeon and an AMD Zen 4) round differently."""
     import torch
 
+    from appliedtorch.core.hardware import cpu_description
+
+    cpu = cpu_description()
     return (
         f"torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()} {platform.machine()}"
+        f" {cpu['vendor']} family {cpu['family']}, {cpu['cores']} cores,"
+        f" flags {' '.join(cpu['flags'])}"
     )
 
 
