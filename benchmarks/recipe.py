@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from appliedtorch.core.hardware import cpu_description
 from appliedtorch.core.params import parse_params, read_yaml
 from appliedtorch.data import synthetic_in_memory
 from appliedtorch.recipes import apply, read_recipe
-from benchmarks import flops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops  # noqa: E402 - the sibling benchmark script, reused
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -194,3 +194,21 @@ def test_recipe_one_liner_and_comparison_sweep_offline(tmp_path, mlflow_template
     finally:
         mlflow.set_tracking_uri(None)
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_recipe_benchmark_runs_as_the_readme_says(tmp_path):
+    """`python benchmarks/recipe.py` from any directory (no repo root on sys.path): both runs
+    train the epochs their params say, and the recipe's net costs fewer FLOPs per image."""
+    out = tmp_path / "recipe.json"
+    script = REPO / "benchmarks" / "recipe.py"
+    cmd = [sys.executable, str(script), "--train", "64", "--test", "32", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    tutorial, recipe = result["params.yaml"], result["cnn-fast"]
+    assert (tutorial["net"], len(tutorial["epoch_seconds"])) == ("cnn", 10)
+    assert (recipe["net"], len(recipe["epoch_seconds"])) == ("resnet", 8)
+    assert recipe["train_mflop_per_image"] < tutorial["train_mflop_per_image"]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in (tutorial, recipe))
+    assert result["machine"]["cpu"]["model"] in proc.stdout
