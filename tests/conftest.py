@@ -20,6 +20,33 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
+# The suite runs on two pytest-xdist workers (`-n 2`, pyproject.toml): most of its time is
+# subprocesses importing torch and MLflow, each on one core. A file's tests stay in one worker, so
+# a module-scoped fixture is built once; the files that copy the session's built pipeline
+# (`built_pipeline`, a full `dvc repro`) share one worker, so that is built once too.
+BUILT_PIPELINE_FILES = frozenset({"test_pipeline.py", "test_dvc_contract.py", "test_browser.py"})
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByFile(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "built_pipeline" if Path(file).name in BUILT_PIPELINE_FILES else file
+
+    return ByFile(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses `built_pipeline` outside BUILT_PIPELINE_FILES would build it again."""
+    for item in items:
+        uses = "built_pipeline" in getattr(item, "fixturenames", ())
+        if uses and item.path.name not in BUILT_PIPELINE_FILES:
+            raise pytest.UsageError(f"{item.nodeid} uses built_pipeline: add its file to "
+                                    "conftest.BUILT_PIPELINE_FILES")  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow sqlite database with its schema created once per session.
