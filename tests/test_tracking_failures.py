@@ -435,3 +435,43 @@ def test_unreachable_message_with_credentials_in_the_environment(monkeypatch):
     with pytest.raises(TrackingError) as info:
         tracking.check_reachable(uri)
     assert "s3cr" not in str(info.value) and "alice" not in str(info.value)
+
+
+@pytest.mark.parametrize("statement", ["INSERT INTO metrics", "INSERT INTO params"])
+def test_a_signal_inside_a_database_write_still_ends_the_run_killed(tracking_uri, statement):
+    """SIGINT delivered while MLflow's sqlite transaction is open (sent from inside it, so the
+    timing is certain): the write completes, then the interrupt ends the run KILLED. Raised
+    inside the transaction, it left the write lock held: the run stayed RUNNING ('database is
+    locked'), seen once in a full suite run under load."""
+    import signal
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from appliedtorch.core.cli import signals_raise
+
+    fired: list[str] = []
+
+    def interrupt(conn, cursor, sql: str, *args) -> None:
+        if not fired and sql.lstrip().upper().startswith(statement.upper()):
+            fired.append(sql)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    event.listen(Engine, "after_cursor_execute", interrupt)
+    try:
+        params = {"seed": 1, "lr": 0.1}
+        with (
+            pytest.raises(KeyboardInterrupt),
+            signals_raise(),
+            tracking.stage_run("sig-db", "train_mlp", params) as run,
+        ):
+            run.log_metrics({"train_loss": 1.0}, step=0)
+            time.sleep(5)  # a KeyboardInterrupt must have come before this ends
+    finally:
+        event.remove(Engine, "after_cursor_execute", interrupt)
+    assert fired, f"no {statement} was executed"
+    client = mlflow.MlflowClient(tracking_uri)
+    (got,) = client.search_runs([client.get_experiment_by_name("sig-db").experiment_id])
+    assert got.info.status == "KILLED"
+    assert got.data.params["lr"] == "0.1"  # the interrupted writes completed
+    assert got.data.metrics.get("train_loss") == (1.0 if "metrics" in statement else None)

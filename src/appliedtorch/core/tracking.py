@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from appliedtorch.core.errors import AppliedTorchError, TrackingError
-from appliedtorch.core.utils import file_md5, first_line, json_md5
+from appliedtorch.core.utils import file_md5, first_line, json_md5, signals_held
 
 log = logging.getLogger(__name__)
 
@@ -283,14 +283,37 @@ def params_md5(params: Mapping[str, Any]) -> str:
     return json_md5(dict(params))
 
 
+def _database_writes(tracking_uri: str) -> contextlib.AbstractContextManager[None]:
+    """Around MLflow calls on a database store (sqlite, PostgreSQL, ...): SIGINT and SIGTERM wait
+    until the call returns. A KeyboardInterrupt raised inside its transaction left the connection
+    holding sqlite's write lock, so ending the run KILLED then failed with 'database is locked'
+    and the run stayed RUNNING. Over HTTP an interrupted request is harmless and not delayed."""
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
+    database = scheme in {"sqlite", "postgresql", "mysql", "mssql"}
+    return signals_held() if database else contextlib.nullcontext()
+
+
+def _uninterrupted(method: Any) -> Any:
+    """A StageRun method whose MLflow writes a signal does not cut in half (`_database_writes`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: StageRun, *args: Any, **kwargs: Any) -> Any:
+        with _database_writes(self._tracking_uri):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class StageRun:
     """Handle on the active MLflow run, passed to the stage body."""
 
-    def __init__(self, mlflow_module: Any, run: Any):
+    def __init__(self, mlflow_module: Any, run: Any, tracking_uri: str = ""):
         self._mlflow = mlflow_module
         self.run = run
         self.run_id: str = run.info.run_id
+        self._tracking_uri = tracking_uri
 
+    @_uninterrupted
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log finite numeric metrics (non-numbers are skipped) under their own names; a character
         MLflow refuses in a name (e.g. in a class name) becomes `_`."""
@@ -302,9 +325,11 @@ class StageRun:
         if clean:
             self._mlflow.log_metrics(clean, step=step)
 
+    @_uninterrupted
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    @_uninterrupted
     def log_datasets(self, inputs: Sequence[tuple[str, str, str, str]]) -> None:
         """Log (name, digest, source, context) datasets as the run's inputs (see `dataset_inputs`).
 
@@ -317,6 +342,7 @@ class StageRun:
             dataset = MetaDataset(_dvc_dataset_source()(source), name=name, digest=digest)
             self._mlflow.log_input(dataset, context=context)
 
+    @_uninterrupted
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
         """Log report files (directories are logged recursively); missing paths are skipped."""
         for p in map(Path, paths):
@@ -325,6 +351,7 @@ class StageRun:
             elif p.exists():
                 self._mlflow.log_artifact(str(p), artifact_path=artifact_path)
 
+    @_uninterrupted
     def log_model(
         self, model: Any, name: str, input_example: Any, metadata: Mapping[str, Any] | None = None
     ) -> Any:
@@ -364,6 +391,7 @@ class StageRun:
             metadata=dict(metadata or {}),
         )
 
+    @_uninterrupted
     def register_model(self, model_info: Any, name: str, test_accuracy: float) -> dict[str, Any]:
         """Register the logged model as a new version of `name`; move alias `champion` to it
         when it beats the current champion (see `should_promote`). Returns what was done."""
@@ -631,16 +659,17 @@ def stage_run(
     bound_store_retries()
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        ensure_schema(tracking_uri)
-        _open_experiment(mlflow, experiment, tracking_uri)
-        if system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
-            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
-        active, resume_tags = _start_run(mlflow, stage, resume_run_id, system_metrics)
+        with _database_writes(tracking_uri):
+            ensure_schema(tracking_uri)
+            _open_experiment(mlflow, experiment, tracking_uri)
+            if system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+                mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
+            active, resume_tags = _start_run(mlflow, stage, resume_run_id, system_metrics)
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported the same way
         raise TrackingError(
             f"cannot use MLflow tracking at {redact(tracking_uri)}: {_first_line(exc)}"
         ) from None
-    run = StageRun(mlflow, active)
+    run = StageRun(mlflow, active, tracking_uri)
     try:
         run.set_tags(
             lineage_tags(stage, root)
@@ -648,15 +677,18 @@ def stage_run(
             | dict(tags or {})
             | resume_tags
         )
-        mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
+        with _database_writes(tracking_uri):
+            mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
         run.log_datasets(dataset_inputs(dict(tags or {})))
         log.info("MLflow run %s in experiment '%s' at %s", run.run_id, experiment, tracking_uri)
         yield run
     except BaseException as exc:
-        _end_failed(mlflow, run, exc, tracking_uri)
+        with _database_writes(tracking_uri):
+            _end_failed(mlflow, run, exc, tracking_uri)
         raise
     else:
-        not_ended = _end_run(mlflow, "FINISHED")
+        with _database_writes(tracking_uri):
+            not_ended = _end_run(mlflow, "FINISHED")
         if not_ended:
             raise TrackingError(
                 f"cannot end MLflow run {run.run_id} at {redact(tracking_uri)}: {not_ended}; "
@@ -709,6 +741,8 @@ def _end_failed(mlflow: Any, run: StageRun, exc: BaseException, tracking_uri: st
         ) from None
     if not_ended and isinstance(exc, AppliedTorchError):
         exc.args = (f"{exc}; MLflow: {ended}",)  # still one line
+    elif not_ended:  # a signal or a bug: its own error line follows this one
+        log.warning("MLflow run %s: %s", run.run_id, ended)
 
 
 def _first_line(exc: BaseException) -> str:
