@@ -500,8 +500,7 @@ def make_scheduler(
     """The configured learning-rate schedule, stepped once per batch (torch's own schedulers).
 
     step: x gamma after every step_size epochs (counted from the end of any warm-up), the
-    tutorial's StepLR counted in steps; cosine:
-    to 0 at the last step; onecycle: OneCycleLR's schedule (lr/25 up to lr over the warm-up, then
+    tutorial's StepLR counted in steps; cosine: to 0 at the last step; onecycle: OneCycleLR's schedule (lr/25 up to lr over the warm-up, then
     cosine down to lr/250000), momentum left as configured. A warm-up (not onecycle's) ramps
     linearly from lr/100.
     """

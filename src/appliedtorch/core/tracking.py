@@ -136,6 +136,13 @@ def _move_credentials(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def uri_scheme(uri: str) -> str:
+    """A tracking URI's scheme without its driver, lowercase: `postgresql+psycopg://` -> `postgresql`."""
+    import urllib.parse
+
+    return urllib.parse.urlsplit(uri).scheme.split("+", 1)[0].lower()
+
+
 # Schemes MLflow's tracking client accepts (a `+driver` suffix, e.g. postgresql+psycopg, is allowed).
 _SCHEMES = {"sqlite", "http", "https", "file", "postgresql", "mysql", "mssql"}
 _SCHEMES |= {"databricks", "databricks-uc", "uc"}
@@ -150,7 +157,7 @@ def check_uri(uri: str) -> None:
     import urllib.parse
 
     parts = urllib.parse.urlsplit(uri)
-    scheme = parts.scheme.split("+")[0].lower()
+    scheme = uri_scheme(uri)
     problem = None
     if scheme in ("", "file") and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
         problem = "is a plain path (MLflow 3 refuses its file store)"
@@ -288,8 +295,7 @@ def _database_writes(tracking_uri: str) -> contextlib.AbstractContextManager[Non
     until the call returns. A KeyboardInterrupt raised inside its transaction left the connection
     holding sqlite's write lock, so ending the run KILLED then failed with 'database is locked'
     and the run stayed RUNNING. Over HTTP an interrupted request is harmless and not delayed."""
-    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
-    database = scheme in {"sqlite", "postgresql", "mysql", "mssql"}
+    database = uri_scheme(tracking_uri) in {"sqlite", *_DB_PORTS}
     return signals_held() if database else contextlib.nullcontext()
 
 
@@ -509,7 +515,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """
     if uri.startswith("sqlite:///"):
         check_sqlite_file(Path(uri[len("sqlite:///") :]))
-    if uri.split(":", 1)[0].split("+")[0].lower() in _DB_PORTS:
+    if uri_scheme(uri) in _DB_PORTS:
         check_db_server(uri, timeout)
     if not uri.startswith(("http://", "https://")):
         return
@@ -557,7 +563,7 @@ def check_db_server(uri: str, timeout: float = 5.0) -> None:
     parts = urllib.parse.urlsplit(uri)
     if not parts.hostname:  # a local socket: the driver reports it
         return
-    port = parts.port or _DB_PORTS[parts.scheme.split("+")[0].lower()]
+    port = parts.port or _DB_PORTS[uri_scheme(uri)]
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except OSError as exc:
