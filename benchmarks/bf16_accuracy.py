@@ -22,8 +22,8 @@ from pathlib import Path
 
 from appliedtorch.classify.loop import TrainConfig, train_classifier
 from appliedtorch.core.hardware import cpu_description
-from appliedtorch.core.params import load_params
 from appliedtorch.data import synthetic_in_memory
+from appliedtorch.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = {"mlp": ("mnist", 60000, 10000), "cnn": ("cifar10", 50000, 10000)}

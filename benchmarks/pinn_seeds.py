@@ -19,16 +19,17 @@ import statistics
 import sys
 from pathlib import Path
 
-from appliedtorch import pinn
-from appliedtorch.core.params import PINNParams, load_params
 from appliedtorch.core.utils import seed_everything
+from appliedtorch.params import load_params
+from appliedtorch.pinn import outputs, solver
+from appliedtorch.pinn.params import PINNParams
 
 
 def run_once(cfg: PINNParams, seed: int) -> dict[str, float]:
     """Solve once from `seed`; return errors, total and per-phase seconds."""
     seed_everything(seed)
-    result = pinn.solve(cfg)
-    out = {"seed": seed, **pinn.evaluate(result.net, cfg.eval_points)}
+    result = solver.solve(cfg)
+    out = {"seed": seed, **outputs.evaluate(result.net, cfg.eval_points)}
     out.update({f"{k}_seconds": v for k, v in result.seconds.items()})
     out["lbfgs_restarts"] = result.lbfgs_restarts
     return out

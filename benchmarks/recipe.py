@@ -27,8 +27,9 @@ import torch
 
 from appliedtorch.classify.loop import TrainConfig, model_args_for, model_name, train_classifier
 from appliedtorch.core.hardware import cpu_description
-from appliedtorch.core.params import parse_params, read_yaml
+from appliedtorch.core.params import read_yaml
 from appliedtorch.data import synthetic_in_memory
+from appliedtorch.params import parse_params
 from appliedtorch.recipes import apply, read_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -58,9 +58,10 @@ from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.loop import TrainConfig, evaluate, model_args_for, model_name
 from appliedtorch.classify.models import build_model
 from appliedtorch.core.hardware import cpu_description, cpu_peak_gflops
-from appliedtorch.core.params import PINNParams, load_params
 from appliedtorch.core.utils import thread_count, write_json
 from appliedtorch.data import ImageData
+from appliedtorch.params import load_params
+from appliedtorch.pinn.params import PINNParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402 - the sibling benchmark scripts, reused

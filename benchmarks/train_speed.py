@@ -37,8 +37,8 @@ from torchvision import transforms
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.loop import TrainConfig, evaluate, model_args_for, train_classifier
 from appliedtorch.classify.models import build_model
-from appliedtorch.core.params import load_params
 from appliedtorch.data import ImageData, synthetic_in_memory
+from appliedtorch.params import load_params
 
 SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000)}
 DATASET = {"mlp": "mnist", "cnn": "cifar10"}

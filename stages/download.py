@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from appliedtorch.core.cli import run_stage
-from appliedtorch.core.params import load_params
 from appliedtorch.data import DATASETS, download
+from appliedtorch.params import load_params
 
 log = logging.getLogger("download")
 

@@ -12,11 +12,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from appliedtorch import pinn
 from appliedtorch.core.cli import run_stage
-from appliedtorch.core.params import load_params, run_params
+from appliedtorch.core.params import run_params
 from appliedtorch.core.tracking import stage_run
 from appliedtorch.core.utils import check_writable, output_set, seed_everything
+from appliedtorch.params import load_params
+from appliedtorch.pinn import outputs, solver
 
 log = logging.getLogger("pinn")
 
@@ -36,25 +37,25 @@ def main() -> None:
     with stage_run(
         "pinn-ode", "pinn", params, uri, tags, system_metrics=p.tracking.system_metrics
     ) as run:
-        result = pinn.solve(p.pinn)
+        result = solver.solve(p.pinn)
         # One set: the model and every report file appear together, or none of them changes.
         with output_set(args.model.parent, args.reports) as out:
-            pinn.save_verified(result.net, out.path(args.model), p.pinn.eval_points)
-            metrics, staged = pinn.write_reports(result, out.path(args.reports), p.pinn.eval_points)
+            outputs.save_verified(result.net, out.path(args.model), p.pinn.eval_points)
+            metrics, staged = outputs.write_reports(result, out.path(args.reports), p.pinn.eval_points)
             log.info(
                 "max |u - sin x| = %.3e, relative L2 %.3e, %.2f s",
                 metrics["max_abs_error"],
                 metrics["l2_relative_error"],
                 metrics["seconds"],
             )
-            for step, loss in pinn.loss_log_points(result):
+            for step, loss in outputs.loss_log_points(result):
                 run.log_metrics({"loss": loss}, step=step)
             run.log_metrics(metrics)
             run.set_tags(
                 {"pinn.phases": " ".join(f"{k}:{a}-{b}" for k, (a, b) in result.phases.items())}
             )
             run.log_artifacts(staged)  # same file names as in reports/pinn
-            run.log_model(result.net, "model", input_example=pinn.input_example(result.net))
+            run.log_model(result.net, "model", input_example=outputs.input_example(result.net))
 
 
 if __name__ == "__main__":

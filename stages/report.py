@@ -15,7 +15,7 @@ from pathlib import Path
 
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import TrackingError
-from appliedtorch.core.params import load_params, run_params
+from appliedtorch.core.params import run_params
 from appliedtorch.core.tracking import (
     latest_runs,
     lineage_tags,
@@ -25,6 +25,7 @@ from appliedtorch.core.tracking import (
     resolve_tracking_uri,
 )
 from appliedtorch.core.utils import output_set, write_text
+from appliedtorch.params import load_params
 from appliedtorch.report import page as report
 
 log = logging.getLogger("report")

@@ -11,8 +11,9 @@ import torch
 from torch.testing import assert_close
 
 from appliedtorch.core.errors import DivergenceError, ParamsError
-from appliedtorch.core.params import MathParams, Params, parse_params
 from appliedtorch.demos import checks as demos
+from appliedtorch.demos.params import MathParams
+from appliedtorch.params import Params, parse_params
 from conftest import run_script
 
 F64 = torch.float64

@@ -20,8 +20,8 @@ from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.classify.loop import TrainConfig, train_classifier
 from appliedtorch.classify.resume import resume_path
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.core.params import load_params
 from appliedtorch.data import ImageData, download, load_dataset, synthetic_in_memory
+from appliedtorch.params import load_params
 from conftest import PYTHON, REPO
 
 SIZES = {"mnist": (1024, 300), "cifar10": (256, 100)}

@@ -24,8 +24,8 @@ from appliedtorch.classify.loop import (
 from appliedtorch.classify.models import CNN, MLP, ResNet, load_model
 from appliedtorch.classify.outputs import save_verified_model
 from appliedtorch.core.errors import ParamsError
-from appliedtorch.core.params import load_params, parse_params
 from appliedtorch.data import synthetic_in_memory
+from appliedtorch.params import load_params, parse_params
 from benchmarks.flops import train_flops_per_sample
 
 CPU = torch.device("cpu")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from appliedtorch.classify.loop import TrainConfig
+from appliedtorch.classify.params import MLPParams
 from appliedtorch.core import hardware
 from appliedtorch.core.errors import ParamsError
-from appliedtorch.core.params import MLPParams
 
 CPU = torch.device("cpu")
 
@@ -97,7 +97,7 @@ def test_bf16_param_values(value):
 def test_bf16_param_rejects_other_words(params_file):
     import yaml
 
-    from appliedtorch.core.params import load_params
+    from appliedtorch.params import load_params
 
     path = params_file({"cnn": {"bf16": "maybe"}})
     with pytest.raises(ParamsError, match=r"cnn\.bf16"):

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from appliedtorch.core.errors import ParamsError
-from appliedtorch.core.params import flatten, load_params, run_params
+from appliedtorch.core.params import flatten, run_params
+from appliedtorch.params import load_params
 from conftest import REPO, run_script
 
 

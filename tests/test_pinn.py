@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from appliedtorch import pinn
-from appliedtorch.core.params import PINNParams
 from appliedtorch.pinn import figures as plots
+from appliedtorch.pinn import outputs, problem, solver
+from appliedtorch.pinn.params import PINNParams
 from conftest import run_script
 
 # A few seconds: Adam, then L-BFGS, then Levenberg-Marquardt, all shrunk.
@@ -30,37 +30,37 @@ SHORT = dict(
 
 
 def test_exact_solution_satisfies_the_ode_and_the_boundary_conditions():
-    x = pinn.grid(101, torch.float64)
-    assert_close(pinn.residual(pinn.exact_solution, x), torch.zeros_like(x), atol=1e-12, rtol=0)
-    assert pinn.boundary_loss(pinn.exact_solution, torch.float64).item() < 1e-30
+    x = problem.grid(101, torch.float64)
+    assert_close(problem.residual(problem.exact_solution, x), torch.zeros_like(x), atol=1e-12, rtol=0)
+    assert problem.boundary_loss(problem.exact_solution, torch.float64).item() < 1e-30
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hard_ansatz_meets_the_boundary_conditions_exactly_untrained(dtype):
     for seed in range(3):
         torch.manual_seed(seed)
-        net = pinn.PINNNet([10, 10], "hard", dtype)
-        u = net(torch.tensor([[pinn.A], [pinn.B]], dtype=dtype))
+        net = problem.PINNNet([10, 10], "hard", dtype)
+        u = net(torch.tensor([[problem.A], [problem.B]], dtype=dtype))
         assert_close(u, torch.tensor([[0.0], [1.0]], dtype=dtype), atol=0, rtol=0)
-    soft = pinn.PINNNet([10, 10], "soft", dtype)
-    assert pinn.boundary_loss(soft, dtype).item() > 1e-6  # a soft net has to learn them
+    soft = problem.PINNNet([10, 10], "soft", dtype)
+    assert problem.boundary_loss(soft, dtype).item() > 1e-6  # a soft net has to learn them
 
 
 @pytest.mark.parametrize("boundary", ["soft", "hard"])
 def test_taylor_propagation_matches_autograd(boundary):
     torch.manual_seed(0)
-    net = pinn.PINNNet([7, 5, 3], boundary, torch.float64)
-    x = pinn.grid(33, torch.float64)
+    net = problem.PINNNet([7, 5, 3], boundary, torch.float64)
+    x = problem.grid(33, torch.float64)
     u, uxx = net.value_and_uxx(x)
     assert_close(u, net(x), atol=1e-14, rtol=0)
-    assert_close(uxx + u, pinn.residual(net, x), atol=1e-12, rtol=0)
+    assert_close(uxx + u, problem.residual(net, x), atol=1e-12, rtol=0)
 
 
 def test_short_solve_reaches_a_loose_bound_through_all_three_phases():
     torch.manual_seed(0)
     cfg = PINNParams(**SHORT)
-    result = pinn.solve(cfg)
-    errors = pinn.evaluate(result.net, 1000)
+    result = solver.solve(cfg)
+    errors = outputs.evaluate(result.net, 1000)
     assert errors["max_abs_error"] < 1e-4, errors
     assert errors["l2_relative_error"] < 1e-4, errors
     # Each phase ran its full length: L-BFGS did not stop early (torch's default max_eval and
@@ -75,20 +75,20 @@ def test_tutorial_recipe_is_reachable_by_params():
     torch.manual_seed(0)
     cfg = PINNParams(adam_steps=300)  # defaults: the tutorial's soft, float32, fixed grid, Adam
     assert (cfg.boundary, cfg.dtype, cfg.lbfgs_steps, cfg.lm_steps) == ("soft", "float32", 0, 0)
-    result = pinn.solve(cfg)
+    result = solver.solve(cfg)
     assert next(result.net.parameters()).dtype == torch.float32
     assert list(result.phases) == ["adam"]
     assert result.loss[-1] < 0.05 * result.loss[0]
-    assert pinn.evaluate(result.net)["max_abs_error"] < 0.2
+    assert outputs.evaluate(result.net)["max_abs_error"] < 0.2
 
 
 def test_loss_log_points_are_sparse_and_keep_phase_ends():
-    result = pinn.PINNResult(
-        net=pinn.PINNNet(),
+    result = solver.PINNResult(
+        net=problem.PINNNet(),
         loss=[float(i) for i in range(1000)],
         phases={"adam": (0, 700), "lm": (700, 1000)},
     )
-    points = pinn.loss_log_points(result, max_points=50)
+    points = outputs.loss_log_points(result, max_points=50)
     steps = [s for s, _ in points]
     assert len(points) <= 52 and steps == sorted(steps)
     assert {0, 699, 999} <= set(steps)
@@ -141,7 +141,7 @@ def test_stage_writes_reports_model_and_mlflow_run(tmp_path, params_file, tracki
     assert_close(table["abs_error"].to_numpy(), (table["u"] - table["exact"]).abs().to_numpy())
     assert table["abs_error"].max() == pytest.approx(metrics["max_abs_error"], rel=1e-12)
 
-    reloaded = pinn.evaluate(pinn.load_pinn(model), 1000)
+    reloaded = outputs.evaluate(outputs.load_pinn(model), 1000)
     assert reloaded["max_abs_error"] == metrics["max_abs_error"]
 
     client = mlflow.MlflowClient(tracking_uri)
@@ -156,6 +156,6 @@ def test_stage_writes_reports_model_and_mlflow_run(tmp_path, params_file, tracki
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "solution.csv", "solution.png", "error.png", "loss.png"} <= artifacts
     logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    x = pinn.grid(7, torch.float64)
+    x = problem.grid(7, torch.float64)
     with torch.no_grad():
-        assert_close(logged(x), pinn.load_pinn(model)(x), atol=0, rtol=0)
+        assert_close(logged(x), outputs.load_pinn(model)(x), atol=0, rtol=0)

@@ -204,7 +204,8 @@ def test_report_stage_writes_the_page_with_run_ids(
 def test_report_stage_shows_every_param_the_stages_ran_with(tmp_path, params_file, monkeypatch):
     import html
 
-    from appliedtorch.core.params import load_params, run_params
+    from appliedtorch.core.params import run_params
+    from appliedtorch.params import load_params
 
     recipe = {"arch": "resnet", "optimizer": "sgd", "nesterov": True, "scheduler": "onecycle",
               "label_smoothing": 0.2, "flip_tta": True, "warmup_epochs": 2}  # fmt: skip

@@ -25,9 +25,10 @@ from appliedtorch.classify.outputs import (
     write_reports,
 )
 from appliedtorch.core.errors import DivergenceError
-from appliedtorch.core.params import load_params, run_params
+from appliedtorch.core.params import run_params
 from appliedtorch.core.utils import flatten, thread_count
 from appliedtorch.data import ImageData, download, load_dataset, synthetic_in_memory
+from appliedtorch.params import load_params
 from conftest import run_script
 
 # threads=1: two OpenMP threads on a busy 2-core runner spin against each other.

@@ -29,8 +29,9 @@ import yaml
 
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import ParamsError
-from appliedtorch.core.params import parse_params, read_yaml
+from appliedtorch.core.params import read_yaml
 from appliedtorch.core.utils import flatten
+from appliedtorch.params import parse_params
 
 # What `dvc exp run` takes from one line of the README's sed one-liner: a (dotted) key, a colon,
 # one value with no spaces (no inline comment).

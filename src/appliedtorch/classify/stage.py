@@ -18,7 +18,7 @@ from appliedtorch.classify import distributed, outputs
 from appliedtorch.classify.loop import TrainConfig, train_classifier
 from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.core.params import load_params, run_params
+from appliedtorch.core.params import run_params
 from appliedtorch.core.tracking import data_tags, stage_run
 from appliedtorch.core.utils import (
     check_writable,
@@ -28,6 +28,7 @@ from appliedtorch.core.utils import (
     seed_everything,
 )
 from appliedtorch.data import load_dataset
+from appliedtorch.params import load_params
 
 # arch -> (dataset, MLflow experiment and registered model name)
 CLASSIFIERS = {"mlp": ("mnist", "mnist-mlp"), "cnn": ("cifar10", "cifar10-cnn")}

@@ -1,9 +1,10 @@
-"""Typed, validated params: one pydantic model per params.yaml section.
+"""Params machinery: the base of every section, the params.yaml reader and one-line errors.
 
-The only module that reads params.yaml. Example:
+Each stage's section lives with the code that uses it (`appliedtorch.classify.params`, ...);
+`appliedtorch.params` assembles them into the whole file's schema:
 
-    >>> p = load_params("params.yaml")
-    >>> p.mlp.lr
+    >>> from appliedtorch.params import load_params
+    >>> load_params("params.yaml").mlp.lr
     0.001
 
 Any problem (unreadable YAML, unknown key, wrong type, out-of-range value, missing section) raises
@@ -15,17 +16,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliedtorch.core.errors import ParamsError
 from appliedtorch.core.utils import flatten
@@ -40,11 +34,9 @@ MAX_STEPS = 10**8
 MAX_BATCH = 2**24
 MAX_WIDTH = 2**16  # hidden units: a 784 x 65536 layer is already 200 MB
 MAX_LAYERS = 256
-MAX_WEIGHTS = 2**28  # hidden-to-hidden weights of the MLP: 1 GB in float32
 MAX_SAMPLES = 2**31 - 1  # train_limit: more than any dataset here holds
 MAX_POINTS = 10**7  # collocation / evaluation points and FFT samples: ~80 MB of float64 each
 MAX_THREADS = 1024
-MAX_RETRIES = 5  # back-off doubles from 0.5 s (each wait at most 8 s): 5 retries wait 15.5 s
 MAX_TIMEOUT = 3600.0
 MAX_PARAMS_BYTES = 64 << 10  # params.yaml is ~4 KB; pure-Python YAML parses 64 KB in < 1 s
 
@@ -55,216 +47,18 @@ class Section(BaseModel):
     # allow_inf_nan=False: `lr: .inf` passed `gt=0` and only failed as a diverged run.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
-
-class SyntheticSizes(Section):
-    """Sizes of the generated stand-ins for MNIST and CIFAR-10 (`data.source: synthetic`)."""
-
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    # At most twice upstream's sizes: what a mirror's files may hold (appliedtorch.data.fetch).
-    mnist_train: int = Field(60000, gt=0, le=120_000)
-    mnist_test: int = Field(10000, gt=0, le=20_000)
-    cifar10_train: int = Field(50000, gt=0, le=100_000)
-    cifar10_test: int = Field(10000, gt=0, le=20_000)
-
-
-class DataParams(Section):
-    # upstream | synthetic | a directory | an http(s):// base URL laid out like upstream
-    source: str = Field("upstream", min_length=1, max_length=4096)
-    timeout: float = Field(10.0, gt=0, le=MAX_TIMEOUT)  # seconds any one network wait may take
-    file_timeout: float = Field(900.0, gt=0, le=24 * MAX_TIMEOUT)  # seconds for a whole file
-    retries: int = Field(2, ge=0, le=MAX_RETRIES)  # extra attempts per URL, backing off 2x
-    synthetic: SyntheticSizes = SyntheticSizes()
-
-
-# Choices both classifier sections offer (`auto`: where the device computes bf16 natively).
-Schedule = Literal["constant", "step", "cosine", "onecycle"]
-BF16 = Literal["auto"] | bool
-
-
-class ClassifierParams(Section):
-    """What the MLP and CNN sections share: the training recipe. The defaults are the tutorial's
-    (Adam, no weight decay, no label smoothing, no batch norm); the tutorial's "extend it" list
-    (deeper nets, other optimizers, schedulers, batch norm, ...) is these keys."""
-
-    section: ClassVar[str] = ""  # the params.yaml section, for messages across keys
-
-    epochs: int = Field(5, gt=0, le=MAX_EPOCHS)
-    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
-    lr: float = Field(0.001, gt=0)  # the peak lr with warm-up or onecycle
-    batch_norm: bool = False
-    dropout: float = Field(0.0, ge=0, lt=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only (Adam's is its beta1 = 0.9)
-    nesterov: bool = False  # sgd with momentum > 0 only
-    # Convolution and linear weights only: biases and norm scales are not decayed (nanoGPT's
-    # configure_optimizers). adam: an L2 term in the gradient; adamw: decoupled, as published.
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    # Per step: constant | step (x gamma every step_size epochs after any warm-up) | cosine (to 0) | onecycle
-    # (torch's OneCycleLR: lr/25 up to lr, then cosine down to lr/250000)
-    scheduler: Schedule = "constant"
-    step_size: int = Field(5, gt=0, le=MAX_EPOCHS)  # step only
-    gamma: float = Field(0.1, gt=0, le=1)  # step only
-    # Linear warm-up from ~0 over this many epochs (a fraction is fine). onecycle: its rising
-    # phase, null = 30 % of the epochs (torch's default); the others: null = no warm-up.
-    warmup_epochs: float | None = Field(None, ge=0, le=MAX_EPOCHS)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; test_loss is plain CE
-    train_limit: int | None = Field(None, gt=0, le=MAX_SAMPLES)
-    eval_batch_size: int = Field(1024, gt=0, le=MAX_BATCH)
-    # bfloat16 autocast: auto = where the device computes bf16 natively (core/hardware.py)
-    bf16: BF16 = False
-    compile: bool = False  # torch.compile the model (first epoch pays the compile time)
-    threads: int | None = Field(None, gt=0, le=MAX_THREADS)  # CPU threads; None: torch's default
-
-    @model_validator(mode="after")
-    def _recipe(self) -> ClassifierParams:
-        s = self.section
-        if self.batch_norm and (self.batch_size == 1 or self.train_limit == 1):
-            raise ValueError(
-                f"{s}.batch_norm needs {s}.batch_size and {s}.train_limit > 1 (a batch of one "
-                "sample has no variance)"
-            )
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ValueError(
-                f"{s}.nesterov needs {s}.optimizer: sgd with {s}.momentum > 0 "
-                f"(got optimizer {self.optimizer}, momentum {self.momentum:g})"
-            )
-        warmup = self.warmup_epochs
-        if warmup is not None and warmup >= self.epochs:
-            raise ValueError(
-                f"{s}.warmup_epochs must be less than {s}.epochs (got {warmup:g} >= {self.epochs})"
-            )
-        if self.scheduler == "onecycle" and warmup == 0:
-            raise ValueError(
-                f"{s}.warmup_epochs must be > 0 with {s}.scheduler: onecycle (its rising phase; "
-                "null = 30 % of the epochs)"
-            )
-        return self
-
-
-class MLPParams(ClassifierParams):
-    section: ClassVar[str] = "mlp"
-
-    # tutorial: 784 -> hidden -> hidden -> 10 | residual: x + layer(x) around hidden layers 2..
-    arch: Literal["tutorial", "residual"] = "tutorial"
-    hidden_layers: int = Field(2, gt=0, le=MAX_LAYERS)
-    hidden_size: int = Field(128, gt=0, le=MAX_WIDTH)
-    step_size: int = Field(2, gt=0, le=MAX_EPOCHS)
-    eval_batch_size: int = Field(2048, gt=0, le=MAX_BATCH)
-    bf16: BF16 = False  # measured slower in bf16: see params.yaml
-    # 1: small GEMMs; 2 threads gained ~10% on the quiet 2-core CPU but lost 3x with another process
-    # busy (spinning), and waking sleeping threads (OMP_WAIT_POLICY=PASSIVE) cost more than they gave
-    threads: int | None = Field(1, gt=0, le=MAX_THREADS)  # CPU threads; None = torch's default
-
-    @model_validator(mode="after")
-    def _size(self) -> MLPParams:
-        weights = (self.hidden_layers - 1) * self.hidden_size**2
-        if weights > MAX_WEIGHTS:
-            raise ValueError(
-                f"mlp.hidden_layers x mlp.hidden_size^2 must be at most {MAX_WEIGHTS} weights "
-                f"(got {self.hidden_layers} x {self.hidden_size}^2: {weights / 2**30 * 4:.0f} GB "
-                "in float32)"
-            )
-        return self
-
-
-class CNNParams(ClassifierParams):
-    section: ClassVar[str] = "cnn"
-
-    # tutorial: 3 conv + pool blocks, fc 512 | resnet: stem + 3 residual stages (models.py)
-    arch: Literal["tutorial", "resnet"] = "tutorial"
-    width: int = Field(32, gt=0, le=1024)  # first stage's channels; the next two double them
-    epochs: int = Field(10, gt=0, le=MAX_EPOCHS)
-    batch_size: int = Field(128, gt=0, le=MAX_BATCH)
-    scheduler: Schedule = "step"
-    dropout: float = Field(0.5, ge=0, lt=1)  # before the last linear layer(s)
-    augment: bool = True  # random crop (4-pixel zero padding) + horizontal flip
-    flip_tta: bool = False  # evaluate on each image and its mirror, averaging the logits
-    channels_last: bool = True
-    bf16: BF16 = "auto"
-    # None (all cores): with OMP_WAIT_POLICY=PASSIVE (appliedtorch sets it) 2 threads were 1.8x
-    # faster than 1 on the quiet 2-core CPU and as fast with another process busy (benchmarks/run.py)
-    threads: int | None = Field(None, gt=0, le=MAX_THREADS)  # CPU threads; None: torch's default
-
-
-class PINNParams(Section):
-    """PINN recipe. These defaults are the tutorial's (soft BC, Adam only, float32, fixed grid);
-    params.yaml holds the accurate recipe (hard BC, float64, Adam -> L-BFGS -> L-M)."""
-
-    hidden_sizes: list[int] = Field(default_factory=lambda: [10, 10], min_length=1, max_length=64)
-    boundary: Literal["soft", "hard"] = "soft"
-    bc_weight: float = Field(1.0, gt=0)  # weight of the boundary penalty (soft only)
-    dtype: Literal["float32", "float64"] = "float32"
-    collocation_points: int = Field(100, gt=1, le=MAX_POINTS)
-    # Adam draws fresh random points every N steps; 0: fixed grid
-    resample_every: int = Field(0, ge=0, le=MAX_STEPS)
-    adam_steps: int = Field(10000, ge=0, le=MAX_STEPS)
-    lr: float = Field(0.01, gt=0)
-    lbfgs_steps: int = Field(0, ge=0, le=MAX_STEPS)
-    lbfgs_history: int = Field(50, gt=0, le=10_000)
-    lbfgs_tolerance_grad: float = Field(0.0, ge=0)  # torch's 1e-7 stops L-BFGS too early here
-    lbfgs_tolerance_change: float = Field(0.0, ge=0)  # torch's 1e-9 is absolute: same problem
-    lbfgs_restarts: int = Field(5, ge=0, le=1000)  # fresh L-BFGS starts when one stops early
-    lm_steps: int = Field(0, ge=0, le=MAX_STEPS)  # Levenberg-Marquardt steps after L-BFGS
-    num_threads: int = Field(1, ge=0, le=MAX_THREADS)  # intra-op threads; 0: leave as is
-    eval_points: int = Field(1000, gt=1, le=MAX_POINTS)
-
-    @field_validator("hidden_sizes")
-    @classmethod
-    def _positive_widths(cls, v: list[int]) -> list[int]:
-        if any(w <= 0 or w > MAX_WIDTH for w in v):
-            raise ValueError(f"must be layer widths from 1 to {MAX_WIDTH} (got {_short(v)})")
-        return v
-
-
-class MathParams(Section):
-    # The tutorial starts at 0, a stationary point of x^4 - 3x^3 + 2, where descent never moves.
-    gd_start: float = Field(3.0, allow_inf_nan=False)
-    gd_lr: float = Field(0.01, gt=0)
-    gd_steps: int = Field(1000, gt=0, le=MAX_STEPS)  # at most; stops once |f'(x)| <= gd_tol
-    gd_tol: float = Field(1e-10, gt=0)
-    fft_sample_rate: float = Field(100.0, gt=20, le=MAX_POINTS)  # Hz; above 10 Hz's Nyquist
-    fft_duration: float = Field(1.0, gt=0)  # seconds; whole cycles of 5 and 10 Hz avoid leakage
-
-    @model_validator(mode="after")
-    def _fft_samples(self) -> MathParams:
-        # fft_demo takes round(rate * duration) samples; fewer than 2 has no spectrum to check.
-        n = round(self.fft_sample_rate * self.fft_duration)
-        if not 2 <= n <= MAX_POINTS:
-            raise ValueError(
-                f"math.fft_sample_rate x math.fft_duration must give 2 to {MAX_POINTS} samples "
-                f"(got {self.fft_sample_rate:g} Hz x {self.fft_duration:g} s = {n})"
-            )
-        return self
+    # field name -> what an upper-bound error adds to its line (why the bound is where it is)
+    bound_notes: ClassVar[dict[str, str]] = {}
 
 
 class TrackingParams(Section):
+    """Where runs go and what they record (shared by every stage that logs to MLflow)."""
+
     uri: str = Field("sqlite:///mlflow.db", min_length=1, max_length=4096)
     # Register classifiers as mnist-mlp / cifar10-cnn; alias `champion` follows the best one.
     register_models: bool = False
     # Sample CPU, memory (and GPU) use into a training run's system/* metrics (needs psutil).
     system_metrics: bool = True
-
-
-class Params(Section):
-    seed: int = Field(42, ge=0, le=MAX_SEED)
-    device: str = "auto"
-    data: DataParams
-    mlp: MLPParams
-    cnn: CNNParams
-    pinn: PINNParams
-    math: MathParams
-    tracking: TrackingParams
-
-    @field_validator("device")
-    @classmethod
-    def _device_name(cls, v: str) -> str:
-        # Only strings torch.device() parses to the same device (tests/test_params.py checks).
-        m = re.fullmatch(r"auto|cpu|mps|cuda(?::(0|[1-9][0-9]{0,2}))?", v)
-        if not m:
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {_short(v)})")
-        if m[1] and int(m[1]) > MAX_DEVICE_INDEX:
-            raise ValueError(f"must be cuda:0 to cuda:{MAX_DEVICE_INDEX} (got {_short(v)})")
-        return v
 
 
 class _Refused(Exception):
@@ -312,7 +106,7 @@ _TYPE_WORDS = {
 }
 
 
-def _describe(err: dict[str, Any], name: str) -> str:
+def _describe(err: dict[str, Any], name: str, schema: type[BaseModel]) -> str:
     """One readable line for one pydantic error."""
     key = _clip(".".join(str(p) for p in err["loc"]), 80)
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
@@ -330,35 +124,37 @@ def _describe(err: dict[str, Any], name: str) -> str:
     if kind in bounds:
         bound = next(iter(ctx.values()))
         bound = f"{bound:g}" if isinstance(bound, float) else bound
-        note = _BOUND_NOTES.get(key, "") if kind.startswith("less") else ""
-        return f"{name}: {key} must be {bounds[kind]} {bound} (got {_short(got)}){note}"
+        note = _bound_note(schema, err["loc"]) if kind.startswith("less") else ""
+        return f"{name}: {key} must be {bounds[kind]} {bound} (got {short(got)}){note}"
     if kind == "finite_number":
-        return f"{name}: {key} must be a finite number (got {_short(got)})"
+        return f"{name}: {key} must be a finite number (got {short(got)})"
     if kind == "literal_error":
-        return f"{name}: {key} must be {ctx.get('expected')} (got {_short(got)})"
+        return f"{name}: {key} must be {ctx.get('expected')} (got {short(got)})"
     if kind in ("too_long", "string_too_long"):
         return f"{name}: {key} must have at most {ctx.get('max_length')} items or characters"
     if kind in ("too_short", "string_too_short"):
         return f"{name}: {key} must not be empty"
     base = kind.split("_")[0]
     if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{name}: {key} must be {_TYPE_WORDS.get(base, base)} (got {_short(got)})"
+        return f"{name}: {key} must be {_TYPE_WORDS.get(base, base)} (got {short(got)})"
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith(f"{key}."):  # a check across keys names them itself
         return f"{name}: {msg}"
     return f"{name}: {key} {msg}"
 
 
-_BOUND_NOTES = {
-    "data.retries": (
-        ": each retry waits twice as long as the one before (0.5 s, 1 s, 2 s, ..., at most 8 s), "
-        f"so {MAX_RETRIES} retries already wait 15.5 s per file"
-    ),
-    "seed": " (numpy takes seeds below 2^32)",
-}
+def _bound_note(schema: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """The note the section that holds the key `loc` gives for its upper bound, if any."""
+    model: Any = schema
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return ""
+    return getattr(model, "bound_notes", {}).get(loc[-1], "")
 
 
-def _short(value: Any, limit: int = 40) -> str:
+def short(value: Any, limit: int = 40) -> str:
     """repr of a bad value, cut to `limit` characters: error lines quote values, not files."""
     if isinstance(value, (dict, list, tuple, set)) and len(value) > 20:
         return f"a {type(value).__name__} of {len(value)} items"
@@ -374,26 +170,28 @@ def _clip(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def parse_params(raw: Any, name: str = "params.yaml") -> Params:
-    """Validate an already-parsed mapping."""
+def required_sections(schema: type[BaseModel]) -> tuple[str, ...]:
+    """The sections a params file for `schema` must hold."""
+    return tuple(f for f, info in schema.model_fields.items() if info.is_required())
+
+
+def validate(schema: type[BaseModel], raw: Any, name: str = "params.yaml") -> Any:
+    """Validate an already-parsed mapping against `schema`; one-line ParamsError on a problem."""
     if raw is None:
-        raise ParamsError(f"{name}: file is empty; it needs the sections {', '.join(_SECTIONS)}")
+        sections = ", ".join(required_sections(schema))
+        raise ParamsError(f"{name}: file is empty; it needs the sections {sections}")
     if not isinstance(raw, dict):
         raise ParamsError(
             f"{name}: top level must be a mapping of sections (got {type(raw).__name__})"
         )
     try:
-        return Params.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
-        line = _describe(errors[0], name)
+        line = _describe(errors[0], name, schema)
         if len(errors) > 1:
             line += f" (and {len(errors) - 1} more problem(s))"
         raise ParamsError(line) from None
-
-
-_SECTIONS = [f for f, info in Params.model_fields.items() if info.is_required()]
-REQUIRED_SECTIONS = tuple(_SECTIONS)  # what every params.yaml must hold
 
 
 def _check_duplicates(node: yaml.Node, path: tuple[str, ...] = ()) -> None:
@@ -462,9 +260,9 @@ def read_yaml(path: str | os.PathLike) -> Any:
 _loaded_from: Path | None = None
 
 
-def load_params(path: str | os.PathLike = "params.yaml") -> Params:
-    """Read and validate params.yaml; raise ParamsError with one line on any problem."""
-    params = parse_params(read_yaml(path), Path(path).name)
+def load(schema: type[BaseModel], path: str | os.PathLike = "params.yaml") -> Any:
+    """Read and validate a params file against `schema`; ParamsError with one line on a problem."""
+    params = validate(schema, read_yaml(path), Path(path).name)
     global _loaded_from
     _loaded_from = Path(path).resolve().parent
     return params
@@ -476,7 +274,7 @@ def loaded_from() -> Path | None:
     return _loaded_from
 
 
-def run_params(params: Params, section: str) -> dict[str, Any]:
+def run_params(params: Any, section: str) -> dict[str, Any]:
     """What a stage logs to MLflow: its section flattened with dots, plus seed and device."""
     return {
         **flatten(getattr(params, section).model_dump(), section),

@@ -1,6 +1,6 @@
 """The tutorial's math demos, each returning what it computed and the analytic answer it must match.
 
-    >>> from appliedtorch.core.params import MathParams
+    >>> from appliedtorch.demos.params import MathParams
     >>> results = run_all(MathParams(), device="cpu")
     >>> max(r.error for r in results) < 1e-6
     True
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from appliedtorch.core.errors import DivergenceError
-from appliedtorch.core.params import MathParams
 from appliedtorch.core.utils import resolve_device
+from appliedtorch.demos.params import MathParams
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Physics-informed network for u'' + u = 0 on [0, π/2], u(0) = 0, u(π/2) = 1 (exact: sin x).
 
-    >>> from appliedtorch.core.params import PINNParams
+    >>> from appliedtorch.pinn.params import PINNParams
     >>> from appliedtorch.pinn import evaluate, solve
     >>> cfg = PINNParams(boundary="hard", dtype="float64", collocation_points=200,
     ...                  adam_steps=300, lm_steps=300)
@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from appliedtorch.core.errors import DivergenceError
-from appliedtorch.core.params import PINNParams
 from appliedtorch.core.utils import thread_count
+from appliedtorch.pinn.params import PINNParams
 from appliedtorch.pinn.problem import (
     A,
     B,
