@@ -487,15 +487,23 @@ def should_promote(new: Mapping[str, str], champion: Mapping[str, str] | None) -
     return False, "champion was evaluated on other data; accuracies not comparable, alias kept"
 
 
-def load_logged_model(uri: str) -> tuple[Any, dict[str, Any]]:
+def load_logged_model(uri: str, check: Any = None) -> tuple[Any, dict[str, Any]]:
     """Load a logged model (`models:/name@alias`, `runs:/<id>/model`, `models:/m-...`) and its
-    metadata; a one-line TrackingError when it cannot be found."""
+    metadata; a one-line TrackingError when it cannot be found. `check(metadata)` runs before
+    the model is loaded (it raises to refuse it)."""
     import mlflow
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(resolve_tracking_uri(None))
     try:
         info = mlflow.models.get_model_info(uri)
+    except Exception as exc:  # noqa: BLE001 - unknown name, alias, run or a broken store
+        raise TrackingError(
+            f"model '{uri}' not found or not loadable: {_first_line(exc)}"
+        ) from None
+    if check is not None:
+        check(dict(info.metadata or {}))
+    try:
         model = mlflow.pytorch.load_model(uri)  # logged from the CPU (portable_model)
     except Exception as exc:  # noqa: BLE001 - unknown name, alias, run or a broken store
         raise TrackingError(
