@@ -1,20 +1,26 @@
-"""What the machine computes natively: bf16 support on the CPU or GPU, and the CPU's peak FLOP/s.
+"""What the machine computes natively (bf16 on the CPU or GPU, the CPU's peak FLOP/s), the
+machine's signature, and flushing denormal floats while training on the CPU.
 
     >>> resolve_bf16("auto", torch.device("cpu"))   # True only where bf16 is native
     >>> cpu_description()["bf16_flags"]             # e.g. ['avx512_bf16'] or []
+    >>> with flush_denormals(): train()             # no slow denormal arithmetic on the CPU
 
-bf16 autocast is worth it only where the hardware multiplies bf16 natively: CUDA GPUs of compute
-capability 8.0 or newer, and CPUs with AVX-512 BF16 or AMX (oneDNN then uses bf16 dot-product
-instructions). Elsewhere oneDNN emulates bf16 with fp32 arithmetic plus conversions, measured
-about 10x slower than fp32 on an AVX2-only CPU. `bf16: auto` picks it only where it is native.
+bf16 autocast can be worth it only where the hardware multiplies bf16 natively: CUDA GPUs of
+compute capability 8.0 or newer, and CPUs with AVX-512 BF16 or AMX (oneDNN then uses bf16
+dot-product instructions). Elsewhere oneDNN emulates bf16 with fp32 arithmetic plus conversions,
+many times slower than fp32 (docs/performance.md). Native does not mean faster for a given net:
+`appliedtorch.core.autotune` times both where bf16 is native.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import logging
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +146,100 @@ def cpu_peak_gflops(fmt: str, threads: int | None = None) -> tuple[float | None,
             unit = f"{unit}, bf16 emulated (fp32 rate at best)"
     peak = cores * desc["mhz"] / 1e3 * per_cycle
     return peak, f"{cores} cores x {desc['mhz']:.0f} MHz x {per_cycle} FLOP/cycle ({unit})"
+
+
+# Flags that make MKL, oneDNN and ATen pick different kernels on x86 (and so different speeds).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16")
+
+
+def machine_signature(device: torch.device) -> dict[str, Any]:
+    """What decides which kernels run and how fast: the GPU's name and compute capability, or
+    the CPU's vendor, family, model, kernel-selecting flags and cores (with torch's kernel level).
+    The model name alone is not enough: a virtual machine may call any Xeon "Intel Xeon"."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        return {"gpu": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}"}
+    info, flags = _cpuinfo(), cpu_flags()
+    return {
+        "cpu": info.get("model name", platform.processor() or platform.machine()),
+        "vendor": info.get("vendor_id", ""),
+        "family": info.get("cpu family", ""),
+        "model": info.get("model", ""),
+        "flags": [f for f in KERNEL_FLAGS if f in flags],
+        "cores": os.cpu_count() or 1,
+        "kernels": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread flushes denormal floats to zero (torch has no getter for the mode).
+
+    1e-300 x 1e-20 is a float64 denormal (1e-320): with flush-to-zero it comes out as 0. A
+    one-element tensor is computed on the calling thread alone.
+    """
+    return torch.tensor([1e-300], dtype=torch.float64).mul(1e-20).item() == 0.0
+
+
+def _openmp_library() -> ctypes.CDLL | None:
+    """The OpenMP runtime torch loaded: GNU's, or Intel's, which offers the same GOMP_parallel
+    (it runs a function on every thread of the team)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = {
+        line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libiomp" in line
+    }
+    for path in sorted(paths):
+        with contextlib.suppress(OSError, AttributeError):
+            lib = ctypes.CDLL(path)
+            lib.GOMP_parallel  # noqa: B018 - raises AttributeError when absent
+            return lib
+    return None
+
+
+_PARALLEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def set_flush_denormal_everywhere(on: bool) -> bool:
+    """torch.set_flush_denormal on this thread and on every thread of torch's OpenMP team.
+
+    The mode lives in each thread's MXCSR register and torch sets it on the calling thread only,
+    yet with 2+ threads the OpenMP workers do part of every large op; threads started later copy
+    the creating thread's mode. Returns False where the CPU has no such mode (then nothing changes).
+    """
+    if not torch.set_flush_denormal(on):
+        return False
+    threads = torch.get_num_threads()
+    lib = _openmp_library() if threads > 1 else None
+    if lib is not None:
+        # Each thread of the team (this one included) sets its own register; ctypes releases
+        # the GIL during the call, so the workers can take it to run the callback.
+        callback = _PARALLEL_FN(lambda _: torch.set_flush_denormal(on))
+        lib.GOMP_parallel.argtypes = [_PARALLEL_FN, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        lib.GOMP_parallel.restype = None
+        lib.GOMP_parallel(callback, None, threads, 0)
+    return True
+
+
+@contextlib.contextmanager
+def flush_denormals(device: torch.device | str = "cpu", enabled: bool = True) -> Iterator[None]:
+    """Inside the block, denormal floats are read and written as zero on the CPU.
+
+    Weights, gradients and Adam's moments that shrink towards zero become denormals, which x86
+    CPUs compute many times slower than normal floats: an epoch slows down as training goes on.
+    Flushing them changes values below ~1e-38 (float32) only. On exit the mode this thread had
+    before is restored (on the OpenMP threads too). A GPU, or `enabled=False`, changes nothing.
+    """
+    if not enabled or torch.device(device).type != "cpu":
+        yield
+        return
+    before = denormals_flushed()
+    if not set_flush_denormal_everywhere(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        set_flush_denormal_everywhere(before)

@@ -1,0 +1,186 @@
+"""`bf16: auto` and `threads: auto` for a classifier: timed on its own model, batch and device.
+
+    >>> tuning = tune(model, lambda m: make_optimizer(m, config, device), first_batch(train),
+    ...               device, bf16="auto", threads="auto")
+    >>> tuning.bf16, tuning.threads, tuning.record()  # the choice, and what to log with it
+
+The candidates are real training steps (forward under the candidate's autocast, cross-entropy,
+backward, optimizer step, as `loop.train_one_epoch` does) timed by
+`appliedtorch.core.autotune.pick_fastest`, which caches the decision per machine. The probe
+trains a copy of the model with its own optimizer inside `torch.random.fork_rng`: the model, its
+optimizer and every random stream are as they were before, so a run gives the same numbers as
+the same run with the chosen values set explicitly. An explicit `true`/`false` or thread count is
+never probed. bf16 is a candidate only where it is native (`hardware.native_bf16`): emulated, it
+is many times slower, and timing that would only cost time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from appliedtorch.classify.batches import Batches
+from appliedtorch.classify.distributed import SINGLE, World
+from appliedtorch.core.autotune import Tuned, pick_fastest
+from appliedtorch.core.hardware import native_bf16, resolve_bf16
+from appliedtorch.core.utils import thread_count
+
+DTYPE_NAMES = {False: "float32", True: "bfloat16"}
+QUESTION = "classifier training step"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The resolved `bf16` and `threads`, and the probe behind them (None: nothing was auto)."""
+
+    bf16: bool
+    threads: int | None
+    probe: Tuned | None = None
+
+    @property
+    def compute_dtype(self) -> str:
+        """'bfloat16' or 'float32' (the run's `compute_dtype` tag)."""
+        return DTYPE_NAMES[self.bf16]
+
+    def record(self) -> dict[str, Any]:
+        """What to log: `compute_dtype`, `threads` and, after a probe, `autotune.*` values
+        (choice, cached, probe_seconds, step_seconds.<candidate> per candidate)."""
+        out: dict[str, Any] = {"compute_dtype": self.compute_dtype, "threads": self.threads}
+        if self.probe is not None:
+            out |= self.probe.as_record("autotune")
+        return out
+
+
+def first_batch(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `batch_size` samples, normalised, in order: no random stream is drawn."""
+    n = batches.batch_size
+    return batches.normalize(batches.images[:n]), batches.labels[:n]
+
+
+def training_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    bf16: bool,
+    label_smoothing: float = 0.0,
+) -> Callable[[], None]:
+    """One training step on `batch`, as the loop takes it, with or without bf16 autocast."""
+    images, labels = batch
+    autocast = (
+        (lambda: torch.autocast(device_type=images.device.type, dtype=torch.bfloat16))
+        if bf16
+        else contextlib.nullcontext
+    )
+
+    def step() -> None:
+        net.train()
+        with autocast():
+            logits = net(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bf16_options(setting: bool | str, device: torch.device) -> list[bool]:
+    """`auto`: fp32, and bf16 where native; an explicit value alone (warned if emulated)."""
+    if setting != "auto":
+        return [resolve_bf16(setting, device)]
+    return [False, True] if native_bf16(device) else [False]
+
+
+def thread_options(setting: int | str | None, device: torch.device) -> list[int | None]:
+    """`auto` on the CPU: 1 and every core torch uses; an explicit value (or None) alone."""
+    if setting != "auto":
+        return [setting]  # type: ignore[list-item]
+    if device.type != "cpu":  # CPU threads barely matter to a GPU's step
+        return [None]
+    return sorted({1, torch.get_num_threads()})
+
+
+def candidate_name(bf16: bool, threads: int | None, both: bool) -> str:
+    """'bfloat16', or 'bfloat16 2 threads' when threads are a choice too."""
+    dtype = DTYPE_NAMES[bf16]
+    return f"{dtype} {threads} threads" if both else dtype
+
+
+def shape_key(model: nn.Module, images: torch.Tensor, optimizer: torch.optim.Optimizer) -> str:
+    """What about the work decides its speed: the net, its parameter shapes, the batch (shape,
+    dtype, memory format) and the optimizer."""
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+    channels_last = images.dim() == 4 and not images.is_contiguous()
+    channels_last &= images.is_contiguous(memory_format=torch.channels_last)
+    layout = "channels_last" if channels_last else "contiguous"
+    return (
+        f"{type(model).__name__} params {digest} batch {tuple(images.shape)} {images.dtype} "
+        f"{layout} {type(optimizer).__name__}"
+    )
+
+
+def tune(
+    model: nn.Module,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    batch: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    *,
+    bf16: bool | str,
+    threads: int | str | None,
+    label_smoothing: float = 0.0,
+    world: World = SINGLE,
+    use_cache: bool = True,
+    **timing: Any,
+) -> Tuning:
+    """Resolve `bf16` and `threads` (`auto` or explicit) for training `model` on `device`.
+
+    Under torchrun every process probes and all take rank 0's choice (the same numerics on
+    every rank). `timing` is passed to `autotune.time_candidates` (warmup, rounds, steps).
+    """
+    dtypes, counts = bf16_options(bf16, device), thread_options(threads, device)
+    if len(dtypes) * len(counts) == 1:
+        return Tuning(dtypes[0], counts[0])
+    both = len(dtypes) > 1 and len(counts) > 1
+    if len(dtypes) == 1 and len(counts) > 1:
+        options = {f"{c} threads": (dtypes[0], c) for c in counts}
+    else:
+        options = {candidate_name(b, c, both): (b, c) for b in dtypes for c in counts}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probe_model = copy.deepcopy(model)
+        probe_optimizer = make_optimizer(probe_model)
+        candidates = {}
+        for name, (b, c) in options.items():
+            step = training_step(probe_model, probe_optimizer, batch, b, label_smoothing)
+            candidates[name] = _with_threads(step, c)
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+        key = f"{shape_key(model, batch[0], probe_optimizer)} candidates {sorted(options)}"
+        tuned = pick_fastest(
+            QUESTION,
+            candidates,
+            device=device,
+            shape_key=key,
+            use_cache=use_cache,
+            sync=sync,
+            **timing,
+        )
+    choice = world.broadcast_object(tuned.choice)
+    if choice != tuned.choice:  # rank 0 decided otherwise: its measurement is the one logged
+        tuned = Tuned(choice, tuned.seconds, tuned.probe_seconds, tuned.cached)
+    return Tuning(*options[choice], probe=tuned)
+
+
+def _with_threads(step: Callable[[], None], threads: int | None) -> Callable[[], None]:
+    def run() -> None:
+        with thread_count(threads):
+            step()
+
+    return run

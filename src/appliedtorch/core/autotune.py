@@ -1,0 +1,202 @@
+"""Choose between candidates by timing them on this machine, and remember the choice.
+
+    >>> steps = {"float32": lambda: step(bf16=False), "bfloat16": lambda: step(bf16=True)}
+    >>> tuned = pick_fastest("bf16", steps, device=torch.device("cpu"), shape_key="mlp b64")
+    >>> tuned.choice, tuned.seconds, tuned.cached  # the name kept, seconds per step of each
+
+Each candidate is a callable that runs one real step of the work to be tuned. The candidates are
+warmed up first (oneDNN builds its kernels per shape and format on first use, Adam makes its
+state), then timed in alternation, round after round, so a change in the machine's load hits
+them alike; each one's figure is the median of its steps and the faster is kept. Flags cannot
+decide this: on one CPU with native bf16 it was faster, on another with the same flags slower.
+
+The decision is cached in one small JSON file per user, keyed by the machine (`machine_signature`),
+torch's version, the question and the caller's `shape_key`, so later runs on the same machine skip
+the probe. The file lives in $APPLIEDTORCH_CACHE_DIR, else $XDG_CACHE_HOME/appliedtorch, else
+~/.cache/appliedtorch. It is advice, never trusted: a file too large, not JSON, or naming a
+choice that is not a candidate is ignored and the probe runs again. Deleting it forgets every
+decision. Two processes writing at once lose at most one entry (each write is atomic), which
+only costs a probe later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from appliedtorch.core.hardware import machine_signature
+from appliedtorch.core.utils import write_json
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "APPLIEDTORCH_CACHE_DIR"
+CACHE_FILE = "autotune.json"
+# A cache holds one short entry per (machine, question, shape): kilobytes. Anything larger is
+# not ours and is not read.
+MAX_CACHE_BYTES = 256 * 1024
+MAX_ENTRIES = 256  # the oldest measurements are dropped beyond this
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The outcome of `pick_fastest`."""
+
+    choice: str  # the kept candidate's name
+    seconds: dict[str, float]  # median seconds per step of each candidate, as measured
+    probe_seconds: float  # wall time of the probe in this process (0 when cached)
+    cached: bool  # True: read from the cache, nothing was timed now
+
+    def as_record(self, prefix: str) -> dict[str, Any]:
+        """Flat, loggable values: `<prefix>.choice`, `<prefix>.cached`, seconds per candidate."""
+        record: dict[str, Any] = {
+            f"{prefix}.choice": self.choice,
+            f"{prefix}.cached": self.cached,
+            f"{prefix}.probe_seconds": self.probe_seconds,
+        }
+        for name, seconds in self.seconds.items():
+            record[f"{prefix}.step_seconds.{name}"] = seconds
+        return record
+
+
+def cache_dir() -> Path:
+    """$APPLIEDTORCH_CACHE_DIR, else $XDG_CACHE_HOME/appliedtorch, else ~/.cache/appliedtorch."""
+    if override := os.environ.get(CACHE_ENV):
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "appliedtorch"
+
+
+def cache_key(question: str, device: torch.device, shape_key: str) -> str:
+    """A short stable key for (machine, torch version, question, shape)."""
+    text = json.dumps(
+        [machine_signature(device), torch.__version__, question, shape_key], sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """The cache's entries; {} for a missing, oversized, unreadable or malformed file."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_CACHE_BYTES + 1)
+        if len(raw) > MAX_CACHE_BYTES:
+            raise ValueError(f"larger than {MAX_CACHE_BYTES} bytes")
+        data = json.loads(raw)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        log.warning("ignoring the autotune cache %s: %s", path, exc)
+        return {}
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(k, str) and isinstance(v, dict)}
+
+
+def cached_choice(entry: dict[str, Any] | None, names: list[str]) -> Tuned | None:
+    """The cached decision, if `entry` is well formed and names one of the candidates."""
+    if entry is None or entry.get("choice") not in names:
+        return None
+    seconds = entry.get("seconds")
+    if not isinstance(seconds, dict) or set(seconds) != set(names):
+        return None
+    if not all(isinstance(v, int | float) and 0 <= v < 1e6 for v in seconds.values()):
+        return None
+    return Tuned(entry["choice"], {n: float(seconds[n]) for n in names}, 0.0, True)
+
+
+def time_candidates(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    warmup: int = 2,
+    rounds: int = 3,
+    steps: int = 3,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """Median seconds per step of each candidate: `warmup` untimed steps each, then `rounds`
+    rounds of `steps` timed steps each, the candidates' order reversed every other round."""
+    sync = sync or (lambda: None)
+    for step in candidates.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates)
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else reversed(order):
+            step = candidates[name]
+            for _ in range(steps):
+                sync()
+                start = time.perf_counter()
+                step()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def pick_fastest(
+    question: str,
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    device: torch.device,
+    shape_key: str,
+    use_cache: bool = True,
+    **timing: Any,
+) -> Tuned:
+    """The fastest of `candidates` on this machine: from the cache, else timed and cached.
+
+    `timing` passes warmup, rounds, steps and sync on to `time_candidates`. A single candidate
+    is returned untimed.
+    """
+    names = list(candidates)
+    if not names:
+        raise ValueError(f"{question}: no candidates to choose from")
+    if len(names) == 1:
+        return Tuned(names[0], {}, 0.0, False)
+    path = cache_dir() / CACHE_FILE
+    key = cache_key(question, device, shape_key)
+    if use_cache and (hit := cached_choice(read_cache(path).get(key), names)):
+        log.info("%s: %s (cached in %s)", question, hit.choice, path)
+        return hit
+    start = time.perf_counter()
+    seconds = time_candidates(candidates, **timing)
+    choice = min(names, key=seconds.__getitem__)
+    tuned = Tuned(choice, seconds, time.perf_counter() - start, False)
+    log.info(
+        "%s: %s (seconds per step: %s; probe %.2f s)",
+        question,
+        choice,
+        ", ".join(f"{n} {s:.4g}" for n, s in seconds.items()),
+        tuned.probe_seconds,
+    )
+    if use_cache:
+        remember(path, key, question, shape_key, tuned)
+    return tuned
+
+
+def remember(path: Path, key: str, question: str, shape_key: str, tuned: Tuned) -> None:
+    """Add the decision to the cache; a cache that cannot be written only costs a later probe."""
+    entries = read_cache(path)
+    entries.pop(key, None)
+    entries[key] = {
+        "question": question,
+        "shape": shape_key[:200],
+        "choice": tuned.choice,
+        "seconds": tuned.seconds,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    while len(entries) > MAX_ENTRIES:
+        entries.pop(min(entries, key=lambda k: str(entries[k].get("measured", ""))))
+    try:
+        write_json(path, {"version": 1, "entries": entries})
+    except Exception as exc:  # noqa: BLE001 - AppliedTorchError or OSError: never fatal here
+        log.warning("could not write the autotune cache %s: %s", path, exc)

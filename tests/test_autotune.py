@@ -1,0 +1,258 @@
+"""`auto` means measured: core/autotune.py (timing, cache) and classify/tuning.py (the probe)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from appliedtorch.classify import tuning
+from appliedtorch.classify.models import build_model
+from appliedtorch.core import autotune
+
+CPU = torch.device("cpu")
+FAST = {"warmup": 1, "rounds": 2, "steps": 2}  # 4 timed steps per candidate
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Every test gets its own empty cache directory."""
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache" / autotune.CACHE_FILE
+
+
+class Counted:
+    """A candidate step that counts its calls and may sleep."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds, self.calls = seconds, 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        time.sleep(self.seconds)
+
+
+def pick(candidates, shape_key="shape A", **kwargs):
+    return autotune.pick_fastest("q", candidates, device=CPU, shape_key=shape_key, **FAST, **kwargs)
+
+
+def test_picks_the_faster_and_caches_it(cache):
+    slow, fast = Counted(0.02), Counted()
+    tuned = pick({"slow": slow, "fast": fast})
+    assert tuned.choice == "fast" and not tuned.cached
+    assert tuned.seconds["slow"] >= 0.02 > tuned.seconds["fast"]
+    assert slow.calls == fast.calls == 1 + 2 * 2  # warm-up, then rounds x steps
+    assert tuned.probe_seconds >= 4 * 0.02
+    entry = next(iter(json.loads(cache.read_text())["entries"].values()))
+    assert entry["choice"] == "fast"
+
+
+def test_faster_candidate_listed_first_also_wins():
+    tuned = pick({"fast": Counted(), "slow": Counted(0.02)})
+    assert tuned.choice == "fast"
+
+
+def test_second_call_skips_the_probe():
+    first = pick({"slow": Counted(0.02), "fast": Counted()})
+    slow, fast = Counted(), Counted(0.02)  # the machine "changed": the cache still answers
+    again = pick({"slow": slow, "fast": fast})
+    assert slow.calls == fast.calls == 0
+    assert again.cached and again.choice == "fast" and again.probe_seconds == 0
+    assert again.seconds == pytest.approx(first.seconds)
+
+
+def test_another_shape_key_probes_again():
+    pick({"slow": Counted(0.02), "fast": Counted()})
+    a, b = Counted(0.02), Counted()
+    tuned = pick({"slow": a, "fast": b}, shape_key="shape B")
+    assert a.calls > 0 and b.calls > 0 and not tuned.cached
+
+
+def test_another_machine_probes_again(monkeypatch):
+    pick({"slow": Counted(0.02), "fast": Counted()})
+    other = {"cpu": "another CPU", "cores": 64}
+    monkeypatch.setattr(autotune, "machine_signature", lambda device: other)
+    a, b = Counted(), Counted(0.02)
+    tuned = pick({"slow": a, "fast": b})
+    assert a.calls > 0 and not tuned.cached and tuned.choice == "slow"
+
+
+def test_other_candidates_probe_again():
+    pick({"slow": Counted(0.02), "fast": Counted()})
+    third = Counted()
+    tuned = pick({"slow": Counted(0.02), "third": third})
+    assert third.calls > 0 and tuned.choice == "third"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[1, 2, 3]",
+        b'{"entries": {"k": 1}}',
+        b"[" * 100_000 + b"]" * 100_000,  # too deep for the parser, and too large
+        b" " * (autotune.MAX_CACHE_BYTES + 1),
+        b"\xff\xfe garbage",
+    ],
+)
+def test_corrupt_cache_is_ignored_and_replaced(cache, content):
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(content)
+    fast = Counted()
+    tuned = pick({"slow": Counted(0.01), "fast": fast})
+    assert fast.calls > 0 and tuned.choice == "fast" and not tuned.cached
+    assert autotune.read_cache(cache)  # rewritten, readable
+
+
+def test_cached_choice_that_is_no_candidate_is_ignored(cache):
+    pick({"slow": Counted(0.01), "fast": Counted()})
+    data = json.loads(cache.read_text())
+    for entry in data["entries"].values():
+        entry["choice"] = "rm -rf /"
+    cache.write_text(json.dumps(data))
+    fast = Counted()
+    assert pick({"slow": Counted(0.01), "fast": fast}).choice == "fast" and fast.calls > 0
+
+
+def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv(autotune.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert autotune.cache_dir() == tmp_path / "xdg" / "appliedtorch"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert autotune.cache_dir().parts[-2:] == (".cache", "appliedtorch")
+
+
+def test_unwritable_cache_only_warns(monkeypatch, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(autotune.CACHE_ENV, str(blocker / "sub"))  # a directory under a file
+    assert pick({"slow": Counted(0.01), "fast": Counted()}).choice == "fast"
+    assert "could not write the autotune cache" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# The classifier's probe
+
+
+def mlp_setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model("mlp", in_features=16, hidden_size=8, num_classes=3, dropout=0.3)
+    batch = (torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))
+
+    def make_optimizer(m):
+        return torch.optim.Adam(m.parameters(), lr=1e-2)
+
+    return model, make_optimizer, batch
+
+
+def test_explicit_settings_are_not_probed(monkeypatch):
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed an explicit setting")
+
+    monkeypatch.setattr(tuning, "pick_fastest", no_probe)
+    model, make_optimizer, batch = mlp_setup()
+    for bf16, threads in [(True, 1), (False, None), (False, 2)]:
+        result = tuning.tune(model, make_optimizer, batch, CPU, bf16=bf16, threads=threads)
+        assert (result.bf16, result.threads, result.probe) == (bf16, threads, None)
+
+
+def test_auto_without_native_bf16_is_fp32_unprobed(monkeypatch):
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: False)
+    monkeypatch.setattr(tuning, "pick_fastest", lambda *a, **k: pytest.fail("probed"))
+    model, make_optimizer, batch = mlp_setup()
+    result = tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads=1)
+    assert result.bf16 is False and result.record()["compute_dtype"] == "float32"
+
+
+def test_auto_takes_the_measured_choice(monkeypatch):
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # 1 and 2 threads are candidates
+    seen = {}
+
+    def fake(question, candidates, **kwargs):
+        seen.update(candidates)
+        return autotune.Tuned("bfloat16 1 threads", dict.fromkeys(candidates, 0.1), 0.5, False)
+
+    monkeypatch.setattr(tuning, "pick_fastest", fake)
+    model, make_optimizer, batch = mlp_setup()
+    result = tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads="auto")
+    assert sorted(seen) == [
+        "bfloat16 1 threads",
+        "bfloat16 2 threads",
+        "float32 1 threads",
+        "float32 2 threads",
+    ]
+    assert (result.bf16, result.threads) == (True, 1)
+    record = result.record()
+    assert record["autotune.choice"] == "bfloat16 1 threads"
+    assert record["autotune.step_seconds.float32 2 threads"] == 0.1
+    assert record["autotune.probe_seconds"] == 0.5
+
+
+def state_of(model, optimizer):
+    """Copies of everything a probe could change."""
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        json.loads(json.dumps(optimizer.state_dict()["param_groups"])),
+        {
+            k: {n: t.clone() for n, t in s.items()}
+            for k, s in optimizer.state_dict()["state"].items()
+        },
+        torch.get_rng_state(),
+        model.training,
+    )
+
+
+def test_probe_leaves_model_optimizer_and_rng_exactly_as_they_were(monkeypatch):
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: True)  # two dtypes are timed
+    model, make_optimizer, batch = mlp_setup()
+    optimizer = make_optimizer(model)
+    tuning.training_step(model, optimizer, batch, bf16=False)()  # Adam has state now
+    model.eval()
+    before = state_of(model, optimizer)
+    result = tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads="auto", **FAST)
+    after = state_of(model, optimizer)
+    assert result.probe is not None and not result.probe.cached
+    assert len(result.probe.seconds) == 2 * len({1, torch.get_num_threads()})  # all were timed
+    for key, tensor in before[0].items():
+        assert torch.equal(after[0][key], tensor), key
+    assert after[1] == before[1]
+    for key, moments in before[2].items():
+        for name, tensor in moments.items():
+            assert torch.equal(after[2][key][name], tensor), (key, name)
+    assert torch.equal(after[3], before[3])  # the global generator (dropout) is untouched
+    assert after[4] == before[4]
+
+
+def test_training_after_a_probe_is_unchanged(monkeypatch):
+    """Same steps after a probe as without one: weights equal bit for bit."""
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
+
+    def train(probe: bool) -> dict[str, torch.Tensor]:
+        model, make_optimizer, batch = mlp_setup(seed=1)
+        optimizer = make_optimizer(model)
+        if probe:
+            tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads=1, **FAST)
+        step = tuning.training_step(model, optimizer, batch, bf16=False)
+        for _ in range(3):
+            step()  # dropout draws from the global generator
+        return model.state_dict()
+
+    plain, probed = train(False), train(True)
+    for key, tensor in plain.items():
+        assert torch.equal(probed[key], tensor), key
+
+
+def test_first_batch_draws_no_random_numbers():
+    from appliedtorch.classify.batches import Batches, Normalizer
+
+    images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(10)
+    generator = torch.Generator().manual_seed(3)
+    batches = Batches(images, labels, 4, Normalizer((0.5,), (0.5,)), shuffle=generator)
+    state = generator.get_state()
+    x, y = tuning.first_batch(batches)
+    assert torch.equal(generator.get_state(), state)
+    assert x.shape == (4, 1, 4, 4) and torch.equal(y, labels[:4])
