@@ -15,7 +15,7 @@ from pathlib import Path
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.params import run_params
 from appliedtorch.core.plots import save_figure
-from appliedtorch.core.tracking import stage_run
+from appliedtorch.core.tracking.run import stage_run
 from appliedtorch.core.utils import check_writable, output_set, seed_everything, write_json
 from appliedtorch.demos import checks as demos
 from appliedtorch.demos import figures as plots

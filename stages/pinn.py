@@ -14,7 +14,7 @@ from pathlib import Path
 
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.params import run_params
-from appliedtorch.core.tracking import stage_run
+from appliedtorch.core.tracking.run import stage_run
 from appliedtorch.core.utils import check_writable, output_set, seed_everything
 from appliedtorch.params import load_params
 from appliedtorch.pinn import outputs, solver

@@ -16,14 +16,10 @@ from pathlib import Path
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import TrackingError
 from appliedtorch.core.params import run_params
-from appliedtorch.core.tracking import (
-    latest_runs,
-    lineage_tags,
-    params_md5,
-    redact,
-    repo_root,
-    resolve_tracking_uri,
-)
+from appliedtorch.core.redact import redact
+from appliedtorch.core.tracking.lineage import lineage_tags, params_md5
+from appliedtorch.core.tracking.run import latest_runs
+from appliedtorch.core.tracking.uri import repo_root, resolve_tracking_uri
 from appliedtorch.core.utils import output_set, write_text
 from appliedtorch.params import load_params
 from appliedtorch.report import page as report

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.core.tracking import redact
+from appliedtorch.core.redact import redact
 
 
 class Terminated(KeyboardInterrupt):
