@@ -1,22 +1,26 @@
 """Classify image files with a trained classifier.
 
+    appliedtorch-predict --export-test-image data/raw/mnist digit.png   # an image to try
     appliedtorch-predict --model models:/mnist-mlp@champion digit.png
     appliedtorch-predict --model models/cnn.pt --top 3 cat.png ship.jpg
 
 Prints one tab-separated line per image: the path, then class and probability for each of the
-`--top` most likely classes.
+`--top` most likely classes. An image of another kind than the model's training data (grey for a
+colour model, another size) is converted, with a `warning:` line on stderr saying so.
 
 `--model` takes a registered model (`models:/name@alias` or `models:/name/version`), a run's model
 (`runs:/<run_id>/model`) or a model file written by a training stage (`models/mlp.pt`). Images
 are converted to the model's input shape: grayscale 28x28 for MNIST (white digit on black, as in
 MNIST), RGB 32x32 for CIFAR-10. All three are the same model, a `PixelClassifier`: it takes those
 uint8 pixels, normalises them as in training and returns probabilities, as `mlflow models serve`
-does for the same pixels.
+does for the same pixels. The model's metadata is checked before any network is built
+(`appliedtorch.classify.metadata`): a model file is data from outside, like an image.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from appliedtorch.classify.metadata import ModelFile, check_metadata, check_model_file
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError
+from appliedtorch.core.utils import first_line
 
 
 @dataclass(frozen=True)
@@ -39,32 +45,61 @@ class Classifier:
 
 
 def load_classifier(uri: str) -> Classifier:
-    """Load a model file or an MLflow model URI, with its class names and input shape."""
+    """Load a model file or an MLflow model URI, with its class names and input shape; the
+    metadata is checked (`classify.metadata`) before any network is built."""
     if "://" not in uri and not uri.startswith(("models:/", "runs:/")):
-        from appliedtorch.classify.models import load_model
-
-        model, meta = load_model(uri)
+        model, meta = load_model_file(uri)
     else:
         from appliedtorch.core.tracking import load_logged_model
 
-        model, meta = load_logged_model(uri)
-    missing = {"classes", "input_shape"} - meta.keys()
-    if missing:
-        raise AppliedTorchError(f"model '{uri}' lacks {', '.join(sorted(missing))}; retrain it")
+        def check(raw: dict[str, Any]) -> None:  # runs before MLflow loads the model
+            _check_pixels(raw, f"model '{uri}'", "model")
+            check_metadata(raw, f"model '{uri}'")
+
+        model, raw = load_logged_model(uri, check=check)
+        meta = check_metadata(raw, f"model '{uri}'")
+    return Classifier(model=model, classes=list(meta.classes), input_shape=tuple(meta.input_shape))  # type: ignore[arg-type]
+
+
+def load_model_file(path: str | Path) -> tuple[Any, ModelFile]:
+    """The pixel classifier in a model file, in eval mode, and its checked metadata."""
+    from appliedtorch.classify.models import PixelClassifier, build_model
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise AppliedTorchError(f"{path}: model file not found (run the training stage)") from None
+    except IsADirectoryError:
+        raise AppliedTorchError(f"{path}: a directory, not a model file") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem means the file is unusable
+        raise AppliedTorchError(f"{path}: not a readable model file ({first_line(exc)})") from None
+    if not isinstance(saved, dict) or not {"arch", "model_args", "state_dict"} <= saved.keys():
+        raise AppliedTorchError(f"{path}: not an appliedtorch model file (arch/model_args missing)")
+    _check_pixels(saved, str(path), "model file")
+    meta = check_model_file(saved, str(path))
+    net = build_model(meta.arch, **meta.model_args.model_dump(exclude_unset=True))
+    model = PixelClassifier(net, meta.mean, meta.std)
+    model.load_state_dict(saved["state_dict"])  # shapes checked: cannot fail on them
+    return model.eval(), meta
+
+
+def _check_pixels(meta: dict[str, Any], name: str, kind: str) -> None:
+    """Refuse a model from before models took uint8 pixels, with the advice to retrain."""
     if meta.get("input_dtype") != "uint8":
         raise AppliedTorchError(
-            f"model '{uri}' takes normalised floats, not pixels (logged by an older "
-            "appliedtorch); retrain it"
+            f"{name}: an older {kind} (its network takes normalised floats, not pixels); "
+            "run the training stage again"
         )
-    return Classifier(
-        model=model,
-        classes=list(meta["classes"]),
-        input_shape=tuple(int(d) for d in meta["input_shape"]),  # type: ignore[arg-type]
-    )
 
 
 def read_image(path: str | Path, shape: tuple[int, int, int]) -> torch.Tensor:
-    """An image file as uint8 (C, H, W) in the model's input shape; one-line error if unusable.
+    """An image file as uint8 (C, H, W) in the model's input shape; one-line error if unusable."""
+    return load_image(path, shape)[0]
+
+
+def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, str | None]:
+    """An image file as uint8 (C, H, W) in the model's input shape, and what had to change to
+    get there (None when it already was the model's kind); one-line error if unusable.
 
     16-bit images are scaled to 8 bits (not clipped to white); transparent pixels (alpha,
     or a palette's transparent index) are composited onto black, MNIST's background; an image
@@ -82,7 +117,9 @@ def read_image(path: str | Path, shape: tuple[int, int, int]) -> torch.Tensor:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)
             with Image.open(path) as img:
-                img = _to_8bit(img).convert("L" if channels == 1 else "RGB")
+                img = _to_8bit(img)
+                note = conversion(path, img.size, _is_grey(img), shape)
+                img = img.convert("L" if channels == 1 else "RGB")
                 if img.size != (width, height):
                     img = img.resize((width, height), Image.Resampling.BILINEAR)
                 array = np.asarray(img, dtype=np.uint8)
@@ -99,7 +136,40 @@ def read_image(path: str | Path, shape: tuple[int, int, int]) -> torch.Tensor:
         text = " ".join(str(exc).split())[:100] or type(exc).__name__
         raise AppliedTorchError(f"{path}: not an image file PIL can read ({text})") from None
     tensor = torch.from_numpy(array.copy())
-    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)
+    return (tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)), note
+
+
+def _is_grey(img: Any) -> bool:
+    """Whether an 8-bit image holds grey levels only: mode L, or RGB with equal channels (a grey
+    JPEG saved as RGB, a grey image with alpha composited onto black)."""
+    from PIL import ImageChops
+
+    if img.mode in ("L", "1"):
+        return True
+    red, green, blue = img.convert("RGB").split()
+    return ImageChops.difference(red, green).getbbox() is None and (
+        ImageChops.difference(red, blue).getbbox() is None
+    )
+
+
+def conversion(
+    path: str | Path, size: tuple[int, int], grey: bool, shape: tuple[int, int, int]
+) -> str | None:
+    """`<path> is 1x28x28 grey; the model expects 3x32x32 colour: converted to colour and
+    resized` when the image is not the kind the model was trained on, else None."""
+    channels, height, width = shape
+    done = []
+    if grey != (channels == 1):
+        done.append("converted to grey" if channels == 1 else "converted to colour")
+    if size != (width, height):
+        done.append("resized")
+    if not done:
+        return None
+    kind = "1x{}x{} grey" if grey else "3x{}x{} colour"
+    want = f"{channels}x{height}x{width} {'grey' if channels == 1 else 'colour'}"
+    return (
+        f"{path} is {kind.format(size[1], size[0])}; the model expects {want}: {' and '.join(done)}"
+    )
 
 
 def _to_8bit(img: Any) -> Any:
@@ -127,30 +197,96 @@ def classify(clf: Classifier, images: torch.Tensor) -> torch.Tensor:
         return clf.model(images).float()
 
 
+def export_test_image(data_dir: str | Path, out: str | Path, index: int = 0) -> str:
+    """Write test image `index` of the dataset in `data_dir` (read and verified by the loader) as a
+    PNG at `out`, atomically; return the line that says what was written."""
+    from PIL import Image
+
+    from appliedtorch.core.utils import atomic_path
+    from appliedtorch.data.loading import load_dataset
+
+    data_dir, out = Path(data_dir), Path(out)
+    if out.suffix.lower() != ".png":
+        raise AppliedTorchError(f"{out}: the test image is written as PNG; name it *.png")
+    data = load_dataset(dataset_in(data_dir), data_dir)
+    count = len(data.test_images)
+    if not 0 <= index < count:
+        raise AppliedTorchError(
+            f"--index {index}: the {data.name} test set in {data_dir} has {count} images "
+            f"(0 to {count - 1})"
+        )
+    image = data.test_images[index]  # (C, H, W) uint8
+    pixels = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+    with atomic_path(out) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    label = data.classes[int(data.test_labels[index])]
+    synthetic = " (synthetic)" if data.synthetic else ""
+    return f"wrote {out}: {data.name}{synthetic} test image {index}, class {label}"
+
+
+def dataset_in(data_dir: Path) -> str:
+    """The dataset a download stage left in `data_dir` (torchvision's layout says which)."""
+    for name, folder in (("mnist", "MNIST"), ("cifar10", "cifar-10-batches-py")):
+        if (data_dir / folder).is_dir():
+            return name
+    raise AppliedTorchError(
+        f"{data_dir}: no downloaded dataset (no MNIST/ or cifar-10-batches-py/ in it); "
+        "run `dvc repro download@mnist` and pass data/raw/mnist"
+    )
+
+
+def predict_images(model: str, images: Sequence[Path], top: int) -> None:
+    """Print one tab-separated line per image: path, then the `top` classes and probabilities;
+    a warning line (stderr) for each image that is not the kind the model was trained on."""
+    clf = load_classifier(model)
+    tensors = []
+    for path in images:
+        tensor, note = load_image(path, clf.input_shape)
+        if note:
+            print(f"warning: {note}; the answer may mean little", file=sys.stderr, flush=True)
+        tensors.append(tensor)
+    probs = classify(clf, torch.stack(tensors))
+    if probs.ndim != 2 or probs.shape[1] != len(clf.classes):
+        raise AppliedTorchError(
+            f"model '{model}' gives {tuple(probs.shape)} outputs for {len(images)} image(s), "
+            f"but its metadata names {len(clf.classes)} classes; not a model appliedtorch wrote"
+        )
+    k = max(1, min(top, len(clf.classes)))
+    for path, row in zip(images, probs, strict=True):
+        best = torch.topk(row, k)
+        guesses = "\t".join(
+            f"{clf.classes[i]}\t{p:.4f}"
+            for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+        )
+        print(f"{path}\t{guesses}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script `appliedtorch-predict`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", required=True, help="models:/name@alias, runs:/id/model or a .pt"
-    )
+    parser.add_argument("--model", help="models:/name@alias, runs:/id/model or a .pt")
     parser.add_argument("--top", type=int, default=1, help="show the K most likely classes")
-    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument(
+        "--export-test-image",
+        nargs=2,
+        metavar=("DATA_DIR", "PNG"),
+        help="write a test image of a downloaded dataset (e.g. data/raw/mnist digit.png) to try",
+    )
+    parser.add_argument("--index", type=int, default=0, help="which test image to export")
+    parser.add_argument("images", nargs="*", type=Path)
     args = parser.parse_args(argv)
+    if args.export_test_image and (args.model or args.images):
+        parser.error("--export-test-image takes no --model and no images")
+    if not args.export_test_image and not (args.model and args.images):
+        parser.error("give --model and at least one image (or --export-test-image DATA_DIR PNG)")
 
-    def predict() -> None:
-        clf = load_classifier(args.model)
-        batch = torch.stack([read_image(p, clf.input_shape) for p in args.images])
-        probs = classify(clf, batch)
-        k = max(1, min(args.top, len(clf.classes)))
-        for path, row in zip(args.images, probs, strict=True):
-            top = torch.topk(row, k)
-            guesses = "\t".join(
-                f"{clf.classes[i]}\t{p:.4f}"
-                for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-            )
-            print(f"{path}\t{guesses}")
+    def body() -> None:
+        if args.export_test_image:
+            print(export_test_image(*args.export_test_image, index=args.index))
+        else:
+            predict_images(args.model, args.images, args.top)
 
-    run_stage(predict)
+    run_stage(body)
 
 
 if __name__ == "__main__":

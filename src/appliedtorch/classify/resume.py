@@ -13,8 +13,10 @@ holds what the rest of the run depends on: model, optimizer and scheduler state,
 Python's and NumPy's), the finished epochs' history, the MLflow run id and a fingerprint of the
 params and data. A rerun after a kill resumes after the last finished epoch and ends, on the
 CPU, with a model and metrics bit-identical to an uninterrupted run (timings aside). A resume
-state with another fingerprint, or one that cannot be read, is reported and ignored. A file left
-under the old name (`models/.mlp.ckpt`) is removed unread.
+state with another fingerprint, or one that cannot be read, is reported and ignored; so is one
+that no longer fits the code (same params, but the model's layers or shapes changed: checked
+before anything is loaded, so the fresh start keeps its fresh weights) or that has more epochs
+done than the run has. A file left under the old name (`models/.mlp.ckpt`) is removed unread.
 
 Under torchrun every process has its own random streams (dropout, crops and flips), so the
 state holds one set per rank: at each save, rank 0 gathers them (`World.gather_objects`) and
@@ -40,6 +42,7 @@ import torch
 from torch import nn
 
 from appliedtorch.classify.distributed import SINGLE, World
+from appliedtorch.core.params import short
 from appliedtorch.core.utils import json_md5, save_torch
 
 log = logging.getLogger(__name__)
@@ -64,18 +67,32 @@ def fingerprint(*parts: dict[str, Any]) -> str:
 class ResumeState:
     """The training state saved at the end of each epoch, and the one loaded to resume from."""
 
-    def __init__(self, path: str | os.PathLike, fingerprint: str, world: World = SINGLE):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fingerprint: str,
+        world: World = SINGLE,
+        epochs: int | None = None,
+    ):
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.world = world  # every rank saves and restores; rank 0 alone reads and writes the file
+        self.epochs = epochs  # the run's epochs: a state past them is not this run's
         self.saved: dict[str, Any] | None = None  # the loaded state that training resumes from
         self.run_id: str | None = None  # the MLflow run the epochs belong to
 
     @classmethod
-    def open(cls, path: str | os.PathLike, fingerprint: str, world: World = SINGLE) -> ResumeState:
+    def open(
+        cls,
+        path: str | os.PathLike,
+        fingerprint: str,
+        world: World = SINGLE,
+        epochs: int | None = None,
+    ) -> ResumeState:
         """The resume state at `path`, loaded when it was saved with the same `fingerprint` and
-        number of processes. Under torchrun every rank calls it and gets rank 0's reading."""
-        state = cls(path, fingerprint, world)
+        number of processes (and, given `epochs`, no more epochs done than the run has). Under
+        torchrun every rank calls it and gets rank 0's reading."""
+        state = cls(path, fingerprint, world, epochs)
         saved = state._load() if world.is_main else None
         state.saved = world.broadcast_object(saved)
         if state.saved is not None:
@@ -99,7 +116,7 @@ class ResumeState:
             )
             return None
         if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint:
-            log.warning(
+            log.warning(  # (a state of another FORMAT has another fingerprint too)
                 "ignoring resume state %s: it was written with other params or data; "
                 "training from scratch (it is replaced after the first epoch)",
                 self.path,
@@ -115,6 +132,15 @@ class ResumeState:
                 self.world.size,
             )
             return None
+        problem = self._layout_problem(saved)
+        if problem:
+            log.warning(
+                "ignoring resume state %s: %s; training from scratch (it is replaced after "
+                "the first epoch)",
+                self.path,
+                problem,
+            )
+            return None
         log.info(
             "resuming from %s: %d epoch(s) done, MLflow run %s",
             self.path,
@@ -122,6 +148,54 @@ class ResumeState:
             saved.get("run_id"),
         )
         return saved
+
+    def _layout_problem(self, saved: dict[str, Any]) -> str | None:
+        """Why a state with the right fingerprint still cannot be resumed from, or None."""
+        epoch = saved.get("epoch")
+        if type(epoch) is not int or epoch < 1:
+            return f"its epoch is {short(epoch)}, not a count of finished epochs"
+        if self.epochs is not None and epoch > self.epochs:
+            return f"it has {epoch} epochs done, more than this run's {self.epochs}"
+        history = saved.get("history")
+        if not isinstance(history, list) or len(history) != epoch:
+            return f"its history does not hold one entry per epoch done ({epoch})"
+        if not all(isinstance(saved.get(k), dict) for k in ("model", "optimizer")):
+            return "it lacks the model or optimizer state"
+        return None
+
+    def fits(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+        """Why the saved model and optimizer state do not fit these objects (the model code
+        changed since it was saved: other layers or shapes), or None when they do."""
+        saved = self.saved or {}
+        want = model.state_dict()
+        got = saved.get("model", {})
+        if got.keys() != want.keys():
+            differ = sorted(got.keys() ^ want.keys())
+            return f"the model has other layers now ({len(differ)} differ, e.g. '{differ[0]}')"
+        for key, tensor in want.items():
+            other = got[key]
+            if not isinstance(other, torch.Tensor) or other.shape != tensor.shape:
+                return f"the model's '{key}' has another shape now"
+        groups = saved["optimizer"].get("param_groups")
+        mine = optimizer.state_dict()["param_groups"]
+        if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [
+            len(g["params"]) for g in mine
+        ]:
+            return "the optimizer has other parameter groups now"
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for index, values in (saved["optimizer"].get("state") or {}).items():
+            for value in values.values():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.ndim
+                    and (
+                        not isinstance(index, int)
+                        or index >= len(params)
+                        or value.shape != params[index].shape
+                    )
+                ):
+                    return "the optimizer's state has other shapes now"
+        return None
 
     @property
     def epochs_done(self) -> int:
@@ -173,6 +247,16 @@ class ResumeState:
         the last finished epoch."""
         saved = self.saved
         if saved is None:
+            return 0
+        problem = self.fits(model, optimizer)
+        if problem:  # checked before loading anything: a fresh start keeps the fresh weights
+            log.warning(
+                "ignoring resume state %s: %s; training from scratch (it is replaced after the "
+                "first epoch)",
+                self.path,
+                problem,
+            )
+            self.saved = None
             return 0
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
