@@ -2,8 +2,9 @@
 
     python stages/download.py --params params.yaml --dataset mnist --out data/raw/mnist
 
-`data.source` in params.yaml picks upstream (torchvision's URLs and md5 sums), a mirror (a
-directory or http(s):// URL) or synthetic. Nothing is left in --out unless every file verified.
+`data.source` in params.yaml picks upstream (a verified copy in /usr/share/datasets/<dataset>
+if the OS has one, else torchvision's URLs and md5 sums), a mirror (a directory or http(s):// URL)
+or synthetic. Nothing is left in --out unless every file verified.
 No MLflow run: the training stages tag their runs with the data's source and hash instead.
 """
 
@@ -15,7 +16,9 @@ import time
 from pathlib import Path
 
 from appliedtorch.core.cli import run_stage
-from appliedtorch.data import DATASETS, download
+from appliedtorch.data.datasets import DATASETS, dataset
+from appliedtorch.data.fetch import download
+from appliedtorch.data.limits import Limits
 from appliedtorch.params import load_params
 
 log = logging.getLogger("download")
@@ -29,18 +32,24 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params(args.params)
+    stand_in = dataset(args.dataset).synthetic  # fashion-mnist's takes the mnist sizes
     sizes = (
-        getattr(p.data.synthetic, f"{args.dataset}_train"),
-        getattr(p.data.synthetic, f"{args.dataset}_test"),
+        getattr(p.data.synthetic, f"{stand_in}_train"),
+        getattr(p.data.synthetic, f"{stand_in}_test"),
+    )
+    limits = Limits(
+        timeout=p.data.timeout,
+        retries=p.data.retries,
+        file_timeout=p.data.file_timeout,
+        low_speed_limit=p.data.low_speed_limit,
+        low_speed_time=p.data.low_speed_time,
     )
     start = time.perf_counter()
     record = download(
         args.dataset,
         args.out,
         p.data.source,
-        timeout=p.data.timeout,
-        retries=p.data.retries,
-        file_timeout=p.data.file_timeout,
+        limits=limits,
         synthetic_seed=p.data.synthetic.seed,
         synthetic_sizes=sizes,
     )

@@ -4,6 +4,7 @@ directory), every failure mode of a download, and loading. Offline: nothing leav
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import http.server
@@ -30,10 +31,14 @@ import torch
 import torchvision
 
 from appliedtorch.core.errors import DataError
-from appliedtorch.data import download, load_dataset, synthetic
+from appliedtorch.data import extract, synthetic, transport
 from appliedtorch.data import fetch as data
-from appliedtorch.data.loading import Upstream
-from conftest import REPO, silent_server
+from appliedtorch.data.datasets import DATASETS_BY_NAME, UpstreamFile
+from appliedtorch.data.fetch import download
+from appliedtorch.data.limits import MAX_DOWNLOAD_BYTES, MAX_MEMBER_BYTES, Limits
+from appliedtorch.data.loading import load_dataset
+from helpers import REPO
+from helpers.servers import silent_server
 
 SIZES = {"mnist": (120, 40), "cifar10": (60, 20)}  # (train, test): tiny, still every batch
 MNIST_GZ = "train-images-idx3-ubyte.gz"
@@ -225,11 +230,12 @@ def test_mirror_without_md5sums_is_checked_against_upstream_sums(
         with pytest.raises(DataError, match=r"does not match the upstream md5 f68b3c2d"):
             download("mnist", tmp_path / "refused", source, retries=0)
         # Pretend upstream published these files' sums: then they pass.
-        sums = [
-            (f, hashlib.md5((mirror / f).read_bytes()).hexdigest())
-            for f, _ in data.UPSTREAM["mnist"].files
-        ]
-        monkeypatch.setitem(data.UPSTREAM, "mnist", Upstream(bases=[], files=sums))
+        sums = tuple(
+            UpstreamFile(f.name, hashlib.md5((mirror / f.name).read_bytes()).hexdigest())
+            for f in DATASETS_BY_NAME["mnist"].files
+        )
+        mnist = dataclasses.replace(DATASETS_BY_NAME["mnist"], bases=(), files=sums)
+        monkeypatch.setitem(DATASETS_BY_NAME, "mnist", mnist)
         record = download("mnist", tmp_path / "mnist", source, retries=0)
     assert {d["checked_against"] for d in record["downloads"]} == {"upstream md5"}
     assert not (tmp_path / "refused").exists()
@@ -253,15 +259,15 @@ def test_upstream_mirrors_are_tried_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bases = [f"http://127.0.0.1:{closed_port()}/a/", f"http://127.0.0.1:{closed_port()}/b/"]
-    upstream = data.UPSTREAM["mnist"]
-    monkeypatch.setitem(data.UPSTREAM, "mnist", Upstream(bases=bases, files=upstream.files))
+    mnist = dataclasses.replace(DATASETS_BY_NAME["mnist"], bases=tuple(bases))
+    monkeypatch.setitem(DATASETS_BY_NAME, "mnist", mnist)
     start = time.perf_counter()
     with pytest.raises(DataError) as exc:
         download("mnist", tmp_path / "data" / "mnist", "upstream", retries=1, backoff=0.05)
     message = str(exc.value)
     assert message.index(bases[0] + MNIST_GZ) < message.index(bases[1] + MNIST_GZ)
     assert message.count("connection refused") == 2 and "\n" not in message
-    assert "`dvc pull`" in message and "synthetic" in message
+    assert "`dvc pull`" not in message and "data.source" in message and "synthetic" in message
     assert time.perf_counter() - start < 5
     assert leftovers(tmp_path) == []
 
@@ -347,7 +353,7 @@ def test_download_failure_is_one_line_and_leaves_nothing(
     assert exit_info.value.code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, errors
-    assert "mnist" in errors[0] and "data.source" in errors[0] and "`dvc pull`" in errors[0]
+    assert "mnist" in errors[0] and "data.source" in errors[0] and "synthetic" in errors[0]
     assert re.search(expected, errors[0]), errors[0]
     assert leftovers(tmp_path / "ws") == []  # not even data/raw
 
@@ -425,12 +431,12 @@ def test_gzip_written_reproducibly(tmp_path: Path) -> None:
 
 def test_a_hanging_name_lookup_is_bounded_by_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     # urlopen's timeout does not cover DNS; a resolver that never answers must not hang the stage.
-    monkeypatch.setattr(data.socket, "getaddrinfo", lambda *a, **k: time.sleep(3))
+    monkeypatch.setattr(transport.socket, "getaddrinfo", lambda *a, **k: time.sleep(3))
     start = time.perf_counter()
     with pytest.raises(
-        data._FetchError, match=r"host lookup for example\.invalid took over 0\.2 s"
+        transport.FetchError, match=r"host lookup for example\.invalid took over 0\.2 s"
     ):
-        data._fetch("http://example.invalid/x.gz", Path("unused"), timeout=0.2)
+        transport.fetch_file("http://example.invalid/x.gz", Path("unused"), Limits(timeout=0.2), 10)
     assert time.perf_counter() - start < 1.5
 
 
@@ -495,7 +501,7 @@ def test_training_never_unpickles_a_payload(tmp_path: Path) -> None:
     record = json.loads((out / "source.json").read_text())
     rel = f"{synthetic.CIFAR10_FOLDER}/data_batch_1"
     record["files"][rel] = {
-        "md5": data.calculate_md5(batch_path),
+        "md5": hashlib.md5(batch_path.read_bytes()).hexdigest(),
         "bytes": batch_path.stat().st_size,
     }
     (out / "source.json").write_text(json.dumps(record))
@@ -506,7 +512,7 @@ def test_training_never_unpickles_a_payload(tmp_path: Path) -> None:
 
 def test_restricted_unpickler_reads_what_the_format_uses(tmp_path: Path) -> None:
     """Upstream's Python 2 pickles, Python 3's protocol 2 (bytes via _codecs) and protocol 5."""
-    from appliedtorch.data.loading import load_cifar_batch
+    from appliedtorch.data.formats import load_cifar_batch
 
     array = np.arange(12, dtype=np.uint8).reshape(2, 6)
     for protocol in (2, 5):
@@ -563,8 +569,8 @@ def test_gzip_bomb_is_refused_quickly_with_bounded_memory(
 def test_gzip_trailer_stating_a_huge_size_is_refused_before_writing(tmp_path: Path) -> None:
     bomb = tmp_path / "x.gz"
     bomb.write_bytes(gzip.compress(b"\0" * 1000)[:-4] + (2**31).to_bytes(4, "little"))
-    with pytest.raises(data._TooLarge, match="says it inflates past 94 MB"):
-        data._gunzip(bomb, tmp_path / "x", data.MAX_MEMBER_BYTES["mnist"])
+    with pytest.raises(extract.TooLarge, match="says it inflates past 94 MB"):
+        extract.gunzip(bomb, tmp_path / "x", MAX_MEMBER_BYTES["idx"])
     assert not (tmp_path / "x").exists()
 
 
@@ -575,9 +581,9 @@ def test_tar_member_larger_than_any_batch_is_refused_from_its_header(tmp_path: P
     archive = tmp_path / "bomb.tar.gz"
     archive.write_bytes(gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT)))
     start = time.perf_counter()
-    with pytest.raises(data._TooLarge, match=r"holds cifar-10-batches-py/data_batch_1 of "
-                       r"1000000000000 bytes, past 64 MB"):  # fmt: skip
-        data._untar_cifar10(archive, tmp_path / "out", data.MAX_MEMBER_BYTES["cifar10"])
+    match = r"holds cifar-10-batches-py/data_batch_1 of 1000000000000 bytes, past 64 MB"
+    with pytest.raises(extract.TooLarge, match=match):
+        extract.untar_cifar10(archive, tmp_path / "out", MAX_MEMBER_BYTES["cifar"])
     assert time.perf_counter() - start < 1
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -628,7 +634,7 @@ def test_trickling_server_is_stopped_by_the_file_deadline(
     with serve(mirror, handler) as url, pytest.raises(DataError) as info:
         download("mnist", tmp_path / "ws" / "mnist", url, timeout=5, retries=2, file_timeout=1)
     elapsed = time.perf_counter() - start
-    assert "not complete within 1 s (data.file_timeout; " in str(info.value), info.value
+    assert "not complete within 1 s (data.file_timeout)" in str(info.value), info.value
     assert elapsed < 4, elapsed  # one attempt (not retried), stopped at the deadline
     assert leftovers(tmp_path / "ws") == []
 
@@ -640,17 +646,17 @@ def test_announced_size_over_the_cap_is_refused_before_reading(tmp_path: Path) -
             self.send_header("Content-Length", str(10**12))
             self.end_headers()
 
-    with serve(tmp_path, Huge) as url, pytest.raises(data._FetchError, match=r"1000000000000 "
-                                                     r"bytes announced, larger than 95 MB"):  # fmt: skip
-        data._fetch(url + "x.gz", tmp_path / "x", 5, max_bytes=data.MAX_DOWNLOAD_BYTES["mnist"])
+    match = r"1000000000000 bytes announced, larger than 95 MB"
+    with serve(tmp_path, Huge) as url, pytest.raises(transport.FetchError, match=match):
+        transport.fetch_file(url + "x.gz", tmp_path / "x", Limits(), MAX_DOWNLOAD_BYTES["idx"])
 
 
 def test_backoff_waits_are_capped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     waits: list[float] = []
     monkeypatch.setattr(data.time, "sleep", waits.append)
-    limits = data._Limits(timeout=0.5, file_timeout=5, retries=5, backoff=3.0, dataset="mnist")
-    with pytest.raises(data._FetchError, match="connection refused"):
-        data._fetch_with_retries(f"http://127.0.0.1:{closed_port()}/x", tmp_path / "x", limits, 10)
+    limits = Limits(timeout=0.5, file_timeout=5, retries=5, backoff=3.0)
+    with pytest.raises(transport.FetchError, match="connection refused"):
+        data.fetch_with_retries(f"http://127.0.0.1:{closed_port()}/x", tmp_path / "x", limits, 10)
     assert waits == [3.0, 6.0, 8.0, 8.0, 8.0]
 
 

@@ -106,7 +106,7 @@ def test_bf16_param_rejects_other_words(params_file):
 
 def test_training_resolves_auto(monkeypatch):
     from appliedtorch.classify.loop import train_classifier
-    from appliedtorch.data import synthetic_in_memory
+    from appliedtorch.data.loading import synthetic_in_memory
 
     data = synthetic_in_memory("mnist", 64, 32)
     section = MLPParams(bf16="auto", epochs=1, batch_size=32)
@@ -174,7 +174,7 @@ def _train_mlp(flush: bool) -> tuple[float, int, torch.Tensor]:
     from appliedtorch.classify.batches import Batches, Normalizer
     from appliedtorch.classify.models import build_model
     from appliedtorch.classify.tuning import training_step
-    from appliedtorch.data import synthetic_in_memory
+    from appliedtorch.data.loading import synthetic_in_memory
 
     data = synthetic_in_memory("mnist", 2000, 500)
     torch.manual_seed(0)

@@ -1,25 +1,7 @@
-"""MNIST and CIFAR-10: sources, download and verification, synthetic stand-ins, loading.
+"""Datasets by name (MNIST, Fashion-MNIST, CIFAR-10): the table, sources and verified download,
+synthetic stand-ins, strict parsing and loading into uint8 tensors. Import the concrete modules:
 
-python stages/download.py --params params.yaml --dataset mnist --out data/raw/mnist
->>> data = load_dataset("mnist", "data/raw/mnist")     # uint8 tensors, classes, source
+    python stages/download.py --params params.yaml --dataset mnist --out data/raw/mnist
+    >>> from appliedtorch.data.loading import load_dataset
+    >>> data = load_dataset("mnist", "data/raw/mnist")     # uint8 tensors, classes, source
 """
-
-from appliedtorch.data.fetch import download
-from appliedtorch.data.loading import (
-    DATASETS,
-    UPSTREAM,
-    ImageData,
-    Upstream,
-    load_dataset,
-    synthetic_in_memory,
-)
-
-__all__ = [
-    "DATASETS",
-    "UPSTREAM",
-    "ImageData",
-    "Upstream",
-    "download",
-    "load_dataset",
-    "synthetic_in_memory",
-]

@@ -33,6 +33,10 @@ class DataParams(Section):
     timeout: float = Field(10.0, gt=0, le=MAX_TIMEOUT)  # seconds any one network wait may take
     file_timeout: float = Field(900.0, gt=0, le=24 * MAX_TIMEOUT)  # seconds for a whole file
     retries: int = Field(2, ge=0, le=MAX_RETRIES)  # extra attempts per URL, backing off 2x
+    # A transfer slower than low_speed_limit bytes/s over low_speed_time seconds stops (curl's
+    # --speed-limit/--speed-time): a trickling server is given up on in about half a minute.
+    low_speed_limit: float = Field(1024.0, ge=0, le=2**40)  # 0: no speed limit
+    low_speed_time: float = Field(30.0, gt=0, le=MAX_TIMEOUT)
     synthetic: SyntheticSizes = SyntheticSizes()
 
     bound_notes: ClassVar[dict[str, str]] = {

@@ -1,8 +1,8 @@
-"""Synthetic stand-ins for MNIST and CIFAR-10, written in exactly the upstream file formats.
+"""Synthetic stand-ins for the datasets, written in exactly the upstream file formats.
 
 Offline machines (and the tests) use these instead of the real datasets (`data.source: synthetic`).
-Each class has a fixed template (MNIST: a few pen strokes; CIFAR-10: coloured blobs on a varying
-background); every image is its class template, randomly shifted (and, for CIFAR-10, mirrored),
+Each class has a fixed template (MNIST-format sets: a few pen strokes, their own for each set;
+CIFAR-10: coloured blobs on a varying background); every image is its class template, randomly shifted (and, for CIFAR-10, mirrored),
 drawn with a random stroke width and contrast, overlaid with a fainter template of another class
 and Gaussian noise. A small model learns it in a few steps but not perfectly: the overlaid class
 sometimes almost matches the true one, so accuracy numbers stay meaningful.
@@ -25,23 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from appliedtorch.core.utils import atomic_path
+from appliedtorch.data.datasets import CIFAR10_CLASSES, CIFAR10_FOLDER, DATASETS_BY_NAME, Dataset
 
 log = logging.getLogger(__name__)
 
-SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+SHAPES = {name: ds.shape for name, ds in DATASETS_BY_NAME.items()}
 NUM_CLASSES = 10
-CIFAR10_CLASSES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
 MNIST_FILES = {
     ("train", "images"): "train-images-idx3-ubyte.gz",
     ("train", "labels"): "train-labels-idx1-ubyte.gz",
@@ -49,9 +38,7 @@ MNIST_FILES = {
     ("test", "labels"): "t10k-labels-idx1-ubyte.gz",
 }
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR10_FOLDER = "cifar-10-batches-py"
 
-_NAME_ID = {"mnist": 1, "cifar10": 2}
 _SPLIT_ID = {"train": 0, "test": 1}
 # How far images move (pixels each way), how strong the overlaid other class can be, noise amplitude.
 _STYLE = {
@@ -71,12 +58,13 @@ def generate(name: str, n: int, seed: int, split: str = "train") -> tuple[np.nda
     if n < 0:
         raise ValueError(f"n must be >= 0 (got {n})")
     # Templates depend on (name, seed) only, so the train and test splits share their classes.
-    bank = _mnist_bank(seed) if name == "mnist" else _cifar_bank(seed)  # (T, 10, V, D)
+    kind, name_id = DATASETS_BY_NAME[name].synthetic, DATASETS_BY_NAME[name].synthetic_id
+    bank = _mnist_bank(seed, name_id) if kind == "mnist" else _cifar_bank(seed)  # (T, 10, V, D)
     variants, dim = bank.shape[2], bank.shape[3]
-    rng = np.random.default_rng([seed, _NAME_ID[name], _SPLIT_ID[split]])
+    rng = np.random.default_rng([seed, name_id, _SPLIT_ID[split]])
     labels = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int64)  # balanced classes
     images = np.empty((n, dim), dtype=np.uint8)
-    style = _STYLE[name]
+    style = _STYLE[kind]
     for start in range(0, n, _CHUNK):
         y = labels[start : start + _CHUNK]
         m = len(y)
@@ -89,7 +77,7 @@ def generate(name: str, n: int, seed: int, split: str = "train") -> tuple[np.nda
         faint = bank[1, other, rng.integers(0, variants, m)]
         faint *= overlay * contrast
         x += faint
-        if name == "cifar10":
+        if kind == "cifar10":
             gains = rng.uniform(0.6, 1.2, (m, 3, 1)).astype(np.float32)  # per-image colour cast
             x = (x.reshape(m, 3, -1) * gains).reshape(m, dim)
             x += _backgrounds(rng, m)
@@ -114,9 +102,9 @@ def _shifted(templates: np.ndarray, shift: int) -> np.ndarray:
     return np.stack(out, axis=1).reshape(k, len(out), c * h * w)
 
 
-def _mnist_bank(seed: int) -> np.ndarray:
+def _mnist_bank(seed: int, name_id: int) -> np.ndarray:
     """(2, 10, variants, 784) float32: [main, overlay] strokes per class, width, and shift."""
-    rng = np.random.default_rng([seed, _NAME_ID["mnist"], 99])
+    rng = np.random.default_rng([seed, name_id, 99])
     # Three strokes per class with end points inside the central 16x16 box, like a digit.
     ends = rng.uniform(6.0, 21.0, (NUM_CLASSES, 3, 2, 2))  # class, stroke, end, (y, x)
     yy, xx = np.mgrid[0:28, 0:28].astype(np.float64)
@@ -134,7 +122,7 @@ def _mnist_bank(seed: int) -> np.ndarray:
 
 def _cifar_bank(seed: int) -> np.ndarray:
     """(2, 10, variants, 3072) float32: [object, overlay] per class, mirror, and shift."""
-    rng = np.random.default_rng([seed, _NAME_ID["cifar10"], 99])
+    rng = np.random.default_rng([seed, DATASETS_BY_NAME["cifar10"].synthetic_id, 99])
     yy, xx = np.mgrid[0:32, 0:32].astype(np.float64)
     # Three coloured Gaussian blobs per class: centres, radii and colours are the class's look.
     centres = rng.uniform(8.0, 24.0, (NUM_CLASSES, 3, 2))
@@ -212,11 +200,12 @@ def py2_pickle_bytes(obj: object) -> bytes:
     return buf.getvalue()
 
 
-def mnist_files(seed: int, n_train: int, n_test: int) -> dict[str, bytes]:
-    """The four uncompressed MNIST IDX files, keyed by upstream name without `.gz`."""
+def mnist_files(seed: int, n_train: int, n_test: int, name: str = "mnist") -> dict[str, bytes]:
+    """The four uncompressed IDX files of MNIST (or another dataset in its format), keyed by
+    upstream name without `.gz`."""
     files = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        images, labels = generate("mnist", n, seed, split)
+        images, labels = generate(name, n, seed, split)
         files[MNIST_FILES[split, "images"][:-3]] = idx_bytes(images[:, 0])  # (N, 28, 28)
         files[MNIST_FILES[split, "labels"][:-3]] = idx_bytes(labels)
     return files
@@ -249,6 +238,26 @@ def _cifar_batch(images: np.ndarray, labels: np.ndarray, batch_label: str) -> by
         "filenames": names,
     }
     return py2_pickle_bytes(batch)
+
+
+def write_extracted(ds: Dataset, directory: Path, seed: int, n_train: int, n_test: int) -> None:
+    """The extracted upstream layout of `ds` under `directory`, generated: what extracting
+    synthetic archives would give."""
+    if ds.synthetic == "mnist":
+        files = mnist_files(seed, n_train, n_test, ds.name)
+    else:
+        files = cifar10_files(seed, n_train, n_test)
+    folder = directory / ds.folder
+    folder.mkdir(parents=True)
+    for fname, data in files.items():
+        (folder / fname).write_bytes(data)
+    log.info(
+        "generated synthetic %s: %d train + %d test images (seed %d)",
+        ds.name,
+        n_train,
+        n_test,
+        seed,
+    )
 
 
 def write_mnist(

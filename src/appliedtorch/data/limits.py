@@ -1,0 +1,68 @@
+"""Bounds on what a source may send, the limits of one download, and short printable text.
+
+    python stages/download.py --params params.yaml --dataset mnist --out data/raw/mnist
+
+A mirror is untrusted input: its MD5SUMS proves only that the files are the ones it meant to
+serve. Every file, archive member, pickle and IDX header is bounded here before it is written or
+read in full. The bounds leave room for synthetic stand-ins of twice the upstream sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliedtorch.data.datasets import CIFAR10_BATCHES
+
+MAX_ROWS = {"idx": 2 * 60000, "cifar": 2 * 10000}  # images one file may hold
+MAX_MEMBER_BYTES = {  # one extracted file
+    "idx": 16 + MAX_ROWS["idx"] * 784,  # train-images-idx3-ubyte with twice upstream's digits
+    "cifar": MAX_ROWS["cifar"] * 3200,  # a batch of twice upstream's rows (3072 bytes + name)
+}
+MAX_DOWNLOAD_BYTES = {  # compressed files: never larger than what they hold, plus headers
+    "idx": MAX_MEMBER_BYTES["idx"] + (1 << 20),
+    "cifar": (len(CIFAR10_BATCHES) + 1) * MAX_MEMBER_BYTES["cifar"] + (1 << 20),
+}
+MAX_MD5SUMS_BYTES = 64 << 10
+MAX_BACKOFF_SECONDS = 8.0  # one wait between retries never exceeds this (data.retries <= 5)
+# A CIFAR-10 batch pickle: one opcode per label and per file name plus a few dozen for the dict
+# and the array, so the op count is bounded by the rows; a handful of nested marks at most.
+MAX_PICKLE_OPS = 4 * MAX_ROWS["cifar"] + 1000
+MAX_PICKLE_MARKS = 8
+MAX_PICKLE_STACK = MAX_ROWS["cifar"] + 64
+CHUNK = 1 << 20  # bytes read or written at a time: memory stays flat whatever the file's size
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long and how much one download may take: per wait, per file, speed, retries."""
+
+    timeout: float = 10.0  # seconds any one network wait may take
+    file_timeout: float = 900.0  # seconds one file's whole transfer may take (a backstop)
+    retries: int = 2
+    backoff: float = 0.5
+    low_speed_limit: float = 1024.0  # bytes/s: slower than this for low_speed_time seconds...
+    low_speed_time: float = 30.0  # ...stops the transfer (curl's --speed-limit/--speed-time)
+
+
+def mb(n: int) -> str:
+    """A byte count as people read it."""
+    return f"{n / 1e6:.0f} MB" if n >= 10**6 else f"{n} bytes"
+
+
+def brief(exc: BaseException | str, limit: int = 100) -> str:
+    """An exception as short printable text: a damaged file's bytes can end up in its message."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(exc)[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def too_large(what: str, cap: int) -> str:
+    """The refusal of a file or member past the most the dataset can hold."""
+    return (
+        f"{what} past {mb(cap)}, more than any file of the dataset holds: refused "
+        "(a decompression bomb or not this dataset)"
+    )
+
+
+def redo(name: str) -> str:
+    """What to do when data/raw/<name> is missing or damaged."""
+    return f"run `dvc repro download@{name}` (or `dvc pull` from the team remote)"
