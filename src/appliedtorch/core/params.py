@@ -236,6 +236,12 @@ def read_yaml(path: str | os.PathLike) -> Any:
             f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); "
             "save it as UTF-8"
         ) from None
+    return parse_yaml(text, name)
+
+
+def parse_yaml(text: str, name: str) -> Any:
+    """YAML text as plain data, refused as read_yaml refuses it (anchors, aliases, duplicate
+    keys, YAML errors: one ParamsError line that starts with `name`)."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
