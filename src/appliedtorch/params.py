@@ -66,6 +66,7 @@ def parse_params(raw: Any, name: str = "params.yaml") -> Params:
 def main(argv: list[str] | None = None) -> None:
     """Validate a params file (default params.yaml) and print its sections, or one error line."""
     from appliedtorch.core.cli import run_stage  # the stage wrapper: only the command needs it
+    from appliedtorch.core.redact import redact
 
     path = (argv if argv is not None else sys.argv[1:]) or ["params.yaml"]
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         params = load_params(path[0])
         print(f"{path[0]}: ok ({', '.join(REQUIRED_SECTIONS)})")
         for key, value in flatten(params.model_dump()).items():
-            print(f"  {key} = {value}")
+            print(f"  {key} = {redact(str(value))}")  # tracking.uri may hold a password
 
     run_stage(check)
 

@@ -3,6 +3,10 @@
 SIGINT and SIGTERM (what `timeout`, `docker stop` and CI cancellation send) end a stage the same
 way: an exception unwinds every `with` block (the MLflow run ends KILLED, staging directories and
 temporary files are removed), then one `error:` line and exit code 128 + the signal number.
+An exception nobody expected (a bug) is one `error: internal error in <stage>: ...` line too,
+naming a log file that holds its traceback:
+
+    python stages/train_mlp.py --params params.yaml ...   # any stage's main() runs in run_stage
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.core.redact import redact
+from appliedtorch.core.redact import error_line, redact
 
 
 class Terminated(KeyboardInterrupt):
@@ -69,9 +74,11 @@ def signals_raise() -> Iterator[None]:
         signal.signal(signal.SIGINT, old_int)
 
 
-def run_stage(main: Callable[[], object]) -> None:
+def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     """Call `main()`; report AppliedTorchError as `error: ...` (no traceback) and exit nonzero;
-    SIGINT and SIGTERM end it with one line and exit code 130 or 143."""
+    SIGINT and SIGTERM end it with one line and exit code 130 or 143. Any other exception is a
+    bug: one `error: internal error in <name>: ...` line naming a log file that holds the full
+    traceback, exit code 1. `name` defaults to the running script's name."""
     setup_logging()
     try:
         with signals_raise():
@@ -81,9 +88,41 @@ def run_stage(main: Callable[[], object]) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-        name = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (SIGINT)"
-        print(f"error: {name}", file=sys.stderr)
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (SIGINT)"
+        print(f"error: {what}", file=sys.stderr)
         sys.exit(128 + int(signum))
     except BrokenPipeError:  # stdout piped into `head` and closed: stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)  # 128 + SIGPIPE, what a shell reports for such a pipe
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, reported in one line
+        stage = name or command_name()
+        print(f"error: internal error in {stage}: {internal_error(stage, exc)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def command_name() -> str:
+    """The running command's name: `train_mlp` for stages/train_mlp.py, `appliedtorch-predict`,
+    `appliedtorch.params` for `python -m appliedtorch.params`."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("appliedtorch")
+    if script.suffix == ".py" and script.parent.name != "stages" and "appliedtorch" in script.parts:
+        parts = script.with_suffix("").parts
+        return ".".join(parts[len(parts) - parts[::-1].index("appliedtorch") - 1 :])
+    return script.stem or "appliedtorch"
+
+
+def internal_error(stage: str, exc: BaseException) -> str:
+    """`<Type>: <first line>; traceback in <log>`: the full traceback goes to a new log file
+    (mode 0600, in the system's temporary directory), passwords redacted like every line."""
+    import tempfile
+    import traceback
+
+    line = f"{type(exc).__name__}: {error_line(exc)}"
+    text = redact("".join(traceback.format_exception(exc)))
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in stage)[:60]
+    try:
+        fd, log = tempfile.mkstemp(prefix=f"appliedtorch-{safe}-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        return f"{line} (the traceback could not be written: {err.strerror or err})"
+    return f"{line}; traceback in {log} (please include it when reporting this bug)"
