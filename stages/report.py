@@ -14,13 +14,13 @@ import logging
 from pathlib import Path
 
 from appliedtorch.core.cli import run_stage
-from appliedtorch.core.errors import TrackingError
+from appliedtorch.core.errors import AppliedTorchError, TrackingError
 from appliedtorch.core.params import run_params
 from appliedtorch.core.redact import redact
 from appliedtorch.core.tracking.lineage import lineage_tags, params_md5
 from appliedtorch.core.tracking.run import latest_runs
 from appliedtorch.core.tracking.uri import repo_root, resolve_tracking_uri
-from appliedtorch.core.utils import output_set, write_text
+from appliedtorch.core.utils import check_writable, output_set, write_text
 from appliedtorch.params import load_params
 from appliedtorch.report import page as report
 
@@ -41,6 +41,9 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params(args.params)
+    check_writable(args.out.parent)  # before any work: not a traceback after building the page
+    if args.out.is_dir():
+        raise AppliedTorchError(f"cannot write {args.out}: a directory; pass a file path to --out")
     uri = resolve_tracking_uri(p.tracking.uri)
     # Prefer the run made with the workspace's params: after a queued sweep the newest run
     # belongs to some experiment, not necessarily to the results in reports/.

@@ -28,14 +28,16 @@ from typing import Any
 import yaml
 
 from appliedtorch.core.cli import run_stage
-from appliedtorch.core.errors import ParamsError
-from appliedtorch.core.params import read_yaml
+from appliedtorch.core.errors import AppliedTorchError, ParamsError
+from appliedtorch.core.params import parse_yaml, read_yaml, short
 from appliedtorch.core.utils import flatten
 from appliedtorch.params import parse_params
 
 # What `dvc exp run` takes from one line of the README's sed one-liner: a (dotted) key, a colon,
 # one value with no spaces (no inline comment).
 _LINE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*: *[^ #]+")
+_KEY = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
+MAX_SET_CHARS = 1000  # a -S value is one number, name or short list
 # Keys that change together in `compare`: the single change is named by the first key. An
 # optimizer's learning rate, momentum and weight decay and its schedule are one choice; a net's
 # width is the width of that net.
@@ -74,15 +76,47 @@ def read_recipe(path: str | Path, params: str | Path = "params.yaml") -> dict[st
 
 
 def apply(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the params mapping with the dotted `changes` set."""
+    """A copy of the params mapping with the dotted `changes` set; ParamsError when a key's
+    path runs through a value (`cnn.lr.x` where cnn.lr is a number)."""
     out = copy.deepcopy(params)
     for key, value in changes.items():
         *sections, name = key.split(".")
         node = out
-        for section in sections:
+        for i, section in enumerate(sections):
             node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                path = ".".join(sections[: i + 1])
+                raise ParamsError(f"{key}: {path} is a value, not a section; set {path} itself")
         node[name] = value
     return out
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`-S key=value` items as {key: value}, each value read as params.yaml is (no anchors or
+    aliases, at most MAX_SET_CHARS characters); one ParamsError line for a bad one."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not _KEY.fullmatch(key):
+            raise ParamsError(f"-S {short(item)}: not key=value with a dotted params key")
+        if len(text) > MAX_SET_CHARS:
+            raise ParamsError(f"-S {key}: value longer than {MAX_SET_CHARS} characters")
+        out[key] = parse_yaml(text, f"-S {key}")
+    return out
+
+
+def check_exp_name(name: str) -> None:
+    """Refuse an experiment name DVC would refuse (git's ref-name rules, which DVC checks with
+    dulwich, and no `/`), or one `dvc exp run -n` would read as an option."""
+    from dulwich.refs import check_ref_format
+
+    ref = f"refs/exps/00/{'0' * 38}/{name}".encode()
+    if not name or "/" in name or name.startswith("-") or not check_ref_format(ref):
+        raise ParamsError(
+            f"experiment name {short(name)} is not one DVC takes: no spaces, '/', '..', '~', "
+            "'^', ':', '?', '*', '[', '\\', '@{', no leading '-' or trailing '.' or '.lock' "
+            "(git check-ref-format); pass another --name"
+        )
 
 
 def variants(recipe: dict[str, Any], params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -116,7 +150,10 @@ def compare_commands(
     extra: list[str],
     check_data: bool = True,
 ) -> list[list[str]]:
-    """The `dvc exp run --queue` command of every variant."""
+    """The `dvc exp run --queue` command of every variant; every name and value is checked
+    before any is returned (nothing is queued when one would be refused)."""
+    check_exp_name(name)
+    overrides = parse_sets(extra)
     recipe = read_recipe(recipe_path, params_path)
     base = read_yaml(params_path)
     table = variants(recipe, base)
@@ -133,12 +170,11 @@ def compare_commands(
     if check_data:
         _check_committed_data([STAGES[s][1] for s in sections])
     stages = [STAGES[s][0] for s in sections]
-    overrides = dict(item.split("=", 1) if "=" in item else (item, None) for item in extra)
     commands = []
     for variant, changes in table.items():
         # Each variant must be valid on its own, not only the whole recipe (the -S values are
         # checked as DVC will read them: YAML).
-        each = {**changes, **{k: yaml.safe_load(v or "") for k, v in overrides.items()}}
+        each = {**changes, **overrides}
         parse_params(apply(base, each), f"{params_path.name} with variant {variant}")
         sets = [a for k, v in changes.items() for a in ("-S", f"{k}={_value(v)}")]
         for item in extra:
@@ -146,9 +182,27 @@ def compare_commands(
         # -f -s: every variant trains now, its stage alone. Unforced, the baseline would be HEAD's
         # results and a variant DVC ran before would come from its run-cache: neither would log
         # a run to the sweep.
+        check_exp_name(f"{name}.{variant}")
         commands.append(["dvc", "exp", "run", "--queue", "-f", "-s", "-n", f"{name}.{variant}",
                          *sets, *stages])  # fmt: skip
     return commands
+
+
+def queue(commands: list[list[str]]) -> None:
+    """Run each `dvc exp run --queue` command; the first that DVC refuses stops the rest with one
+    line that names it, DVC's reason and the variants queued before it."""
+    done: list[str] = []
+    for cmd in commands:
+        name = cmd[cmd.index("-n") + 1]
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+            reason = " ".join(lines[-1].split())[:200] if lines else f"exit code {proc.returncode}"
+            before = (
+                f"; already queued: {', '.join(done)} (`dvc queue remove <name>`)" if done else ""
+            )
+            raise AppliedTorchError(f"dvc did not queue {name}: {reason}{before}")
+        done.append(name)
 
 
 def _check_committed_data(stages: list[str]) -> None:
@@ -195,9 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         for cmd in commands:
             print(" ".join(cmd), flush=True)
-            if not args.dry_run:
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         if not args.dry_run:
+            queue(commands)
             print(
                 "queued; run them with `dvc queue start -j 1`, then `dvc exp show --only-changed`"
             )

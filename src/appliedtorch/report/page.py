@@ -181,20 +181,52 @@ def png_data_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+# A stage's metrics.json is ~2 KB, nested 2 levels (per-class tables); anything far past that is
+# not a stage's: a file of many MB, or nesting deep enough to exhaust Python's recursion.
+MAX_METRICS_BYTES = 16 << 20
+MAX_METRICS_DEPTH = 8
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A stage's metrics.json as a dict; ValueError (or OSError) when it is not one."""
+    with path.open("rb") as f:
+        data = f.read(MAX_METRICS_BYTES + 1)
+    if len(data) > MAX_METRICS_BYTES:
+        raise ValueError(f"larger than {MAX_METRICS_BYTES >> 20} MB")
+    metrics = json.loads(data)
+    if not isinstance(metrics, dict):
+        raise ValueError("top level is not a JSON object")
+    if _depth(metrics) > MAX_METRICS_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_METRICS_DEPTH} levels")
+    return metrics
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects, without recursion (0 for a number)."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level + 1)
+            if level + 1 <= MAX_METRICS_DEPTH:  # deeper is refused anyway: stop counting there
+                todo.extend(
+                    (v, level + 1) for v in (item.values() if isinstance(item, dict) else item)
+                )
+    return deepest
+
+
 def load_section(reports_dir: Path, section: StageSection) -> _Loaded:
     """Read a stage's metrics.json and figures; never raises for missing or broken files."""
     folder = reports_dir / section.folder
     loaded = _Loaded(section)
     path = folder / "metrics.json"
     try:
-        metrics = json.loads(path.read_text())
-        if not isinstance(metrics, dict):
-            raise ValueError("top level is not a JSON object")
-        loaded.metrics = metrics
+        loaded.metrics = read_metrics(path)
     except FileNotFoundError:
         loaded.problem = "not run yet"
-    except (OSError, ValueError) as exc:
-        loaded.problem = f"{path} is unreadable ({exc})"
+    except (OSError, ValueError, RecursionError) as exc:
+        text = " ".join(str(exc).split())[:120] or type(exc).__name__
+        loaded.problem = f"{path} is unreadable ({text})"
         log.warning("%s", loaded.problem)
     loaded.figures = {name: png_data_uri(folder / name) for name, _ in section.figures}
     return loaded
