@@ -14,7 +14,7 @@ from appliedtorch.core.errors import DivergenceError, ParamsError
 from appliedtorch.demos import checks as demos
 from appliedtorch.demos.params import MathParams
 from appliedtorch.params import Params, parse_params
-from conftest import run_script
+from helpers import run_script
 
 F64 = torch.float64
 DEMOS = (

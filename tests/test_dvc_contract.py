@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import BIN, run
 
-from conftest import copy_workspace, free_port
+from helpers import BIN
+from helpers.repo import copy_workspace, run
+from helpers.servers import free_port
 
 DVC = str(BIN / "dvc")
 

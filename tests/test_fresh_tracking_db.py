@@ -15,9 +15,9 @@ import time
 import mlflow
 import pytest
 import yaml
-from test_pipeline import BIN, make_workspace, run, run_queue
 
-from conftest import PYTHON, REPO
+from helpers import BIN, PYTHON, REPO
+from helpers.repo import make_workspace, run, run_queue
 
 TINY_PINN = {"adam_steps": 50, "lbfgs_steps": 10, "lm_steps": 20}
 

@@ -7,16 +7,13 @@ run the stage script in this process, `run_stage` and all, as `python stages/<st
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
-import runpy
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -25,18 +22,14 @@ import yaml
 
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.utils import output_set, save_torch, write_json, write_text
-from conftest import REPO, _merge
+from helpers import REPO, merge
+from helpers.stage_runs import leftovers, one_error_line, run_stage_here, run_statuses, tmpfs
 
 ENOSPC_LINE = "No space left on device"
 
 
 def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def leftovers(root: Path) -> list[Path]:
-    """Temporary files and staging directories: none may survive a stage, failed or not."""
-    return [p for p in root.rglob("*") if p.name.endswith(".tmp") or ".outputs." in p.name]
 
 
 # ---- the helper ----------------------------------------------------------------------------------
@@ -181,21 +174,6 @@ def test_staging_left_by_a_killed_process_is_removed(tmp_path):
 # ---- a real full disk under a real stage --------------------------------------------------------
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `path` (root only)."""
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)  # fmt: skip
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        # -l: MLflow's sqlite engine or a leaked handle must not leave the mount behind.
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 TINY = {
     "device": "cpu",
     "pinn": {"adam_steps": 10, "lbfgs_steps": 0, "lm_steps": 0},
@@ -207,34 +185,13 @@ TINY = {
 def workspace(tmp_path, mlflow_template_db, monkeypatch) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(mlflow_template_db, ws / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{ws / 'mlflow.db'}")
     monkeypatch.chdir(ws)
     yield ws
     mlflow.set_tracking_uri(None)  # in-process runs set MLflow's global URI
-
-
-def run_stage_here(stage: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", [f"{stage}.py", "--params", "params.yaml", *argv])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(str(REPO / "stages" / f"{stage}.py"), run_name="__main__")
-    return info.value.code, capsys.readouterr().err
-
-
-def one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err[-3000:]
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err[-3000:]
-    return errors[0]
-
-
-def run_statuses(ws: Path, experiment: str) -> list[str]:
-    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(experiment)
-    return [r.info.status for r in client.search_runs([exp.experiment_id])] if exp else []
 
 
 PREVIOUS_MATH = {
@@ -309,7 +266,7 @@ def test_a_read_only_reports_disk_is_one_line(workspace, monkeypatch, capsys):
 def test_train_mlp_on_a_full_reports_disk_keeps_the_previous_model(workspace, monkeypatch, capsys):
     """Before: models/mlp.pt rewritten, then a traceback and a mix of old and new reports. Now
     the model file and reports/mlp/ are one set: none of them changes."""
-    from appliedtorch.data import download
+    from appliedtorch.data.fetch import download
 
     download("mnist", workspace / "data/raw/mnist", "synthetic", synthetic_sizes=(40, 20))
     params = yaml.safe_load((workspace / "params.yaml").read_text())

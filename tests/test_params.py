@@ -11,7 +11,7 @@ import pytest
 from appliedtorch.core.errors import ParamsError
 from appliedtorch.core.params import flatten, run_params
 from appliedtorch.params import load_params
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 
 
 def test_repo_params_are_valid_and_match_tutorial_defaults():
@@ -279,7 +279,7 @@ def test_checker_output_piped_into_head_is_quiet(tmp_path):
     """`python -m appliedtorch.params params.yaml | head -1`: no BrokenPipeError traceback."""
     import subprocess
 
-    from conftest import PYTHON, REPO
+    from helpers import PYTHON, REPO
 
     proc = subprocess.run(
         f"{PYTHON} -m appliedtorch.params {REPO / 'params.yaml'} | head -1",

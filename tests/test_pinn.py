@@ -15,7 +15,7 @@ from torch.testing import assert_close
 from appliedtorch.pinn import figures as plots
 from appliedtorch.pinn import outputs, problem, solver
 from appliedtorch.pinn.params import PINNParams
-from conftest import run_script
+from helpers import run_script
 
 # A few seconds: Adam, then L-BFGS, then Levenberg-Marquardt, all shrunk.
 SHORT = dict(

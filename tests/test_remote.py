@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from appliedtorch.data import load_dataset
-from conftest import REPO
+from appliedtorch.data.loading import load_dataset
+from helpers import REPO
 
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")

@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 GOLDEN = REPO / "tests" / "golden" / "same_numbers.json"
 PER_CPU = sorted(GOLDEN.parent.glob("same_numbers-*.json"))
@@ -58,7 +58,7 @@ def test_each_cpu_record_agrees_with_the_original(path):
 
 @pytest.mark.slow
 def test_every_stage_gives_the_recorded_numbers():
-    import same_numbers
+    from helpers import same_numbers
 
     original = json.loads(GOLDEN.read_text())
     got = same_numbers.collect()

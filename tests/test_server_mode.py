@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import run_script
+from helpers import run_script
 
 
 @pytest.mark.slow

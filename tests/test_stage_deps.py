@@ -3,9 +3,9 @@
 A stage that loads a file its `deps` do not name would not rerun when that file changes; a stage
 that depends on more than it loads reruns for nothing. This imports each stage script in a fresh
 interpreter and compares what it loaded with dvc.yaml (imports done lazily, inside functions, are
-recorded during real stage runs by tests/test_pipeline.py, with `deps_cover` below). The import
-graph is checked statically: no library module imports a stage, and `core` imports no other
-appliedtorch subpackage.
+recorded during real stage runs by tests/test_pipeline.py, with `helpers.deps.deps_cover`). The
+import graph is checked statically: no library module imports a stage, and `core` imports no
+other appliedtorch subpackage.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import PYTHON, REPO
+from helpers import PYTHON, REPO
+from helpers.deps import deps_cover, stage_deps
 
 SRC = REPO / "src" / "appliedtorch"
 STAGE_SCRIPTS = sorted(p.stem for p in (REPO / "stages").glob("*.py"))
@@ -41,24 +41,6 @@ for m in list(sys.modules.values()):
         files.add(f.relative_to(root).as_posix())
 print(json.dumps(sorted(files)))
 """
-
-
-def stage_deps(dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, list[str]]:
-    """`{script path: deps}` for every stage in dvc.yaml (foreach stages share one script)."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    out: dict[str, list[str]] = {}
-    for name, stage in stages.items():
-        body = stage.get("do", stage)
-        scripts = [d for d in body["deps"] if d.startswith("stages/") and d.endswith(".py")]
-        assert len(scripts) == 1, f"stage {name}: expected one stages/*.py dep, got {scripts}"
-        assert scripts[0] in body["cmd"], f"stage {name} does not run its own script {scripts[0]}"
-        out[scripts[0]] = body["deps"]
-    return out
-
-
-def deps_cover(deps: list[str], path: str) -> bool:
-    """Whether a repository-relative file is one of `deps` or lies inside one of them."""
-    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
 def uncovered(loaded: list[str], deps: list[str]) -> list[str]:

@@ -16,7 +16,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from test_pipeline import BIN, make_workspace, run, run_queue
+
+from helpers import BIN
+from helpers.repo import make_workspace, run, run_queue
 
 SWEEP = (0.02, 0.05)
 

@@ -1,6 +1,6 @@
 """A team's real setup: two clones sharing one MLflow server and one S3 DVC remote.
 
-The servers run for real on 127.0.0.1 (tests/servers.py): PostgreSQL behind `mlflow server`,
+The servers run for real on 127.0.0.1 (tests/helpers/servers.py): PostgreSQL behind `mlflow server`,
 which keeps artifacts in an S3 bucket on moto's standalone server; the DVC remote is another
 prefix of that S3 store. The commands are the ones README's "Team setup" section shows.
 
@@ -22,9 +22,16 @@ import mlflow
 import pytest
 import yaml
 
-from appliedtorch.data import load_dataset
-from conftest import REPO, serve_mlflow
-from servers import S3_CREDENTIALS, missing_servers, postgres_cluster, s3_keys, s3_server
+from appliedtorch.data.loading import load_dataset
+from helpers import REPO
+from helpers.servers import (
+    S3_CREDENTIALS,
+    missing_servers,
+    postgres_cluster,
+    s3_keys,
+    s3_server,
+    serve_mlflow,
+)
 
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")

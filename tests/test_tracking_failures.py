@@ -27,12 +27,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from test_output_sets import leftovers, one_error_line, run_stage_here, run_statuses, tmpfs
 
 from appliedtorch.core import tracking
 from appliedtorch.core.cli import _redact_record
 from appliedtorch.core.errors import TrackingError
-from conftest import PYTHON, REPO, _merge, free_port, serve_mlflow, silent_server
+from helpers import PYTHON, REPO, merge
+from helpers.servers import free_port, serve_mlflow, silent_server
+from helpers.stage_runs import leftovers, one_error_line, run_stage_here, run_statuses, tmpfs
 
 TINY = {"device": "cpu", "math": {"gd_steps": 50}}
 PREVIOUS = {
@@ -49,7 +50,7 @@ def ws(tmp_path: Path, mlflow_template_db: Path, monkeypatch) -> Iterator[Path]:
     """A workspace (no dvc.yaml: not a repository) after a good math_demos run; cwd."""
     ws = tmp_path / "ws"
     ws.mkdir()
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for rel, content in PREVIOUS.items():
         (ws / rel).parent.mkdir(parents=True, exist_ok=True)

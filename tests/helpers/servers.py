@@ -1,4 +1,4 @@
-"""The team's servers, started for real on 127.0.0.1: PostgreSQL, an S3-compatible store, MLflow.
+"""Servers started for real on 127.0.0.1: MLflow, and the team's PostgreSQL and S3-compatible store.
 
     with postgres_cluster(tmp) as db_uri, s3_server(log) as s3, serve_mlflow(db_uri, ...) as url:
         ...
@@ -15,15 +15,102 @@ import contextlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
-import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import free_port, stop, wait_for_http
+from helpers import BIN
 
-BIN = Path(sys.executable).parent
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(
+    url: str, proc: subprocess.Popen, log_path: Path, timeout: float, interval: float
+) -> None:
+    """Poll `url` until it answers; RuntimeError with the log's tail if `proc` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(log_path.read_text()[-2000:]) from None
+            time.sleep(interval)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server process; kill it if it has not gone within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def serve_mlflow(
+    backend_uri: str,
+    artifacts: Path | str,
+    log_path: Path,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Run a real `mlflow server` on 127.0.0.1 until the block ends; yield its URL.
+
+    `artifacts` is the --artifacts-destination (a directory or e.g. `s3://bucket/prefix`); `env`
+    adds to the server's environment (e.g. MLFLOW_S3_ENDPOINT_URL and AWS credentials).
+    """
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                backend_uri,
+                "--artifacts-destination",
+                str(artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # MLflow 3's GenAI job runner starts ~7 huey worker processes: not needed here.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
+        )
+        try:
+            # A fresh PostgreSQL schema migrates at start: up to 180 s.
+            wait_for_http(f"{uri}/health", proc, log_path, timeout=180, interval=0.5)
+            yield uri
+        finally:
+            stop(proc)
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """A port on 127.0.0.1 that accepts connections (the kernel does) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
 # moto accepts any credentials; these are what the servers and DVC are given in the tests.
 S3_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "appliedtorch-test-key",
@@ -92,13 +179,13 @@ def postgres_cluster(log_path: Path) -> Iterator[str]:
     try:
         # trust: only this machine's loopback can connect, and only for the test's lifetime.
         # --locale=C: the machine's LANG may name a locale that is not generated.
-        pg(str(bindir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8",
-           "--locale=C", "--no-sync")  # fmt: skip
+        initdb = ["-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--locale=C"]
+        pg(str(bindir / "initdb"), *initdb, "--no-sync")
         options = (
             f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c fsync=off"
         )
-        pg(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "server.log"),
-           "-w", "-t", "60", "start")  # fmt: skip
+        start = ["-D", str(data), "-o", options, "-l", str(root / "server.log"), "-w", "-t", "60"]
+        pg(str(bindir / "pg_ctl"), *start, "start")
         pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
     finally:

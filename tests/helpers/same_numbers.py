@@ -1,6 +1,6 @@
 """Run every stage on tiny synthetic data with fixed seeds; collect metrics and model hashes.
 
-    python tests/same_numbers.py > tests/golden/same_numbers.json   # re-record (rarely!)
+    PYTHONPATH=tests python -m helpers.same_numbers > tests/golden/same_numbers.json  # rarely!
 
 On a CPU with another signature (`cpu_signature`), the numbers may be recorded beside it, as
 `tests/golden/same_numbers-<name>.json`, with the code of a commit whose numbers already passed
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, merge
 
 TINY = {
     "seed": 7,
@@ -69,13 +69,6 @@ STAGES = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _timing(key: str) -> bool:
     last = key.rsplit(".", 1)[-1]
     return last == "seconds" or last.endswith("_seconds")
@@ -110,7 +103,7 @@ def cpu_signature() -> str:
 def collect() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         w = Path(tmp)
-        params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+        params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
         params["tracking"]["uri"] = f"sqlite:///{w}/mlflow.db"
         (w / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
