@@ -11,6 +11,7 @@
 - `helpers.stage_runs`: a stage run in this process, its one error line, its leftovers.
 - `helpers.servers`: free ports, HTTP waits, a real `mlflow server`, PostgreSQL and S3 servers.
 - `helpers.data`: tiny synthetic datasets in memory.
+- `helpers.models`: tiny untrained classifier model files.
 - `helpers.same_numbers`: the fixed-seed run whose numbers tests/golden/ records.
 """
 
