@@ -20,8 +20,10 @@ import torch
 from PIL import Image
 
 from appliedtorch.core.tracking import should_promote
-from appliedtorch.data import download, load_dataset
-from conftest import REPO, free_port, run_script
+from appliedtorch.data.fetch import download
+from appliedtorch.data.loading import load_dataset
+from helpers import REPO, run_script
+from helpers.servers import free_port
 
 PREDICT = str(Path(sys.executable).parent / "appliedtorch-predict")
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
@@ -79,7 +81,7 @@ def trained(tmp_path_factory, mlflow_template_db):
 def run_mlp(root: Path, uri: str, data_dir: Path, **mlp) -> subprocess.CompletedProcess:
     import yaml
 
-    from conftest import REPO
+    from helpers import REPO
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["device"] = "cpu"
@@ -358,3 +360,186 @@ def test_served_champion_classifies_png_pixels_like_predict(trained, tmp_path, m
     by_run = predict("--model", f"runs:/{champion.run_id}/model", png, cwd=root)
     assert by_run.returncode == 0, by_run.stderr[-2000:]
     assert by_run.stdout == by_predict.stdout
+
+
+# ---- a test image to try, and images of another kind (no training needed) ---------------------
+
+
+def predict_here(argv: list, capsys) -> tuple[int, str, str]:
+    """appliedtorch-predict in this process: exit code, stdout, stderr."""
+    from appliedtorch.classify.predict import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory) -> Path:
+    data_dir = tmp_path_factory.mktemp("tiny") / "data/raw/mnist"
+    download("mnist", data_dir, "synthetic", synthetic_sizes=(40, 20))
+    return data_dir
+
+
+def test_export_a_test_image_then_predict_it(tiny_mnist, tmp_path, capsys, monkeypatch):
+    from helpers.models import tiny_model_file
+
+    monkeypatch.chdir(tmp_path)
+    tiny_model_file(tmp_path / "mlp.pt", "mlp")
+    code, out, err = predict_here(["--export-test-image", tiny_mnist, "digit.png", "--index", 5],
+                                  capsys)  # fmt: skip
+    data = load_dataset("mnist", tiny_mnist)
+    label = data.classes[int(data.test_labels[5])]
+    assert code == 0 and err == ""
+    assert out == f"wrote digit.png: mnist (synthetic) test image 5, class {label}\n"
+    pixels = np.asarray(Image.open(tmp_path / "digit.png"))
+    assert np.array_equal(pixels, data.test_images[5, 0].numpy())  # lossless, grey, 28x28
+    assert not list(tmp_path.glob("*.tmp"))
+
+    code, out, err = predict_here(["--model", "mlp.pt", "digit.png"], capsys)  # README's line
+    assert code == 0 and err == "", err  # the model's own kind of image: no warning
+    path, name, prob = out.strip().split("\t")
+    assert (
+        path == "digit.png" and name in [f"class {i}" for i in range(10)] and 0 < float(prob) <= 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{data}", "d.png", "--index", "20"], "--index 20: the mnist test set in {data} has 20 images (0 to 19)"),
+        (["{data}", "d.png", "--index", "-1"], "--index -1: the mnist test set"),
+        (["{data}/MNIST", "d.png"], "{data}/MNIST: no downloaded dataset"),
+        (["{data}", "d.jpg"], "d.jpg: the test image is written as PNG; name it *.png"),
+        (["{data}", "no/such/dir/d.png"], "cannot write no/such/dir/d.png"),
+    ],
+)  # fmt: skip
+def test_export_refusals_are_one_line_and_write_nothing(argv, message, tiny_mnist, tmp_path,
+                                                         capsys, monkeypatch):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "no").write_text("a file where a directory would go")
+    argv = [a.format(data=tiny_mnist) for a in argv]
+    code, out, err = predict_here(["--export-test-image", *argv], capsys)
+    assert code == 1 and out == ""
+    assert err.splitlines() == [err.strip()] and err.startswith(
+        f"error: {message.format(data=tiny_mnist)}"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no"]
+
+
+def grey_png(path: Path, size: int = 28) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size), np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arch", "image", "warning"),
+    [
+        ("cnn", lambda p: grey_png(p), "is 1x28x28 grey; the model expects 3x32x32 colour: "
+                                       "converted to colour and resized"),
+        ("mlp", lambda p: Image.new("RGB", (28, 28), (200, 10, 10)).save(p),
+         "is 3x28x28 colour; the model expects 1x28x28 grey: converted to grey"),
+        ("mlp", lambda p: grey_png(p, 64), "is 1x64x64 grey; the model expects 1x28x28 grey: resized"),
+        ("mlp", lambda p: grey_png(p), None),
+        ("mlp", lambda p: Image.fromarray(np.full((28, 28, 3), 90, np.uint8)).save(p), None),  # grey RGB
+        ("cnn", lambda p: Image.new("RGB", (32, 32), (1, 2, 3)).save(p), None),
+    ],
+)  # fmt: skip
+def test_an_image_of_another_kind_is_converted_with_a_warning(arch, image, warning, tmp_path,
+                                                              capsys):  # fmt: skip
+    from helpers.models import tiny_model_file
+
+    tiny_model_file(tmp_path / "m.pt", arch)
+    path = tmp_path / "x.png"
+    image(path)
+    code, out, err = predict_here(["--model", tmp_path / "m.pt", path], capsys)
+    assert code == 0 and out.startswith(f"{path}\tclass ")  # still an answer
+    if warning is None:
+        assert err == ""
+    else:
+        assert err.splitlines() == [f"warning: {path} {warning}; the answer may mean little"]
+
+
+# ---- the model's metadata is checked before any network is built -------------------------------
+
+HUGE = {"hidden_size": 65536, "hidden_layers": 256}  # ~1.1e12 weights: 4 TB if it were built
+METADATA = {  # edit of a valid model file -> the one line it must give
+    "unknown-key": (lambda d: d.update(note="hi"), "unknown key 'note'"),
+    "arch-not-a-string": (lambda d: d.update(arch=["mlp"]), r"arch must be 'mlp', 'cnn' or 'resnet' \(got \['mlp'\]\)"),
+    "arch-unknown": (lambda d: d.update(arch="vit"), "arch must be 'mlp', 'cnn' or 'resnet' .got 'vit'."),
+    "model-args-unknown": (lambda d: d["model_args"].update(act="gelu"), "unknown key 'model_args.act'"),
+    "model-args-too-wide": (lambda d: d["model_args"].update(hidden_size=10**6),
+                            r"model_args\.hidden_size must be <= 65536 \(got 1000000\)"),
+    "model-args-not-int": (lambda d: d["model_args"].update(hidden_size=16.0),
+                           r"model_args\.hidden_size must be an integer \(got 16\.0\)"),
+    "model-args-huge-net": (lambda d: d["model_args"].update(HUGE),
+                            r"state_dict\['net\.fc1\.weight'\] must be \(65536, 784\) \(got \(16, 784\)\)"),
+    "classes-one-short": (lambda d: d["classes"].pop(), r"classes must name each of the 10 outputs \(got 9 names\)"),
+    "classes-a-string": (lambda d: d.update(classes="0123456789"), "classes must be a list"),
+    "class-name-with-tab": (lambda d: d["classes"].__setitem__(0, "a\tb"), "classes must be names of 1 to 64"),
+    "mean-a-string": (lambda d: d.update(mean="0.5"), "mean must be a list"),
+    "mean-per-channel": (lambda d: d.update(mean=[0.5, 0.5, 0.5]), r"mean must have one value per channel \(1, got 3\)"),
+    "std-zero": (lambda d: d.update(std=[0.0]), r"mean must be in \[0, 1\] and std in \[0\.001, 1\]"),
+    "std-nan": (lambda d: d.update(std=[float("nan")]), r"std\.0 must be a finite number \(got nan\)"),
+    "input-shape-huge": (lambda d: d.update(input_shape=[3, 10**5, 10**5]),
+                         r"input_shape must be 1 or 3 channels of at most 512x512 pixels \(got 3x100000x100000\)"),
+    "input-shape-not-the-net's": (lambda d: d.update(input_shape=[1, 32, 32]),
+                                  r"model_args\.in_features must be 1x32x32 = 1024 \(input_shape\)"),
+    "state-dict-other-shape": (lambda d: d["state_dict"].update({"net.fc2.bias": torch.zeros(3)}),
+                               r"state_dict\['net\.fc2\.bias'\] must be \(16,\) \(got \(3,\)\)"),
+    "state-dict-extra": (lambda d: d["state_dict"].update({"x": torch.zeros(1)}), "state_dict has 'x', which the mlp"),
+    "state-dict-missing": (lambda d: d["state_dict"].pop("net.fc3.bias"), r"state_dict lacks 'net\.fc3\.bias'"),
+    "state-dict-ints": (lambda d: d["state_dict"].update({"net.fc3.bias": torch.zeros(10, dtype=torch.int64)}),
+                        "state_dict.'net.fc3.bias'. must hold floats"),
+    "not-a-mapping": (lambda d: d.clear(), r"not an appliedtorch model file"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", METADATA)
+def test_model_file_metadata_is_checked_before_building(case, tmp_path, capsys, monkeypatch):
+    import re
+    import time
+
+    from appliedtorch.classify import models
+    from helpers.models import tiny_model_file
+
+    saved = tiny_model_file(tmp_path / "mlp.pt", "mlp")
+    edit, message = METADATA[case]
+    edit(saved)
+    torch.save(saved, tmp_path / "evil.pt")
+    grey_png(tmp_path / "x.png")
+    built, real = [], models.build_model
+
+    def build(*args, **kwargs):
+        built.append(torch.get_default_device().type)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "build_model", build)
+    start = time.monotonic()
+    code, out, err = predict_here(["--model", tmp_path / "evil.pt", tmp_path / "x.png"], capsys)
+    assert time.monotonic() - start < 10
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err.splitlines() == [err.strip()] and len(err) < 300
+    assert re.match(rf"error: {re.escape(str(tmp_path / 'evil.pt'))}: {message}", err), err
+    assert set(built) <= {"meta"}  # refused before a network was built in memory
+
+
+def test_logged_model_metadata_is_checked_before_mlflow_loads_it(monkeypatch, capsys, tmp_path):
+    from appliedtorch.core import tracking
+
+    loaded = []
+
+    def fake_load(uri, check=None):
+        check({"classes": ["a"] * 10, "mean": [0.5], "std": [0.5], "input_shape": [1, 28, 9999],
+               "input_dtype": "uint8"})  # fmt: skip
+        loaded.append(uri)
+
+    monkeypatch.setattr(tracking, "load_logged_model", fake_load)
+    code, out, err = predict_here(["--model", "models:/m@champion", grey_png(tmp_path / "x.png")],
+                                  capsys)  # fmt: skip
+    assert code == 1 and loaded == []
+    assert err == ("error: model 'models:/m@champion': input_shape must be 1 or 3 channels of at "
+                   "most 512x512 pixels (got 1x28x9999)\n")  # fmt: skip

@@ -12,18 +12,17 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import yaml
-from test_pipeline import BIN, SHRUNK, make_workspace, run, run_queue
 
 from appliedtorch.core.errors import ParamsError
 from appliedtorch.recipes import read_recipe, variants
+from helpers import BIN, REPO
+from helpers.repo import SHRUNK, make_workspace, run, run_queue
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "cnn-fast.yaml"
 TINY = ["-S", "cnn.epochs=2", "-S", "cnn.train_limit=256", "-S", "cnn.warmup_epochs=1"]
 
@@ -125,6 +124,70 @@ def test_compare_refuses_to_queue_without_committed_data_and_unknown_variants(tm
         "cnn-fast-cmp.recipe",
         "cnn-fast-cmp.batch_norm",
     ]
+
+
+def compare_here(argv: list[str], monkeypatch, capsys) -> tuple[int, str, list[list[str]]]:
+    """`python -m appliedtorch.recipes compare ...` in this process with every command it would
+    run recorded, not run: exit code, stderr, the commands."""
+    from appliedtorch import recipes
+
+    ran: list[list[str]] = []
+
+    def fake_run(cmd, *args, **kwargs):
+        ran.append(list(cmd))
+        if cmd[:2] == ["git", "show"]:  # the last commit's dvc.lock has the data
+            locked = {"stages": {"download@cifar10": {}, "download@mnist": {}}}
+            return subprocess.CompletedProcess(cmd, 0, yaml.safe_dump(locked), "")
+        refused = "bad.recipe" in cmd
+        err = (
+            "ERROR: Experiment conflicts with existing experiment 'bad.recipe'\n" if refused else ""
+        )
+        return subprocess.CompletedProcess(cmd, 1 if refused else 0, "", err)
+
+    monkeypatch.setattr(recipes.subprocess, "run", fake_run)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        recipes.main(["compare", str(RECIPE), "--params", str(REPO / "params.yaml"), *argv])
+        raise SystemExit(0)
+    queued = [c for c in ran if c[:2] == ["dvc", "exp"]]
+    return info.value.code, capsys.readouterr().err, queued
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-S", "cnn.lr=&a [1, *a]"], r"-S cnn\.lr: YAML anchor &a at line 1: anchors and aliases "),
+        (["-S", "cnn.lr.x=1"], r"cnn\.lr\.x: cnn\.lr is a value, not a section; set cnn\.lr itself$"),
+        (["-S", "seed.x.y=1"], r"seed\.x\.y: seed is a value, not a section"),
+        (["-S", "cnn.lr"], r"-S 'cnn\.lr': not key=value with a dotted params key$"),
+        (["-S", "cnn.lr=[1, 2"], r"-S cnn\.lr: not valid YAML at line 1, column \d+: expected ','"),
+        (["-S", "cnn.lr=" + "1" * 1001], r"-S cnn\.lr: value longer than 1000 characters$"),
+        (["--name", "my sweep"], r"experiment name 'my sweep' is not one DVC takes: .*pass another --name$"),
+        (["--name", "a..b"], r"experiment name 'a\.\.b' is not one DVC takes"),
+        (["--name", "team/x"], r"experiment name 'team/x' is not one DVC takes"),
+        (["--name=-x"], r"experiment name '-x' is not one DVC takes"),
+        (["--name", "x.lock"], r"experiment name 'x\.lock' is not one DVC takes"),
+    ],
+)  # fmt: skip
+def test_compare_refusals_are_one_line_and_queue_nothing(argv, message, monkeypatch, capsys):
+    code, err, queued = compare_here(argv, monkeypatch, capsys)
+    assert code == 2 and queued == [] and "Traceback" not in err
+    assert err.splitlines() == [err.strip()] and re.match(f"error: {message}", err), err
+
+
+def test_a_variant_dvc_refuses_stops_the_rest_in_one_line(monkeypatch, capsys):
+    code, err, queued = compare_here(["--name", "bad", "--only", "batch_norm"], monkeypatch, capsys)
+    assert code == 1 and [c[c.index("-n") + 1] for c in queued] == ["bad.baseline", "bad.recipe"]
+    assert err == (
+        "error: dvc did not queue bad.recipe: ERROR: Experiment conflicts with existing experiment "
+        "'bad.recipe'; already queued: bad.baseline (`dvc queue remove <name>`)\n"
+    )
+
+
+def test_good_sets_and_names_queue_every_variant(monkeypatch, capsys):
+    code, err, queued = compare_here(["--name", "sweep-1.a", "-S", "cnn.epochs=3", "--only",
+                                      "batch_norm"], monkeypatch, capsys)  # fmt: skip
+    assert code == 0 and len(queued) == 3 and all("cnn.epochs=3" in c for c in queued), err
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import yaml
 from appliedtorch.core.errors import TrackingError
 from appliedtorch.core.tracking import latest_runs, stage_run
 from appliedtorch.report import page as report
-from conftest import REPO
+from helpers import REPO
 
 # The smallest valid PNG: 1x1, one grey pixel.
 PNG = base64.b64decode(
@@ -232,3 +232,49 @@ def test_report_stage_survives_an_unreachable_tracking_server(
     run_report_stage(monkeypatch, "--params", params_file(), "--reports", tmp_path, "--out", out)
     assert "MLflow run ids unavailable" in out.read_text()
     assert "not reachable" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "maximum recursion depth exceeded"),
+        ('{"a": ' * 50 + "1" + "}" * 50, "nested deeper than 8 levels"),
+        ("[1]", "top level is not a JSON object"),
+    ],
+)
+def test_a_hostile_metrics_file_is_one_warning_and_the_page_says_so(
+    content, why, tmp_path, tracking_uri, params_file, monkeypatch, caplog
+):
+    (tmp_path / "mlp").mkdir()
+    (tmp_path / "mlp" / "metrics.json").write_text(content)
+    out = tmp_path / "index.html"
+    run_report_stage(monkeypatch, "--params", params_file(), "--reports", tmp_path, "--out", out)
+    problems = [r.getMessage() for r in caplog.records if "metrics.json" in r.getMessage()]
+    assert len(problems) == 1 and "mlp/metrics.json is unreadable" in problems[0], problems
+    assert why in problems[0] and len(problems[0]) < 300
+    assert "is unreadable" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("a-file/index.html", r"cannot write \S+/a-file: \S+/a-file is a file, not a directory; "),
+        ("a-file/deeper/index.html", r"cannot write \S+/a-file/deeper: \S+/a-file is a file"),
+        ("a-dir", r"cannot write \S+/a-dir: a directory; pass a file path to --out$"),
+    ],
+)
+def test_an_out_path_that_cannot_be_written_is_one_line_before_any_work(
+    out, message, tmp_path, params_file, monkeypatch, capsys
+):
+    (tmp_path / "a-file").write_text("in the way\n")
+    (tmp_path / "a-dir").mkdir()
+    monkeypatch.setattr(report, "build_report", lambda *a, **k: pytest.fail("built the page"))
+    with pytest.raises(SystemExit) as info:
+        run_report_stage(monkeypatch, "--params", params_file(), "--reports", tmp_path,
+                         "--out", tmp_path / out)  # fmt: skip
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err
+    assert err.splitlines() == [err.strip()] and re.match(f"error: {message}", err), err
+    assert (tmp_path / "a-file").read_text() == "in the way\n" and not any(
+        (tmp_path / "a-dir").iterdir()
+    )

@@ -225,13 +225,23 @@ def export_test_image(data_dir: str | Path, out: str | Path, index: int = 0) -> 
 
 
 def dataset_in(data_dir: Path) -> str:
-    """The dataset a download stage left in `data_dir` (torchvision's layout says which)."""
-    for name, folder in (("mnist", "MNIST"), ("cifar10", "cifar-10-batches-py")):
-        if (data_dir / folder).is_dir():
+    """The dataset a download stage left in `data_dir`: source.json says, else the layout."""
+    import json
+
+    from appliedtorch.data.datasets import DATASETS_BY_NAME
+
+    try:
+        named = json.loads((data_dir / "source.json").read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    if isinstance(named, str) and named in DATASETS_BY_NAME:
+        return named
+    for name, entry in DATASETS_BY_NAME.items():
+        if (data_dir / entry.folder).is_dir():
             return name
     raise AppliedTorchError(
-        f"{data_dir}: no downloaded dataset (no MNIST/ or cifar-10-batches-py/ in it); "
-        "run `dvc repro download@mnist` and pass data/raw/mnist"
+        f"{data_dir}: no downloaded dataset in it (not data/raw/<dataset>); run "
+        "`dvc repro download@mnist` and pass data/raw/mnist"
     )
 
 
