@@ -31,7 +31,7 @@ import torch
 import torchvision
 
 from appliedtorch.core.errors import DataError
-from appliedtorch.data import extract, synthetic, transport
+from appliedtorch.data import datasets, extract, synthetic, transport
 from appliedtorch.data import fetch as data
 from appliedtorch.data.datasets import DATASETS_BY_NAME, UpstreamFile
 from appliedtorch.data.fetch import download
@@ -750,3 +750,143 @@ def test_previous_dataset_moved_aside_by_a_killed_download_is_restored(tmp_path:
     assert data.remove_stale_staging(out) == []
     assert not aside.exists()
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+# ---- datasets by name: the table, Fashion-MNIST from the OS's copy -----------------------------
+
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_table_holds_torchvisions_files_sums_and_classes() -> None:
+    tv = {
+        "mnist": (torchvision.datasets.MNIST.resources, torchvision.datasets.MNIST.classes),
+        "fashion-mnist": (
+            torchvision.datasets.FashionMNIST.resources,
+            torchvision.datasets.FashionMNIST.classes,
+        ),
+        "cifar10": (
+            [(torchvision.datasets.CIFAR10.filename, torchvision.datasets.CIFAR10.tgz_md5)],
+            synthetic.CIFAR10_CLASSES,
+        ),
+    }
+    for name, (resources, classes) in tv.items():
+        ds = DATASETS_BY_NAME[name]
+        assert [(f.name, f.md5) for f in ds.files] == [tuple(r) for r in resources], name
+        assert list(ds.classes) == list(classes), name
+    assert DATASETS_BY_NAME["fashion-mnist"].bases == tuple(
+        torchvision.datasets.FashionMNIST.mirrors
+    )
+    assert DATASETS_BY_NAME["mnist"].bases == tuple(torchvision.datasets.MNIST.mirrors)
+
+
+def need_debian_copy() -> None:
+    if not DEBIAN.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{DEBIAN} is missing: CI installs dataset-fashion-mnist")
+        pytest.skip(f"{DEBIAN} is missing (apt-get install dataset-fashion-mnist)")
+
+
+def test_fashion_mnist_from_the_os_copy_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need_debian_copy()
+    unreachable = (f"http://127.0.0.1:{closed_port()}/",)  # never the network, even online
+    fashion = dataclasses.replace(DATASETS_BY_NAME["fashion-mnist"], bases=unreachable)
+    monkeypatch.setitem(DATASETS_BY_NAME, "fashion-mnist", fashion)
+    out = tmp_path / "data/raw/fashion-mnist"
+    monkeypatch.setattr(
+        sys, "argv", ["download.py", "--dataset", "fashion-mnist", "--out", str(out)]
+    )
+    monkeypatch.chdir(REPO)  # params.yaml: data.source upstream
+    runpy.run_path(str(REPO / "stages" / "download.py"), run_name="__main__")
+    record = json.loads((out / "source.json").read_text())
+    assert record["source"] == f"debian:{DEBIAN}"
+    assert {d["checked_against"] for d in record["downloads"]} == {"upstream content md5"}
+    data = load_dataset("fashion-mnist", out)
+    assert data.source == f"debian:{DEBIAN}" and not data.synthetic
+    assert data.train_images.shape == (60000, 1, 28, 28) and data.test_images.shape[0] == 10000
+    assert data.train_images.dtype == torch.uint8 and data.test_labels.dtype == torch.int64
+    assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot"
+    assert torch.bincount(data.train_labels).tolist() == [6000] * 10  # balanced, labels 0..9
+    assert torch.bincount(data.test_labels).tolist() == [1000] * 10
+    assert 70 < data.train_images.float().mean() < 80  # real clothes: mean 72.9, not noise
+
+
+def test_tampered_os_copy_is_refused_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need_debian_copy()
+    os_root = tmp_path / "usr-share-datasets"
+    copy = Path(shutil.copytree(DEBIAN, os_root / "fashion-mnist"))
+    labels = copy / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(labels.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one byte
+    labels.write_bytes(bytes(raw))
+    monkeypatch.setattr(datasets, "OS_DATASETS", os_root)
+    unreachable = (f"http://127.0.0.1:{closed_port()}/",)
+    fashion = dataclasses.replace(DATASETS_BY_NAME["fashion-mnist"], bases=unreachable)
+    monkeypatch.setitem(DATASETS_BY_NAME, "fashion-mnist", fashion)
+    start = time.perf_counter()
+    with pytest.raises(DataError) as info:
+        download("fashion-mnist", tmp_path / "ws" / "fashion-mnist", "upstream", retries=0)
+    message = str(info.value)
+    assert "\n" not in message and time.perf_counter() - start < 10
+    assert f"tried {labels} (md5 " in message and "does not match the upstream md5 " in message
+    assert "nor its content the upstream content md5 15d48437" in message
+    assert leftovers(tmp_path / "ws") == []
+
+
+def test_fashion_mnist_synthetic_stand_in(tmp_path: Path) -> None:
+    out = tmp_path / "fashion-mnist"
+    download("fashion-mnist", out, "synthetic", synthetic_sizes=(50, 20))
+    data = load_dataset("fashion-mnist", out)
+    assert data.synthetic and data.classes[0] == "T-shirt/top"
+    assert (out / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    mnist = synthetic.generate("mnist", 50, 0)[0]
+    assert not np.array_equal(data.train_images.numpy(), mnist)  # its own stand-in, not MNIST's
+
+
+# ---- the hint after a failed download: the next command for the workspace's state -------------
+
+
+@pytest.mark.parametrize("where", [None, "config", "config.local"])
+def test_dvc_pull_is_offered_only_with_a_remote(
+    where: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = tmp_path / "clone"
+    (ws / ".dvc").mkdir(parents=True)
+    (ws / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
+    (ws / "dvc.lock").write_text(
+        "stages:\n  download@mnist:\n    outs:\n    - path: data/raw/mnist\n"
+    )
+    if where:
+        remote = f"[core]\n    remote = team\n['remote \"team\"']\n    url = {tmp_path / 'store'}\n"
+        (ws / ".dvc" / where).write_text(remote)
+    (ws / "empty-mirror").mkdir()
+    monkeypatch.chdir(ws)
+    with pytest.raises(DataError) as info:
+        download("mnist", ws / "data/raw/mnist", "empty-mirror", retries=0)
+    message = str(info.value)
+    assert "set data.source in params.yaml to upstream, another mirror or synthetic" in message
+    assert ("get data/raw/mnist with `dvc pull`" in message) == bool(where), message
+
+
+def test_offline_upstream_hint_names_synthetic_mirror_and_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(datasets, "OS_DATASETS", tmp_path / "none")  # no OS copy
+    unreachable = (f"http://127.0.0.1:{closed_port()}/",)
+    for name in ("mnist", "fashion-mnist"):
+        ds = dataclasses.replace(DATASETS_BY_NAME[name], bases=unreachable)
+        monkeypatch.setitem(DATASETS_BY_NAME, name, ds)
+    monkeypatch.chdir(tmp_path)  # a fresh clone without a remote: no `dvc pull`
+    for name in ("mnist", "fashion-mnist"):
+        with pytest.raises(DataError) as info:
+            download(name, tmp_path / name, "upstream", retries=0)
+        message = str(info.value)
+        assert (
+            "set data.source in params.yaml to synthetic (generated stand-ins) or a mirror"
+            in message
+        )
+        assert "dvc pull" not in message
+        assert ("apt-get install dataset-fashion-mnist" in message) == (name == "fashion-mnist")
