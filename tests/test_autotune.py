@@ -63,6 +63,16 @@ def test_second_call_skips_the_probe():
     assert again.seconds == pytest.approx(first.seconds)
 
 
+def test_a_choice_timed_on_a_busy_machine_is_not_cached(cache, monkeypatch):
+    monkeypatch.setattr(autotune, "load_average", lambda: 9.0)
+    tuned = pick({"slow": Counted(0.02), "fast": Counted()}, busy_load=2.0)
+    assert tuned.choice == "fast" and tuned.load == 9.0 and not cache.exists()
+    monkeypatch.setattr(autotune, "load_average", lambda: 1.0)
+    again = pick({"slow": Counted(0.02), "fast": Counted()}, busy_load=2.0)
+    assert not again.cached and cache.exists()
+    assert pick({"slow": Counted(), "fast": Counted()}, busy_load=2.0).load == 1.0  # cached
+
+
 def test_another_shape_key_probes_again():
     pick({"slow": Counted(0.02), "fast": Counted()})
     a, b = Counted(0.02), Counted()

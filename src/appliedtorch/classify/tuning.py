@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -144,7 +145,8 @@ def tune(
     """Resolve `bf16` and `threads` (`auto` or explicit) for training `model` on `device`.
 
     Under torchrun every process probes and all take rank 0's choice (the same numerics on
-    every rank). `timing` is passed to `autotune.time_candidates` (warmup, rounds, steps).
+    every rank). A choice timed on a CPU busier than its core count (load average) is not
+    cached. `timing` is passed to `autotune.time_candidates` (warmup, rounds, steps).
     """
     dtypes, counts = bf16_options(bf16, device), thread_options(threads, device)
     if len(dtypes) * len(counts) == 1:
@@ -169,12 +171,13 @@ def tune(
             device=device,
             shape_key=key,
             use_cache=use_cache,
+            busy_load=float(os.cpu_count() or 1),
             sync=sync,
             **timing,
         )
     choice = world.broadcast_object(tuned.choice)
     if choice != tuned.choice:  # rank 0 decided otherwise: its measurement is the one logged
-        tuned = Tuned(choice, tuned.seconds, tuned.probe_seconds, tuned.cached)
+        tuned = Tuned(choice, tuned.seconds, tuned.probe_seconds, tuned.cached, tuned.load)
     return Tuning(*options[choice], probe=tuned)
 
 

@@ -16,7 +16,9 @@ the probe. The file lives in $APPLIEDTORCH_CACHE_DIR, else $XDG_CACHE_HOME/appli
 ~/.cache/appliedtorch. It is advice, never trusted: a file too large, not JSON, or naming a
 choice that is not a candidate is ignored and the probe runs again. Deleting it forgets every
 decision. Two processes writing at once lose at most one entry (each write is atomic), which
-only costs a probe later.
+only costs a probe later. With `busy_load`, a decision timed while the machine was busier than
+that (1-minute load average) is used but not cached: another process's work skews the timings,
+most of all those of the candidates that use more threads, and a cached choice would stay.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Tuned:
     seconds: dict[str, float]  # median seconds per step of each candidate, as measured
     probe_seconds: float  # wall time of the probe in this process (0 when cached)
     cached: bool  # True: read from the cache, nothing was timed now
+    load: float | None = None  # the 1-minute load average when it was timed (None: unknown)
 
     def as_record(self, prefix: str) -> dict[str, Any]:
         """Flat, loggable values: `<prefix>.choice`, `<prefix>.cached`, seconds per candidate."""
@@ -63,6 +66,8 @@ class Tuned:
             f"{prefix}.cached": self.cached,
             f"{prefix}.probe_seconds": self.probe_seconds,
         }
+        if self.load is not None:
+            record[f"{prefix}.load"] = self.load
         for name, seconds in self.seconds.items():
             record[f"{prefix}.step_seconds.{name}"] = seconds
         return record
@@ -112,7 +117,9 @@ def cached_choice(entry: dict[str, Any] | None, names: list[str]) -> Tuned | Non
         return None
     if not all(isinstance(v, int | float) and 0 <= v < 1e6 for v in seconds.values()):
         return None
-    return Tuned(entry["choice"], {n: float(seconds[n]) for n in names}, 0.0, True)
+    load = entry.get("load")
+    load = float(load) if isinstance(load, int | float) else None
+    return Tuned(entry["choice"], {n: float(seconds[n]) for n in names}, 0.0, True, load)
 
 
 def time_candidates(
@@ -150,9 +157,11 @@ def pick_fastest(
     device: torch.device,
     shape_key: str,
     use_cache: bool = True,
+    busy_load: float | None = None,
     **timing: Any,
 ) -> Tuned:
-    """The fastest of `candidates` on this machine: from the cache, else timed and cached.
+    """The fastest of `candidates` on this machine: from the cache, else timed and cached
+    (unless the load average exceeded `busy_load` while timing).
 
     `timing` passes warmup, rounds, steps and sync on to `time_candidates`. A single candidate
     is returned untimed.
@@ -170,17 +179,32 @@ def pick_fastest(
     start = time.perf_counter()
     seconds = time_candidates(candidates, **timing)
     choice = min(names, key=seconds.__getitem__)
-    tuned = Tuned(choice, seconds, time.perf_counter() - start, False)
+    load = load_average()
+    tuned = Tuned(choice, seconds, time.perf_counter() - start, False, load)
     log.info(
-        "%s: %s (seconds per step: %s; probe %.2f s)",
+        "%s: %s (seconds per step: %s; probe %.2f s, load average %s)",
         question,
         choice,
         ", ".join(f"{n} {s:.4g}" for n, s in seconds.items()),
         tuned.probe_seconds,
+        "unknown" if load is None else f"{load:.2f}",
     )
-    if use_cache:
+    busy = busy_load is not None and load is not None and load > busy_load
+    if busy:
+        log.info(
+            "%s: not cached: the machine was busy (load average above %g)", question, busy_load
+        )
+    if use_cache and not busy:
         remember(path, key, question, shape_key, tuned)
     return tuned
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def remember(path: Path, key: str, question: str, shape_key: str, tuned: Tuned) -> None:
@@ -192,6 +216,7 @@ def remember(path: Path, key: str, question: str, shape_key: str, tuned: Tuned) 
         "shape": shape_key[:200],
         "choice": tuned.choice,
         "seconds": tuned.seconds,
+        "load": tuned.load,
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     while len(entries) > MAX_ENTRIES:
