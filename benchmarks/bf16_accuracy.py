@@ -17,12 +17,11 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from appliedtorch.classify.loop import TrainConfig, train_classifier
+from appliedtorch.classify.loop import train_classifier
 from appliedtorch.core.hardware import cpu_description
-from appliedtorch.data import synthetic_in_memory
+from appliedtorch.data.loading import synthetic_in_memory
 from appliedtorch.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,12 +47,10 @@ def main() -> None:
         section = getattr(p, arch)
         for seed in args.seeds:
             for bf16 in (False, True):
-                config = TrainConfig.from_section(arch, section, seed=seed, device=args.device)
-                config = replace(config, bf16=bf16, progress=False, compile=False)
-                if args.epochs:
-                    config = replace(config, epochs=args.epochs)
+                changes = {"bf16": bf16, "compile": False, "epochs": args.epochs or section.epochs}
+                config = section.model_copy(update=changes)
                 start = time.perf_counter()
-                result = train_classifier(data, config)
+                result = train_classifier(data, config, seed=seed, device=args.device)
                 run = {
                     "arch": arch,
                     "seed": seed,

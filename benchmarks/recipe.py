@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
-from appliedtorch.classify.loop import TrainConfig, model_args_for, model_name, train_classifier
+from appliedtorch.classify.loop import model_args_for, model_name, train_classifier
+from appliedtorch.classify.params import CNNParams
 from appliedtorch.core.hardware import cpu_description
 from appliedtorch.core.params import read_yaml
-from appliedtorch.data import synthetic_in_memory
+from appliedtorch.data.loading import synthetic_in_memory
 from appliedtorch.params import parse_params
 from appliedtorch.recipes import apply, read_recipe
 
@@ -38,7 +39,7 @@ import flops  # noqa: E402 - the sibling benchmark script, reused
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(name: str, config: TrainConfig, data: Any) -> dict[str, Any]:
+def run(name: str, config: CNNParams, data: Any, device: str) -> dict[str, Any]:
     """Train `config` on `data`; its epoch times, CPU time, FLOPs and accuracy."""
     cpu = []
     last = [time.process_time()]
@@ -50,7 +51,7 @@ def run(name: str, config: TrainConfig, data: Any) -> dict[str, Any]:
         print(f"  {name} epoch {stats.epoch}: {stats.epoch_seconds:.1f} s, "
               f"test accuracy {stats.test_accuracy:.2%}", flush=True)  # fmt: skip
 
-    result = train_classifier(data, config, callback=on_epoch)
+    result = train_classifier(data, config, device=device, callback=on_epoch)
     epochs = [h.epoch_seconds for h in result.history]
     per_image = flops.train_flops_per_sample(
         model_name(config), model_args_for(config, data), tuple(data.train_images.shape[1:])
@@ -59,7 +60,7 @@ def run(name: str, config: TrainConfig, data: Any) -> dict[str, Any]:
         "net": model_name(config),
         "epochs": config.epochs,
         "batch_size": config.batch_size,
-        "compute_dtype": "bfloat16" if config.bf16 else "float32",
+        "compute_dtype": "bfloat16" if result.bf16 else "float32",
         "epoch_seconds": epochs,
         "median_epoch_seconds": statistics.median(epochs),
         "cpu_seconds_per_epoch": statistics.median(cpu),
@@ -85,8 +86,7 @@ def main() -> None:
     recipe = read_recipe(args.recipe, args.params)
     configs = {}
     for name, mapping in (("params.yaml", raw), (args.recipe.stem, apply(raw, recipe))):
-        section = parse_params(mapping).cnn
-        configs[name] = TrainConfig.from_section("cnn", section, seed=0, device=args.device)
+        configs[name] = parse_params(mapping).cnn
     data = synthetic_in_memory("cifar10", args.train, args.test)
     results = {"machine": {"cpu": cpu_description(), "torch": torch.__version__,
                            "python": platform.python_version(), "threads": torch.get_num_threads(),
@@ -94,7 +94,7 @@ def main() -> None:
                "data": f"synthetic cifar10, {args.train} train + {args.test} test"}  # fmt: skip
     for name, config in configs.items():
         print(f"{name}: {model_name(config)}, {config.epochs} epochs", flush=True)
-        results[name] = run(name, config, data)
+        results[name] = run(name, config, data, args.device)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     cpu = results["machine"]["cpu"]

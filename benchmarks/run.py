@@ -21,6 +21,8 @@ One process times, on the same data and with the median of several repetitions:
   batches of the training batch size) against `appliedtorch.classify.loop.evaluate`.
 - **PINN**: params.yaml's recipe over 5 seeds (median max error and seconds) and the tutorial's
   recipe once (`pinn_seeds.run_once`).
+- **What `auto` chooses** (`auto.probe`): `bf16: auto` and `threads: auto` probed on each default
+  net and a real batch, uncached, with each candidate's seconds per step and the probe's cost.
 - **`dvc repro` with nothing changed**: in a temporary git+DVC copy of the project reproduced once
   with full-size synthetic data and shrunk training (`--quick`: small data), or in `--dvc-repo`.
 
@@ -55,16 +57,18 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
-from appliedtorch.classify.loop import TrainConfig, evaluate, model_args_for, model_name
+from appliedtorch.classify.loop import evaluate, model_args_for, model_name
 from appliedtorch.classify.models import build_model
+from appliedtorch.classify.params import ClassifierParams
 from appliedtorch.core.hardware import cpu_description, cpu_peak_gflops
 from appliedtorch.core.utils import thread_count, write_json
-from appliedtorch.data import ImageData
+from appliedtorch.data.loading import ImageData
 from appliedtorch.params import load_params
 from appliedtorch.pinn.params import PINNParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import flops  # noqa: E402 - the sibling benchmark scripts, reused
+import auto  # noqa: E402 - the sibling benchmark scripts, reused
+import flops  # noqa: E402
 import pinn_seeds  # noqa: E402
 import train_speed  # noqa: E402
 
@@ -77,7 +81,7 @@ TARGETS = {
     "pinn_seconds": 10.0,
     "dvc_noop_seconds": 3.0,
 }
-SECTIONS = ("mlp", "cnn", "eval", "pinn", "dvc")
+SECTIONS = ("auto", "mlp", "cnn", "eval", "pinn", "dvc")
 
 
 def median_of(run: Callable[[], float], reps: int) -> tuple[float, list[float]]:
@@ -86,10 +90,10 @@ def median_of(run: Callable[[], float], reps: int) -> tuple[float, list[float]]:
     return statistics.median(values), values
 
 
-def thread_options(config: TrainConfig) -> list[int]:
+def thread_options(config: ClassifierParams, device: str) -> list[int]:
     """params.yaml's thread count first, then 1 and torch's default (all cores) where they differ."""
     default = torch.get_num_threads()
-    if config.device.startswith("cuda"):  # CPU threads barely matter to a GPU loop
+    if device.startswith("cuda"):  # CPU threads barely matter to a GPU loop
         return [config.threads or default]
     return list(dict.fromkeys([config.threads or default, 1, default]))
 
@@ -125,14 +129,20 @@ def peak_gflops(device: str, fmt: str, threads: int) -> tuple[float | None, str]
 
 
 def arithmetic(
-    arch: str, data: ImageData, config: TrainConfig, seconds: float, threads: int, fmt: str
+    arch: str,
+    data: ImageData,
+    config: ClassifierParams,
+    seconds: float,
+    threads: int,
+    fmt: str,
+    device: str,
 ) -> dict[str, Any]:
     """Achieved GFLOP/s of an epoch of `seconds` (FLOPs counted by torch) against the peak."""
     per_sample = flops.train_flops_per_sample(
         model_name(config), model_args_for(config, data), tuple(data.train_images.shape[1:])
     )
     achieved = flops.achieved(per_sample, len(data.train_images), seconds)
-    peak, how = peak_gflops(config.device, fmt, threads)
+    peak, how = peak_gflops(device, fmt, threads)
     return {
         "flops_per_sample": per_sample,
         "format": fmt,
@@ -144,51 +154,57 @@ def arithmetic(
 
 
 def epoch_benchmark(
-    arch: str, data: ImageData, base: TrainConfig, batches: int | None, reps: int
+    arch: str,
+    data: ImageData,
+    base: ClassifierParams,
+    batches: int | None,
+    reps: int,
+    device: str,
+    seed: int,
 ) -> dict[str, Any]:
     """Tutorial vs project epoch seconds (median of reps, alternating), per thread count."""
     steps = math.ceil(len(data.train_images) / base.batch_size)
     tutorial_runs: list[float] = []
-    project_runs: dict[int, list[float]] = {t: [] for t in thread_options(base)}
+    project_runs: dict[int, list[float]] = {t: [] for t in thread_options(base, device)}
     tutorial_acc = project_acc = None
     # Untimed warm-up of every configuration: oneDNN creates (and JITs) its kernels per shape and
     # format on first use, and a GPU loads its kernels; that belongs to no epoch.
     warm = with_test_subset(data, 256)
     for threads in project_runs:
         for bf16 in {base.bf16, False}:
-            config = dataclasses.replace(base, threads=threads, bf16=bf16)
-            train_speed.project_epoch(warm, config, 3)
+            config = base.model_copy(update={"threads": threads, "bf16": bf16})
+            train_speed.project_epoch(warm, config, 3, device, seed)
     for rep in range(reps):
         # Alternate the loops so a change in machine load hits both alike.
-        model, seconds, done = train_speed.tutorial_epoch(arch, data, base, batches)
+        model, seconds, done = train_speed.tutorial_epoch(arch, data, base, batches, device, seed)
         tutorial_runs.append(seconds / done * steps)
         if rep == 0 and batches is None:
             tutorial_acc = train_speed.accuracy(model, data)
         for threads, runs in project_runs.items():
-            config = dataclasses.replace(base, threads=threads)
+            config = base.model_copy(update={"threads": threads})
             timed = data if batches is None else with_test_subset(data, 256)
-            seconds, acc, done = train_speed.project_epoch(timed, config, batches)
+            seconds, acc, done = train_speed.project_epoch(timed, config, batches, device, seed)
             runs.append(seconds / done * steps)
-            if rep == 0 and batches is None and threads == thread_options(base)[0]:
+            if rep == 0 and batches is None and threads == thread_options(base, device)[0]:
                 project_acc = acc
     tutorial = statistics.median(tutorial_runs)
     project = {t: statistics.median(r) for t, r in project_runs.items()}
-    chosen = thread_options(base)[0]
+    chosen = thread_options(base, device)[0]
     fmt = "bf16" if base.bf16 else "fp32"
     fp32_runs = []
     if base.bf16:  # `bf16: auto` chose bf16: time fp32 too, so both formats are in the table
-        config = dataclasses.replace(base, threads=chosen, bf16=False)
+        config = base.model_copy(update={"threads": chosen, "bf16": False})
         timed = data if batches is None else with_test_subset(data, 256)
         for _ in range(reps):
-            seconds, _, done = train_speed.project_epoch(timed, config, batches)
+            seconds, _, done = train_speed.project_epoch(timed, config, batches, device, seed)
             fp32_runs.append(seconds / done * steps)
     return {
-        "device": base.device,
+        "device": device,
         "format": fmt,
         "tutorial_arithmetic": arithmetic(
-            arch, data, base, tutorial, torch.get_num_threads(), "fp32"
+            arch, data, base, tutorial, torch.get_num_threads(), "fp32", device
         ),
-        "project_arithmetic": arithmetic(arch, data, base, project[chosen], chosen, fmt),
+        "project_arithmetic": arithmetic(arch, data, base, project[chosen], chosen, fmt, device),
         "project_fp32": None
         if not fp32_runs
         else {
@@ -196,7 +212,7 @@ def epoch_benchmark(
             "runs": fp32_runs,
             "ratio": tutorial / statistics.median(fp32_runs),
             "arithmetic": arithmetic(
-                arch, data, base, statistics.median(fp32_runs), chosen, "fp32"
+                arch, data, base, statistics.median(fp32_runs), chosen, "fp32", device
             ),
         },
         "train_samples": len(data.train_images),
@@ -245,7 +261,7 @@ def tutorial_evaluation(model: torch.nn.Module, data: ImageData, batch_size: int
     return time.perf_counter() - start
 
 
-def project_evaluation(model: torch.nn.Module, data: ImageData, config: TrainConfig) -> float:
+def project_evaluation(model: torch.nn.Module, data: ImageData, config: ClassifierParams) -> float:
     """`appliedtorch.classify.loop.evaluate` as the training loop calls it; seconds."""
     mean, std = NORMALIZATION[data.name]
     normalizer = Normalizer(mean, std, "cpu", config.channels_last)
@@ -255,9 +271,11 @@ def project_evaluation(model: torch.nn.Module, data: ImageData, config: TrainCon
     return ev.seconds
 
 
-def eval_benchmark(arch: str, data: ImageData, base: TrainConfig, reps: int) -> dict[str, Any]:
+def eval_benchmark(
+    arch: str, data: ImageData, base: ClassifierParams, reps: int, seed: int
+) -> dict[str, Any]:
     """Tutorial vs project evaluation pass over the test set, same (untrained) weights."""
-    torch.manual_seed(base.seed)
+    torch.manual_seed(seed)
     tutorial_model = build_model(arch, **model_args_for(base, data))
     project_model = build_model(arch, **model_args_for(base, data))
     project_model.load_state_dict(tutorial_model.state_dict())
@@ -561,6 +579,19 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def auto_choices(scale: float) -> dict[str, Any]:
+    """What `bf16: auto, threads: auto` chooses for each default net here, printed as it goes."""
+    out = {}
+    for arch in ("mlp", "cnn"):
+        r = auto.probe(auto.default_net(arch, scale))
+        steps = ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in r["step_seconds"].items())
+        print(
+            f"auto for {arch}: {r['choice']} (per step: {steps}; probe {r['probe_seconds']:.2f} s)"
+        )
+        out[arch] = r
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1/10 of the data, 2 repetitions")
@@ -610,19 +641,22 @@ def main() -> None:
     )
     results: dict[str, Any] = {}
     started = time.perf_counter()
+    if "auto" in only:
+        results["auto"] = auto_choices(scale)
     for arch in ("mlp", "cnn"):
         if arch not in only and "eval" not in only:
             continue
         data = train_speed.load_synthetic(train_speed.DATASET[arch], scale)
-        base = TrainConfig.from_section(arch, getattr(p, arch), seed=p.seed, device=args.device)
-        base = dataclasses.replace(base, epochs=1, train_limit=None, progress=False)
+        base = train_speed.timed_section(p, arch, args.device)
         if arch in only:
             print(f"{arch.upper()} epoch ...", flush=True)
             batches = cnn_batches if arch == "cnn" else None
-            results[f"{arch}_epoch"] = epoch_benchmark(arch, data, base, batches, reps)
+            results[f"{arch}_epoch"] = epoch_benchmark(
+                arch, data, base, batches, reps, args.device, p.seed
+            )
         if "eval" in only:
             print(f"{arch.upper()} evaluation ...", flush=True)
-            results[f"{arch}_eval"] = eval_benchmark(arch, data, base, reps)
+            results[f"{arch}_eval"] = eval_benchmark(arch, data, base, reps, p.seed)
     if "pinn" in only:
         print("PINN (5 seeds + the tutorial's recipe) ...", flush=True)
         results["pinn"] = pinn_benchmark(args.params, seeds=5)

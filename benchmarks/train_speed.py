@@ -35,10 +35,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
-from appliedtorch.classify.loop import TrainConfig, evaluate, model_args_for, train_classifier
+from appliedtorch.classify.loop import evaluate, model_args_for, train_classifier
 from appliedtorch.classify.models import build_model
-from appliedtorch.data import ImageData, synthetic_in_memory
-from appliedtorch.params import load_params
+from appliedtorch.classify.params import ClassifierParams
+from appliedtorch.core.hardware import resolve_bf16
+from appliedtorch.core.utils import resolve_device
+from appliedtorch.data.loading import ImageData, synthetic_in_memory
+from appliedtorch.params import Params, load_params
 
 SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000)}
 DATASET = {"mlp": "mnist", "cnn": "cifar10"}
@@ -63,15 +66,28 @@ class TutorialDataset(Dataset):
         return self.transform(img), self.labels[i]
 
 
+def timed_section(p: Params, arch: str, device: str) -> ClassifierParams:
+    """`arch`'s section as the benchmarks time it: one epoch over the whole training set, with
+    `bf16: auto` resolved for `device`."""
+    section = getattr(p, arch)
+    bf16 = resolve_bf16(section.bf16, resolve_device(device))
+    return section.model_copy(update={"epochs": 1, "train_limit": None, "bf16": bf16})
+
+
 def tutorial_epoch(
-    arch: str, data: ImageData, config: TrainConfig, batches: int | None
+    arch: str,
+    data: ImageData,
+    config: ClassifierParams,
+    batches: int | None,
+    device: str = "cpu",
+    seed: int = 0,
 ) -> tuple[torch.nn.Module, float, int]:
     """The tutorial's training loop for one epoch; returns (model, seconds, batches run).
 
-    On a GPU (`config.device`) it does what the tutorial does there: the DataLoader's batches are
+    On a GPU (`device`) it does what the tutorial does there: the DataLoader's batches are
     made on the CPU and moved with `.to(device)`, one batch at a time.
     """
-    device = torch.device("cuda" if config.device.startswith("cuda") else "cpu")
+    dev = torch.device("cuda" if device.startswith("cuda") else "cpu")
     mean, std = NORMALIZATION[data.name]
     steps = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     if config.augment:
@@ -79,15 +95,15 @@ def tutorial_epoch(
     dataset = TutorialDataset(
         data.train_images.numpy(), data.train_labels.numpy(), transforms.Compose(steps)
     )
-    torch.manual_seed(config.seed)
-    model = build_model(arch, **model_args_for(config, data)).to(device)
+    torch.manual_seed(seed)
+    model = build_model(arch, **model_args_for(config, data)).to(dev)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
     running_loss, done = 0.0, 0
     start = time.perf_counter()
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(dev), labels.to(dev)
         outputs = model(images)
         loss = F.cross_entropy(outputs, labels)
         optimizer.zero_grad()
@@ -97,13 +113,17 @@ def tutorial_epoch(
         done += 1
         if batches is not None and done >= batches:
             break
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     return model.eval().cpu(), time.perf_counter() - start, done
 
 
 def project_epoch(
-    data: ImageData, config: TrainConfig, batches: int | None
+    data: ImageData,
+    config: ClassifierParams,
+    batches: int | None,
+    device: str = "cpu",
+    seed: int = 0,
 ) -> tuple[float, float, int]:
     """The project's loop for one epoch (or its first `batches` batches); (seconds, acc, batches)."""
     if batches is not None:
@@ -112,7 +132,8 @@ def project_epoch(
             data, train_images=data.train_images[:limit], train_labels=data.train_labels[:limit]
         )
     # train_limit would cut the test set too; the slice above cuts only the training set.
-    result = train_classifier(data, replace(config, epochs=1, train_limit=None, progress=False))
+    one_epoch = config.model_copy(update={"epochs": 1, "train_limit": None})
+    result = train_classifier(data, one_epoch, seed=seed, device=device)
     done = math.ceil(len(data.train_images) / config.batch_size)
     return result.train_seconds, result.evaluation.accuracy, done
 
@@ -173,8 +194,7 @@ def main() -> None:
     results = []
     for arch in archs:
         data = load_synthetic(DATASET[arch], scale)
-        base = TrainConfig.from_section(arch, getattr(p, arch), seed=p.seed, device="cpu")
-        base = replace(base, epochs=1, train_limit=None, progress=False)
+        base = timed_section(p, arch, "cpu")
         steps_per_epoch = math.ceil(len(data.train_images) / base.batch_size)
         print(
             f"\n{arch.upper()} on synthetic {data.name}: {len(data.train_images)} train / "
@@ -184,7 +204,7 @@ def main() -> None:
         )
         default_threads = torch.get_num_threads()
         torch.set_num_threads(args.tutorial_threads or default_threads)
-        model, seconds, done = tutorial_epoch(arch, data, base, args.batches)
+        model, seconds, done = tutorial_epoch(arch, data, base, args.batches, seed=p.seed)
         torch.set_num_threads(default_threads)
         tut_epoch = seconds / done * steps_per_epoch
         tut_acc = accuracy(model, data)
@@ -200,8 +220,8 @@ def main() -> None:
         }
         for text in ["", *args.variant]:
             overrides = parse_variant(text)
-            config = replace(base, **overrides)
-            seconds, acc, done = project_epoch(data, config, args.batches)
+            config = base.model_copy(update=overrides)
+            seconds, acc, done = project_epoch(data, config, args.batches, seed=p.seed)
             epoch = seconds / done * steps_per_epoch
             name = text or f"params.yaml (threads={base.threads or default_threads})"
             ratio = tut_epoch / epoch

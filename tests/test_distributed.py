@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -17,12 +16,14 @@ import torch
 
 from appliedtorch.classify.batches import Batches, Normalizer
 from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.classify.loop import TrainConfig, train_classifier
+from appliedtorch.classify.loop import train_classifier
+from appliedtorch.classify.params import CNNParams, MLPParams
 from appliedtorch.classify.resume import resume_path
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.data import ImageData, download, load_dataset, synthetic_in_memory
+from appliedtorch.data.fetch import download
+from appliedtorch.data.loading import ImageData, load_dataset, synthetic_in_memory
 from appliedtorch.params import load_params
-from conftest import PYTHON, REPO
+from helpers import PYTHON, REPO
 
 SIZES = {"mnist": (1024, 300), "cifar10": (256, 100)}
 # Sample counts divisible by the global batch: no padding, no short batch, so two processes
@@ -31,17 +32,17 @@ SIZES = {"mnist": (1024, 300), "cifar10": (256, 100)}
 # Batch norm: both processes evaluate (three test batches, dealt in turn) with rank 0's
 # running statistics, as its saved model has them; with one test batch, process 1 has none
 # (DDP's buffer broadcast in an evaluating forward would leave process 0 waiting).
-MLP_BN = TrainConfig("mlp", epochs=1, batch_size=64, lr=1e-3, batch_norm=True, threads=1,
-                     eval_batch_size=128, progress=False)  # fmt: skip
+MLP_BN = MLPParams(
+    epochs=1, batch_size=64, lr=1e-3, batch_norm=True, threads=1, eval_batch_size=128
+)
 CONFIGS = {
     "mlp": (
         "mnist",
-        TrainConfig("mlp", epochs=2, batch_size=64, lr=1e-3, threads=1, progress=False),
+        MLPParams(epochs=2, batch_size=64, lr=1e-3, threads=1),
     ),
     "cnn": (
         "cifar10",
-        TrainConfig(
-            "cnn",
+        CNNParams(
             epochs=1,
             batch_size=32,
             lr=2e-3,
@@ -49,16 +50,16 @@ CONFIGS = {
             threads=1,
             channels_last=True,
             eval_batch_size=64,
-            progress=False,
+            augment=False,
+            bf16=False,
         ),
-    ),  # fmt: skip
+    ),
     "mlp_bn": ("mnist", MLP_BN),
-    "mlp_bn_one_test_batch": ("mnist", replace(MLP_BN, eval_batch_size=512)),
+    "mlp_bn_one_test_batch": ("mnist", MLP_BN.model_copy(update=dict(eval_batch_size=512))),
     # 250 samples: the shards are padded and the last batch is short; with augmentation.
     "cnn_uneven": (
         "cifar10_250",
-        TrainConfig(
-            "cnn",
+        CNNParams(
             epochs=2,
             batch_size=32,
             lr=2e-3,
@@ -66,9 +67,9 @@ CONFIGS = {
             threads=1,
             channels_last=True,
             eval_batch_size=48,
-            progress=False,
+            bf16=False,
         ),
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -136,7 +137,7 @@ def test_evaluation_parts_are_whole_one_process_batches():
 
 def test_batch_size_not_divisible_by_the_processes_is_one_clear_error():
     data = make_data("mnist")
-    config = TrainConfig("mlp", epochs=1, batch_size=64, lr=1e-3, progress=False)
+    config = MLPParams(epochs=1, batch_size=64, lr=1e-3)
     with pytest.raises(
         AppliedTorchError, match=r"mlp.batch_size \(64\) must be divisible .* \(3\)"
     ):
@@ -148,8 +149,9 @@ def test_batch_size_not_divisible_by_the_processes_is_one_clear_error():
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    out = tmp_path / "out.json"
-    proc = torchrun(REPO / "tests" / "ddp_worker.py", out, cwd=tmp_path)
+    jobs, out = tmp_path / "jobs.pt", tmp_path / "out.json"
+    torch.save({name: (make_data(d), config) for name, (d, config) in CONFIGS.items()}, jobs)
+    proc = torchrun(REPO / "tests" / "ddp_worker.py", jobs, out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())
     assert got["world_size"] == 2
@@ -197,14 +199,13 @@ def test_train_mlp_stage_under_torchrun(tmp_path, tracking_uri, params_file):
     assert proc.stderr.count("epoch 2: train loss") == 1  # rank 1 logs warnings only
 
     p = load_params(params)
-    config = TrainConfig.from_section("mlp", p.mlp, seed=p.seed, device="cpu")
-    one = train_classifier(load_dataset("mnist", data_dir), config)
+    one = train_classifier(load_dataset("mnist", data_dir), p.mlp, seed=p.seed, device="cpu")
     metrics = json.loads((reports / "metrics.json").read_text())
     assert metrics["test_loss"] == pytest.approx(one.evaluation.loss, rel=1e-3)
     assert abs(metrics["test_accuracy"] - one.evaluation.accuracy) <= 0.02
     assert metrics["train_samples"] == 1024 and model.exists()
 
-    import mlflow  # here, not at the top: ddp_worker.py imports this module in every process
+    import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id])
@@ -229,7 +230,7 @@ def test_sigkilled_torchrun_training_resumes_to_the_same_model_and_run(
     optimizer, StepLR, the shared shuffle stream and each rank's own dropout, crop and flip
     streams) in the same MLflow run, and ends with the model file of an uninterrupted 2-process
     run, byte for byte. The CNN, not the MLP: the MLP draws from no per-rank stream."""
-    import mlflow  # here, not at the top: ddp_worker.py imports this module in every process
+    import mlflow
 
     data_dir = tmp_path / "data" / "raw" / "cifar10"
     download("cifar10", data_dir, source="synthetic", synthetic_sizes=(256, 128))

@@ -5,7 +5,6 @@ compute; and the tutorial's defaults leave its nets and model files exactly as t
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from appliedtorch.classify.loop import (
-    TrainConfig,
-    make_optimizer,
-    make_scheduler,
-    model_args_for,
-    model_name,
-    train_classifier,
-)
+from appliedtorch.classify.loop import model_args_for, model_name, train_classifier
 from appliedtorch.classify.models import CNN, MLP, ResNet, load_model
+from appliedtorch.classify.optim import make_optimizer, make_scheduler
 from appliedtorch.classify.outputs import save_verified_model
+from appliedtorch.classify.params import CNNParams, MLPParams
 from appliedtorch.core.errors import ParamsError
-from appliedtorch.data import synthetic_in_memory
+from appliedtorch.data.loading import synthetic_in_memory
 from appliedtorch.params import load_params, parse_params
 from benchmarks.flops import train_flops_per_sample
 
 CPU = torch.device("cpu")
-TINY = TrainConfig(arch="cnn", epochs=2, batch_size=32, lr=1e-3, threads=1, progress=False)
+TINY = CNNParams(
+    epochs=2, batch_size=32, lr=1e-3, threads=1, augment=False, channels_last=False, bf16=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +35,7 @@ def cifar():
 
 def test_defaults_build_the_tutorials_nets_and_model_args(cifar):
     p = load_params("params.yaml")
-    mlp = TrainConfig.from_section("mlp", p.mlp, seed=0, device="cpu")
-    cnn = TrainConfig.from_section("cnn", p.cnn, seed=0, device="cpu")
+    mlp, cnn = p.mlp, p.cnn
     mnist = synthetic_in_memory("mnist", 8, 8)
     # Only the arguments the tutorial's nets always had: the default model file is unchanged.
     assert model_args_for(mlp, mnist) == {"in_features": 784, "hidden_size": 128, "num_classes": 10}
@@ -106,7 +101,9 @@ def test_weight_decay_shrinks_weights_but_not_biases_or_norm_scales():
     for optimizer, factor in (("sgd", 1 - 0.1 * 0.5), ("adamw", 1 - 0.1 * 0.5)):
         torch.manual_seed(0)
         model = ResNet(width=4)
-        config = replace(TINY, optimizer=optimizer, lr=0.1, weight_decay=0.5, momentum=0.0)
+        config = TINY.model_copy(
+            update=dict(optimizer=optimizer, lr=0.1, weight_decay=0.5, momentum=0.0)
+        )
         opt = make_optimizer(model, config, CPU)
         before = {k: v.clone() for k, v in model.named_parameters()}
         for p in model.parameters():
@@ -121,11 +118,13 @@ def test_weight_decay_shrinks_weights_but_not_biases_or_norm_scales():
 def test_no_weight_decay_unless_asked_for_adamw_included():
     # AdamW's own default is 0.01 on every parameter: weight_decay 0 must mean none.
     for optimizer in ("adam", "adamw", "sgd"):
-        opt = make_optimizer(ResNet(width=4), replace(TINY, optimizer=optimizer), CPU)
+        opt = make_optimizer(
+            ResNet(width=4), TINY.model_copy(update=dict(optimizer=optimizer)), CPU
+        )
         assert [g["weight_decay"] for g in opt.param_groups] == [0.0], optimizer
 
 
-def _lrs(config: TrainConfig, steps_per_epoch: int) -> list[float]:
+def _lrs(config: CNNParams, steps_per_epoch: int) -> list[float]:
     model = nn.Linear(2, 2)
     opt = make_optimizer(model, config, CPU)
     sched = make_scheduler(opt, config, steps_per_epoch)
@@ -139,26 +138,30 @@ def _lrs(config: TrainConfig, steps_per_epoch: int) -> list[float]:
 
 
 def test_schedules_follow_their_formulas():
-    base = replace(TINY, epochs=4, lr=0.2, optimizer="sgd", step_size=2, gamma=0.1)
+    base = TINY.model_copy(update=dict(epochs=4, lr=0.2, optimizer="sgd", step_size=2, gamma=0.1))
     spe, total = 10, 40
     # step: the tutorial's StepLR, per epoch (constant within an epoch).
-    assert _lrs(replace(base, scheduler="step"), spe) == [0.2] * 20 + [0.2 * 0.1] * 20
-    assert _lrs(replace(base, scheduler="constant"), spe) == [0.2] * total
-    cosine = _lrs(replace(base, scheduler="cosine"), spe)
+    assert (
+        _lrs(base.model_copy(update=dict(scheduler="step")), spe) == [0.2] * 20 + [0.2 * 0.1] * 20
+    )
+    assert _lrs(base.model_copy(update=dict(scheduler="constant")), spe) == [0.2] * total
+    cosine = _lrs(base.model_copy(update=dict(scheduler="cosine")), spe)
     want = [0.1 * (1 + math.cos(math.pi * t / total)) for t in range(total)]
     assert cosine == pytest.approx(want, rel=1e-9, abs=1e-12)
     # Linear warm-up over one epoch from lr/100, then cosine over the rest.
-    warm = _lrs(replace(base, scheduler="cosine", warmup_epochs=1), spe)
+    warm = _lrs(base.model_copy(update=dict(scheduler="cosine", warmup_epochs=1)), spe)
     assert warm[:spe] == pytest.approx([0.2 * (0.01 + 0.99 * t / spe) for t in range(spe)])
     rest = total - spe
     assert warm[spe:] == pytest.approx(
         [0.1 * (1 + math.cos(math.pi * t / rest)) for t in range(rest)]
     )
     # onecycle: lr/25 up to lr at the end of the warm-up, then down to lr/25/1e4.
-    one = _lrs(replace(base, scheduler="onecycle", warmup_epochs=1), spe)
+    one = _lrs(base.model_copy(update=dict(scheduler="onecycle", warmup_epochs=1)), spe)
     assert one[0] == pytest.approx(0.2 / 25) and max(one) == pytest.approx(0.2, rel=1e-3)
     assert one.index(max(one)) in (spe - 1, spe) and one[-1] < 0.2 / 25 / 100
-    default = _lrs(replace(base, scheduler="onecycle"), spe)  # rising phase: 30 % of the steps
+    default = _lrs(
+        base.model_copy(update=dict(scheduler="onecycle")), spe
+    )  # rising phase: 30 % of the steps
     # The same curve as torch's OneCycleLR (cycle_momentum off), step for step.
     opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.2)
     torch_one = torch.optim.lr_scheduler.OneCycleLR(opt, 0.2, total_steps=total, pct_start=0.3,
@@ -171,16 +174,16 @@ def test_schedules_follow_their_formulas():
     assert default == pytest.approx(reference, rel=1e-9)
     # A run of two steps (torch's class divides by zero there) still gets a schedule: a rise
     # of one step peaks at once.
-    assert _lrs(replace(base, epochs=2, scheduler="onecycle", warmup_epochs=1), 1) == pytest.approx(
-        [0.2, 0.2 / 25 / 1e4]
-    )
+    assert _lrs(
+        base.model_copy(update=dict(epochs=2, scheduler="onecycle", warmup_epochs=1)), 1
+    ) == pytest.approx([0.2, 0.2 / 25 / 1e4])
 
 
 def test_label_smoothing_changes_the_training_loss_not_the_test_loss():
     mnist = synthetic_in_memory("mnist", 1280, 200)
-    config = TrainConfig(arch="mlp", epochs=4, batch_size=32, lr=2e-3, threads=1, progress=False)
+    config = MLPParams(epochs=4, batch_size=32, lr=2e-3, threads=1)
     plain = train_classifier(mnist, config)
-    smooth = train_classifier(mnist, replace(config, label_smoothing=0.3))
+    smooth = train_classifier(mnist, config.model_copy(update=dict(label_smoothing=0.3)))
     # A confident model pays for the 30 % of target mass spread over the other classes.
     assert plain.evaluation.accuracy > 0.75 and smooth.evaluation.accuracy > 0.75
     assert smooth.history[-1].train_loss > plain.history[-1].train_loss + 0.5
@@ -194,9 +197,9 @@ def test_label_smoothing_changes_the_training_loss_not_the_test_loss():
 
 
 def test_recipe_like_run_saves_a_model_that_predicts_the_same_with_tta(cifar, tmp_path):
-    config = replace(TINY, net="resnet", width=8, batch_norm=True, dropout=0.0, optimizer="sgd",
+    config = TINY.model_copy(update=dict(arch="resnet", width=8, batch_norm=True, dropout=0.0, optimizer="sgd",
                      nesterov=True, lr=0.1, weight_decay=5e-4, scheduler="onecycle",
-                     label_smoothing=0.2, augment=True, flip_tta=True, channels_last=True)  # fmt: skip
+                     label_smoothing=0.2, augment=True, flip_tta=True, channels_last=True))  # fmt: skip
     result = train_classifier(cifar, config)
     reloaded = save_verified_model(
         result, cifar, tmp_path / "cnn.pt"
@@ -261,8 +264,8 @@ def test_batch_norm_never_trains_on_a_single_sample():
     """A last batch of one would stop BatchNorm1d ("Expected more than 1 value per channel"):
     with batch norm it is left out of the pass; without, it stays (the tutorial's numbers)."""
     mnist = synthetic_in_memory("mnist", 65, 16)
-    config = TrainConfig(arch="mlp", epochs=1, batch_size=32, lr=1e-3, threads=1, progress=False)
-    result = train_classifier(mnist, replace(config, batch_norm=True))
+    config = MLPParams(epochs=1, batch_size=32, lr=1e-3, threads=1)
+    result = train_classifier(mnist, config.model_copy(update=dict(batch_norm=True)))
     assert result.train_samples == 65 and math.isfinite(result.history[0].train_loss)
     from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 
@@ -278,7 +281,7 @@ def test_recipe_options_train_each_way(cifar):
     """Every optimizer and schedule runs in the loop and lowers the training loss."""
     for changes in ({"optimizer": "adamw", "weight_decay": 0.05, "scheduler": "cosine"},
                     {"optimizer": "sgd", "nesterov": True, "lr": 0.05, "scheduler": "onecycle"},
-                    {"net": "resnet", "width": 8, "batch_norm": True, "scheduler": "step", "step_size": 1}):  # fmt: skip
-        result = train_classifier(cifar, replace(TINY, **changes))
+                    {"arch": "resnet", "width": 8, "batch_norm": True, "scheduler": "step", "step_size": 1}):  # fmt: skip
+        result = train_classifier(cifar, TINY.model_copy(update=changes))
         assert all(math.isfinite(h.train_loss) for h in result.history), changes
         assert result.history[-1].train_loss < result.history[0].train_loss, changes

@@ -13,21 +13,22 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 import yaml
-from test_training import make_data
 
-from appliedtorch.classify.loop import TrainConfig, train_classifier
+from appliedtorch.classify.loop import train_classifier
+from appliedtorch.classify.params import MLPParams
 from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
 from appliedtorch.core.errors import TrackingError
 from appliedtorch.core.tracking import resolve_tracking_uri
-from appliedtorch.data import download
-from conftest import REPO, _merge, silent_server
+from appliedtorch.data.fetch import download
+from helpers import REPO, merge
+from helpers.data import make_data
+from helpers.servers import silent_server
 
 # Small, but every stage does all of its work (the CNN: dropout, augmentation and a StepLR drop).
 SMALL = {
@@ -79,7 +80,7 @@ def tree(root: Path) -> dict[str, bytes]:
 def workspace(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path) -> Path:
     """params.yaml (SMALL), synthetic data/raw/{mnist,cifar10}, and a template tracking DB."""
     ws = tmp_path_factory.mktemp("reliability")
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), SMALL)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), SMALL)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sizes = SMALL["data"]["synthetic"]
     for name in ("mnist", "cifar10"):
@@ -218,7 +219,7 @@ def test_sigkilled_training_resumes_to_the_same_model_and_metrics(
     assert run.data.metrics["test_accuracy"] == metrics(out / "reports/cnn")["test_accuracy"]
 
 
-MLP = TrainConfig(arch="mlp", epochs=3, batch_size=64, lr=1e-3, threads=1, progress=False)
+MLP = MLPParams(epochs=3, batch_size=64, lr=1e-3, threads=1)
 
 
 class Stop(Exception):
@@ -265,7 +266,7 @@ def test_resume_state_from_other_params_is_reported_and_not_resumed(tmp_path, ca
     data = make_data("mnist", 256, 64)
     path = tmp_path / ".mlp.resume"
     old = fingerprint({"mlp.lr": 0.001, "seed": 42})
-    interrupted(data, replace(MLP, lr=0.01), ResumeState(path, old), at_epoch=3)
+    interrupted(data, MLP.model_copy(update=dict(lr=0.01)), ResumeState(path, old), at_epoch=3)
     (path.parent / f".{path.name}.abc123.tmp").write_bytes(b"half a state")  # a kill mid-save
     (tmp_path / ".mlp.ckpt").write_bytes(b"a resume state under the name before the rename")
 
@@ -276,8 +277,8 @@ def test_resume_state_from_other_params_is_reported_and_not_resumed(tmp_path, ca
     assert "ignoring resume state" in caplog.text and "other params or data" in caplog.text
     assert not list(tmp_path.glob("*.tmp"))  # the stale temporary file is gone
     assert not (tmp_path / ".mlp.ckpt").exists()  # so is the file under the old name
-    fresh = train_classifier(data, replace(MLP, lr=0.002, epochs=1), resume=resume)
-    scratch = train_classifier(data, replace(MLP, lr=0.002, epochs=1))
+    fresh = train_classifier(data, MLP.model_copy(update=dict(lr=0.002, epochs=1)), resume=resume)
+    scratch = train_classifier(data, MLP.model_copy(update=dict(lr=0.002, epochs=1)))
     assert same_weights(fresh.model, scratch.model)  # trained from scratch, not from the old state
     assert torch.load(path, weights_only=True)["fingerprint"] == new  # replaced
 
@@ -307,7 +308,7 @@ def test_resume_state_from_another_number_of_processes_is_reported_and_not_resum
 @pytest.mark.slow
 def test_diverging_stage_stops_in_epoch_one_fails_the_run_and_writes_nothing(workspace, tmp_path):
     ws = tmp_path / "ws"
-    params = _merge(yaml.safe_load((workspace / "params.yaml").read_text()), {"mlp": {"lr": 1e20}})
+    params = merge(yaml.safe_load((workspace / "params.yaml").read_text()), {"mlp": {"lr": 1e20}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = stage_cmd(workspace, "train_mlp", ws)
     cmd[cmd.index("--params") + 1] = str(tmp_path / "params.yaml")
@@ -423,8 +424,8 @@ def test_signalled_training_is_one_line_and_ends_its_mlflow_run(
 ):
     """What `timeout`, `docker stop` and CI cancellation send: one line, 128 + signal, the
     MLflow run ended KILLED (not RUNNING for ever), no temporary files."""
-    params = _merge(yaml.safe_load((workspace / "params.yaml").read_text()),
-                    {"mlp": {"epochs": 1000, "train_limit": 64}})  # fmt: skip
+    params = merge(yaml.safe_load((workspace / "params.yaml").read_text()),
+                   {"mlp": {"epochs": 1000, "train_limit": 64}})  # fmt: skip
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "params.yaml").write_text(yaml.safe_dump(params))

@@ -1,177 +1,51 @@
 """The classifier training loop: `train_one_epoch` and `evaluate`, composed by `train_classifier`.
 
-    >>> config = TrainConfig(arch="mlp", epochs=5, batch_size=64, lr=1e-3)
-    >>> result = train_classifier(load_dataset("mnist", "data/raw/mnist"), config)
+    >>> section = MLPParams(epochs=5, batch_size=64, lr=1e-3)
+    >>> result = train_classifier(load_dataset("mnist", "data/raw/mnist"), section, seed=42)
     >>> result.evaluation.accuracy
     0.97...
 
-The data stays on the training device and `Batches` (see `appliedtorch.classify.batches`) owns
-shuffling, sharding, augmentation and normalisation, so an epoch is `for images, labels in
-batches:` as in pytorch/examples' `train()`. The loop knows nothing about MLflow: it returns a
-history and calls `callback(epoch_stats)` after each epoch.
+The classifier is configured by its params section (`params.mlp` or `params.cnn`) and nothing
+else; the nets' own defaults are their constructors'. The data stays on the training device and
+`Batches` (see `appliedtorch.classify.batches`) owns shuffling, sharding, augmentation and
+normalisation, so an epoch is `for images, labels in batches:` as in pytorch/examples' `train()`.
+The loop knows nothing about MLflow: it returns a history and calls `callback(epoch_stats)`
+after each epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.classify.models import build_model
+from appliedtorch.classify.models import ARCHITECTURES, build_model
+from appliedtorch.classify.optim import make_optimizer, make_scheduler
+from appliedtorch.classify.progress import Progress
+from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError
 from appliedtorch.core.hardware import resolve_bf16
 from appliedtorch.core.utils import resolve_device, thread_count
 
 if TYPE_CHECKING:
+    from appliedtorch.classify.params import ClassifierParams
     from appliedtorch.classify.resume import ResumeState
-    from appliedtorch.data import ImageData
+    from appliedtorch.data.loading import ImageData
 
 log = logging.getLogger(__name__)
 
 # How often (in steps) the loop looks at the losses: every look is a host-device sync on a GPU.
 CHECK_EVERY = 50
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything `train_classifier` needs; built from a params section by `from_section`."""
-
-    arch: Literal["mlp", "cnn"]  # which classifier: the MNIST MLP or the CIFAR-10 CNN
-    epochs: int
-    batch_size: int
-    lr: float
-    net: str = "tutorial"  # the section's `arch`: tutorial | residual (mlp) | resnet (cnn)
-    hidden_size: int = 128  # MLP hidden width
-    hidden_layers: int = 2  # MLP
-    width: int = 32  # CNN: first stage's channels
-    batch_norm: bool = False
-    dropout: float | None = None  # None: the net's own default (MLP 0, CNN 0.5)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    momentum: float = 0.9  # sgd
-    nesterov: bool = False  # sgd
-    weight_decay: float = 0.0  # weights of convs and linears only
-    scheduler: Literal["constant", "step", "cosine", "onecycle"] = "step"
-    step_size: int | None = None  # StepLR period in epochs; None keeps lr constant
-    gamma: float = 0.1
-    warmup_epochs: float | None = None  # None: onecycle's 30 %, no warm-up for the others
-    label_smoothing: float = 0.0  # training loss only
-    augment: bool = False  # random crop (4-pixel zero padding) + horizontal flip
-    flip_tta: bool = False  # CNN: evaluate on each image and its mirror (mean logits)
-    train_limit: int | None = None  # first N train and test samples
-    eval_batch_size: int = 1024
-    channels_last: bool = False
-    bf16: bool = False  # bfloat16 autocast (resolved: from_section turns `auto` into a choice)
-    compile: bool = False  # torch.compile the model
-    threads: int | None = None  # CPU threads while training; None = torch's default
-    device: str = "cpu"
-    seed: int = 0
-    progress: bool = True  # tqdm bar per epoch (shown on a terminal only)
-
-    @classmethod
-    def from_section(cls, arch: str, section: Any, *, seed: int, device: str) -> TrainConfig:
-        """Take the matching fields of a params section (e.g. `params.mlp`)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in section.model_dump().items() if k in names - {"arch"}}
-        values["net"] = section.arch  # `arch` here is the classifier (mlp/cnn)
-        # `bf16: auto` becomes a choice here, for the device that will train.
-        values["bf16"] = resolve_bf16(values.get("bf16", False), resolve_device(device))
-        return cls(arch=arch, seed=seed, device=device, **values)  # type: ignore[arg-type]
-
-
-@dataclass
-class EpochStats:
-    """One epoch's numbers, passed to the callback and kept in the history (history.csv)."""
-
-    epoch: int
-    train_loss: float
-    test_loss: float
-    test_accuracy: float
-    epoch_seconds: float  # the training pass alone
-    eval_seconds: float
-    lr: float
-
-    def metrics(self) -> dict[str, float]:
-        """The per-epoch metrics, logged with step=epoch under these names."""
-        names = ("train_loss", "test_loss", "test_accuracy", "epoch_seconds", "lr")
-        return {name: getattr(self, name) for name in names}
-
-
-@dataclass
-class Evaluation:
-    """Loss, accuracy and per-sample predictions on a test set (tensors on the CPU)."""
-
-    loss: float
-    accuracy: float
-    predictions: torch.Tensor  # (N,) int64
-    labels: torch.Tensor  # (N,) int64
-    seconds: float = 0.0
-
-    def confusion(self, num_classes: int) -> np.ndarray:
-        """Confusion matrix, rows = actual class, columns = predicted (sklearn's convention)."""
-        from sklearn.metrics import confusion_matrix
-
-        return confusion_matrix(
-            self.labels.numpy(), self.predictions.numpy(), labels=list(range(num_classes))
-        )
-
-    def per_class_accuracy(self, num_classes: int) -> list[float | None]:
-        """Recall of each class; None for a class absent from the test set."""
-        cm = self.confusion(num_classes)
-        totals = cm.sum(axis=1)
-        return [float(cm[i, i] / t) if t else None for i, t in enumerate(totals)]
-
-    def merge(self, world: World, rows: torch.Tensor | None) -> Evaluation:
-        """The whole test set's evaluation from every process's part (`rows`: this part's rows)."""
-        if not world.distributed or rows is None:
-            return self
-        order = torch.cat(world.all_gather(rows))
-        predictions, labels = torch.empty_like(order), torch.empty_like(order)
-        predictions[order] = torch.cat(world.all_gather(self.predictions))
-        labels[order] = torch.cat(world.all_gather(self.labels))
-        (loss_sum,) = world.sum(self.loss * len(self.labels))  # `loss` is this part's mean
-        (seconds,) = world.max(self.seconds)  # the slowest part's time
-        n = max(len(order), 1)
-        accuracy = float((predictions == labels).sum()) / n
-        return Evaluation(loss_sum / n, accuracy, predictions, labels, seconds)
-
-
-@dataclass
-class TrainResult:
-    """A trained model with its history and final evaluation."""
-
-    model: nn.Module  # trained, in eval mode, on the training device (never the compiled wrapper)
-    config: TrainConfig
-    history: list[EpochStats]
-    evaluation: Evaluation
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    model_args: dict[str, Any]
-    train_samples: int
-
-    @property
-    def train_seconds(self) -> float:
-        """Sum of the training passes (the loop alone, no evaluation)."""
-        return sum(h.epoch_seconds for h in self.history)
-
-    @property
-    def eval_seconds(self) -> float:
-        """Sum of the per-epoch evaluations."""
-        return sum(h.eval_seconds for h in self.history)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,12 +158,15 @@ def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> Evaluati
 
 def train_classifier(
     data: ImageData,
-    config: TrainConfig,
+    section: ClassifierParams,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
     callback: Callable[[EpochStats], None] | None = None,
     resume: ResumeState | None = None,
     world: World = SINGLE,
 ) -> TrainResult:
-    """Train the configured network on `data` (in memory) and evaluate it after every epoch.
+    """Train the net `section` describes on `data` (in memory), evaluating after every epoch.
 
     With `resume`, the resume state is saved after every epoch, and a loaded one is resumed from
     (under torchrun on every process: each saves and restores its own random streams).
@@ -298,47 +175,97 @@ def train_classifier(
     """
     if resume is not None and resume.world != world:
         raise ValueError("the resume state belongs to another process group than `world`")
-    device = resolve_device(config.device)
-    batch_size = _local_batch_size(config, world)  # a bad split fails before any work
+    dev = resolve_device(device)
+    batch_size = _local_batch_size(section, world)  # a bad split fails before any work
     mean, std = _normalization(data)
-    normalize = Normalizer(mean, std, device, config.channels_last)
-    model_args = model_args_for(config, data)
-    model, net, optimizer, shuffle, augment = _build(config, model_args, device, world)
-    train, test = _batches(data, config, batch_size, normalize, shuffle, augment, world)
-    scheduler = make_scheduler(optimizer, config, len(train))
+    normalize = Normalizer(mean, std, dev, section.channels_last)
+    model_args = model_args_for(section, data)
+    model, net, optimizer, shuffle, augment = _build(section, model_args, dev, seed, world)
+    train, test = _batches(data, section, batch_size, normalize, shuffle, augment, world)
+    scheduler = make_scheduler(optimizer, section, len(train))
+    bf16 = resolve_bf16(section.bf16, dev)
     streams = {"shuffle": shuffle, "augment": augment}  # one generator in one process
     done = resume.restore(model, optimizer, scheduler, streams) if resume else 0
     history = [EpochStats(**h) for h in resume.history] if resume else []
-    evaluation = None
-    with thread_count(config.threads):
-        for epoch in range(done + 1, config.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            bar = _progress(
-                train, f"epoch {epoch}/{config.epochs}", config.progress and world.is_main
-            )
-            with _Stopwatch(device) as clock:
-                losses = StepLosses(train, epoch, lr, config.arch, bar)
-                train_loss = train_one_epoch(net, bar, optimizer, losses, config.bf16, scheduler,
-                                             config.label_smoothing)  # fmt: skip
-            bar.close()
-            evaluation = evaluate(_evaluated(net, model, world), test, config.bf16)
-            stats = EpochStats(epoch, train_loss, evaluation.loss, evaluation.accuracy,
-                               clock.seconds, evaluation.seconds, lr)  # fmt: skip
+    run = _Epochs(section, net, model, optimizer, scheduler, train, test, bf16, world)
+    with thread_count(section.threads):
+        for epoch in range(done + 1, section.epochs + 1):
+            stats = run.epoch(epoch)
             history.append(stats)
-            log.info(
-                "epoch %d: train loss %.4f, test loss %.4f, test acc %.2f%%, %.1f s",
-                epoch, train_loss, evaluation.loss, 100 * evaluation.accuracy, clock.seconds,
-            )  # fmt: skip
             if callback is not None:
                 callback(stats)
             if resume is not None:
                 history_dicts = [dataclasses.asdict(h) for h in history]
                 resume.save(epoch, model, optimizer, scheduler, streams, history_dicts)
-        if evaluation is None:  # resumed after the last epoch: only the final evaluation is left
-            evaluation = evaluate(_evaluated(net, model, world), test, config.bf16)
+        # resumed after the last epoch: only the final evaluation is left
+        evaluation = run.evaluation or run.evaluate()
     model.eval()
-    return TrainResult(model, config, history, evaluation, list(data.classes), mean, std,
-                       model_args, len(train.images))  # fmt: skip
+    return TrainResult(
+        model=model,
+        section=section,
+        bf16=bf16,
+        history=history,
+        evaluation=evaluation,
+        classes=list(data.classes),
+        mean=mean,
+        std=std,
+        model_args=model_args,
+        train_samples=len(train.images),
+    )
+
+
+class _Epochs:
+    """One epoch at a time: train, evaluate, log a line; keeps the last evaluation."""
+
+    def __init__(
+        self,
+        section: ClassifierParams,
+        net: nn.Module,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        train: Batches,
+        test: Batches,
+        bf16: bool,
+        world: World,
+    ):
+        self.section, self.net, self.model, self.world = section, net, model, world
+        self.optimizer, self.scheduler, self.train, self.test = optimizer, scheduler, train, test
+        self.bf16 = bf16
+        self.evaluation: Evaluation | None = None
+
+    def evaluate(self) -> Evaluation:
+        self.evaluation = evaluate(
+            _evaluated(self.net, self.model, self.world), self.test, self.bf16
+        )
+        return self.evaluation
+
+    def epoch(self, epoch: int) -> EpochStats:
+        s = self.section
+        lr = self.optimizer.param_groups[0]["lr"]
+        progress = Progress(self.train, epoch, s.epochs, show=self.world.is_main)
+        with _Stopwatch(self.train.device) as clock:
+            losses = StepLosses(self.train, epoch, lr, s.section, progress)
+            train_loss = train_one_epoch(
+                self.net,
+                progress,
+                self.optimizer,
+                losses,
+                bf16=self.bf16,
+                scheduler=self.scheduler,
+                label_smoothing=s.label_smoothing,
+            )
+        progress.close()
+        ev = self.evaluate()
+        log.info(
+            "epoch %d: train loss %.4f, test loss %.4f, test acc %.2f%%, %.1f s",
+            epoch,
+            train_loss,
+            ev.loss,
+            100 * ev.accuracy,
+            clock.seconds,
+        )
+        return EpochStats(epoch, train_loss, ev.loss, ev.accuracy, clock.seconds, ev.seconds, lr)
 
 
 def _evaluated(net: nn.Module, model: nn.Module, world: World) -> nn.Module:
@@ -351,35 +278,37 @@ def _evaluated(net: nn.Module, model: nn.Module, world: World) -> nn.Module:
     return model
 
 
-def model_name(config: TrainConfig) -> str:
+def model_name(section: ClassifierParams) -> str:
     """The network's name in `models.ARCHITECTURES` (and in the model file)."""
-    return "resnet" if config.arch == "cnn" and config.net == "resnet" else config.arch
+    return "resnet" if section.section == "cnn" and section.arch == "resnet" else section.section
 
 
-def model_args_for(config: TrainConfig, data: ImageData) -> dict[str, Any]:
-    """Constructor arguments of the network for this config and dataset.
+def model_args_for(section: ClassifierParams, data: ImageData) -> dict[str, Any]:
+    """Constructor arguments of the network for this section and dataset.
 
-    The tutorial's nets get only the arguments they always had, and each option only where it
-    differs from the tutorial: the default model file holds the same bytes as before the options.
+    An argument equal to the constructor's own default is left out unless the net always
+    records it (`always_saved`): a model file trained with the tutorial's settings holds the
+    arguments it always held, and the same bytes.
     """
     _, c, h, w = data.train_images.shape
-    classes = len(data.classes)
-    name = model_name(config)
-    if name == "resnet":
-        return {"in_channels": c, "num_classes": classes, "dropout": config.dropout or 0.0,
-                "width": config.width, "batch_norm": config.batch_norm,
-                "flip_tta": config.flip_tta}  # fmt: skip
+    name = model_name(section)
+    shared = {"num_classes": len(data.classes), "dropout": section.dropout}
     if name == "mlp":
-        args = {"in_features": c * h * w, "hidden_size": config.hidden_size, "num_classes": classes}
-        options = {"hidden_layers": (config.hidden_layers, 2),
-                   "residual": (config.net == "residual", False),
-                   "batch_norm": (config.batch_norm, False), "dropout": (config.dropout or 0.0, 0.0)}  # fmt: skip
+        args = {
+            "in_features": c * h * w,
+            "hidden_size": section.hidden_size,
+            "hidden_layers": section.hidden_layers,
+            "residual": section.arch == "residual",
+            **shared,
+        }
     else:
-        dropout = 0.5 if config.dropout is None else config.dropout
-        args = {"in_channels": c, "num_classes": classes, "dropout": dropout, "image_size": h}
-        options = {"width": (config.width, 32), "batch_norm": (config.batch_norm, False),
-                   "flip_tta": (config.flip_tta, False)}  # fmt: skip
-    return {**args, **{k: v for k, (v, tutorial) in options.items() if v != tutorial}}
+        args = {"in_channels": c, "width": section.width, "flip_tta": section.flip_tta, **shared}
+        args |= {"image_size": h} if name == "cnn" else {}
+    args["batch_norm"] = section.batch_norm
+    cls = ARCHITECTURES[name]
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+    ordered = [k for k in defaults if k in args]  # the constructor's order: same file bytes
+    return {k: args[k] for k in ordered if k in cls.always_saved or args[k] != defaults[k]}
 
 
 def _normalization(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -393,34 +322,36 @@ def _normalization(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...
 
 
 def _build(
-    config: TrainConfig, model_args: dict[str, Any], device: torch.device, world: World
+    section: ClassifierParams,
+    model_args: dict[str, Any],
+    device: torch.device,
+    seed: int,
+    world: World,
 ) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.Generator, torch.Generator]:
     """Model, the module to call (DDP, compiled), optimizer and the random streams."""
-    torch.manual_seed(config.seed)  # weight init and dropout
-    shuffle = torch.Generator(device=device).manual_seed(config.seed)  # permutation, augmentation
+    torch.manual_seed(seed)  # weight init and dropout
+    shuffle = torch.Generator(device=device).manual_seed(seed)  # permutation, augmentation
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = build_model(model_name(config), **model_args).to(device)
+    model = build_model(model_name(section), **model_args).to(device)
     augment = shuffle
     if world.distributed:
         # After the shared weight init, each process draws its own dropout masks, crops and flips
         # (the same stream everywhere would give every shard the same ones); the permutation's
         # stream stays shared, so the shards of an epoch never overlap.
-        torch.manual_seed(config.seed + world.rank)
-        augment = torch.Generator(device=device).manual_seed(
-            config.seed * 1_000_003 + 1 + world.rank
-        )
-    if config.channels_last:
+        torch.manual_seed(seed + world.rank)
+        augment = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 1 + world.rank)
+    if section.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = world.wrap(model, device)  # DistributedDataParallel with several processes
-    net = torch.compile(net) if config.compile else net
-    optimizer = make_optimizer(model, config, device)
+    net = torch.compile(net) if section.compile else net
+    optimizer = make_optimizer(model, section, device)
     return model, net, optimizer, shuffle, augment
 
 
 def _batches(
     data: ImageData,
-    config: TrainConfig,
+    config: ClassifierParams,
     batch_size: int,
     normalize: Normalizer,
     shuffle: torch.Generator,
@@ -440,104 +371,35 @@ def _batches(
         drop_single=config.batch_norm,
     )
     test = Batches(
-        data.test_images[:limit], data.test_labels[:limit], config.eval_batch_size, normalize,
+        data.test_images[:limit],
+        data.test_labels[:limit],
+        config.eval_batch_size,
+        normalize,
         world=world,
-    )  # fmt: skip
+    )
     if len(train.images) == 0 or len(test.images) == 0:
         raise AppliedTorchError(f"dataset '{data.name}' has no training or no test samples")
     if config.batch_norm and train.samples < 2:
         raise AppliedTorchError(
-            f"{config.arch}.batch_norm needs at least 2 training samples per process (got "
-            f"{train.samples}; raise {config.arch}.train_limit)"
+            f"{config.section}.batch_norm needs at least 2 training samples per process (got "
+            f"{train.samples}; raise {config.section}.train_limit)"
         )
     return train, test
 
 
-def _local_batch_size(config: TrainConfig, world: World) -> int:
+def _local_batch_size(config: ClassifierParams, world: World) -> int:
     """Each process's share of a global batch of `config.batch_size` samples."""
     if config.batch_size % world.size:
         raise AppliedTorchError(
-            f"{config.arch}.batch_size ({config.batch_size}) must be divisible by the number of "
+            f"{config.section}.batch_size ({config.batch_size}) must be divisible by the number of "
             f"processes ({world.size}): each process takes an equal share of every batch"
         )
     if config.batch_norm and config.batch_size // world.size < 2:
         raise AppliedTorchError(
-            f"{config.arch}.batch_norm needs at least 2 samples per process in a batch "
-            f"({config.arch}.batch_size {config.batch_size} on {world.size} processes)"
+            f"{config.section}.batch_norm needs at least 2 samples per process in a batch "
+            f"({config.section}.batch_size {config.batch_size} on {world.size} processes)"
         )
     return config.batch_size // world.size
-
-
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-
-
-def make_optimizer(
-    model: nn.Module, config: TrainConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    """The configured optimizer; the fused kernel (one op for all parameters) where this build
-    has it. Weight decay applies to the weights of convolutions and linear layers (2-D and up),
-    not to biases and norm scales (nanoGPT's configure_optimizers)."""
-    params: Any = list(model.parameters())
-    if config.weight_decay:
-        params = [
-            {"params": [p for p in params if p.dim() >= 2]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-    # weight_decay always given: AdamW's own default is 0.01, on every parameter.
-    kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
-    if config.optimizer == "sgd":
-        kwargs.update(momentum=config.momentum, nesterov=config.nesterov)
-    cls = _OPTIMIZERS[config.optimizer]
-    try:
-        return cls(params, **kwargs, fused=device.type in ("cpu", "cuda"))
-    except (RuntimeError, TypeError):  # fused not available for this device/build
-        return cls(params, **kwargs)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The configured learning-rate schedule, stepped once per batch (torch's own schedulers).
-
-    step: x gamma after every step_size epochs (counted from the end of any warm-up), the
-    tutorial's StepLR counted in steps; cosine: to 0 at the last step; onecycle: OneCycleLR's schedule (lr/25 up to lr over the warm-up, then
-    cosine down to lr/250000), momentum left as configured. A warm-up (not onecycle's) ramps
-    linearly from lr/100.
-    """
-    sched = torch.optim.lr_scheduler
-    total = config.epochs * steps_per_epoch
-    warmup = round((config.warmup_epochs or 0) * steps_per_epoch)
-    if config.scheduler == "onecycle":
-        rise = round(0.3 * total) if config.warmup_epochs is None else warmup
-        return sched.LambdaLR(optimizer, partial(one_cycle, total=total, rise=rise))
-    ramp = sched.LinearLR(optimizer, start_factor=0.01, total_iters=warmup) if warmup else None
-    main = None
-    if config.scheduler == "step" and config.step_size:
-        main = sched.StepLR(optimizer, config.step_size * steps_per_epoch, config.gamma)
-    elif config.scheduler == "cosine":
-        main = sched.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
-    if ramp is None or main is None:
-        return ramp or main
-    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
-
-
-def one_cycle(step: int, total: int, rise: int, div: float = 25.0, final_div: float = 1e4) -> float:
-    """The factor of lr at `step` of torch's OneCycleLR (cosine, two phases): 1/div at step 0, 1
-    at step rise - 1 (step 0 for a rise of one step), 1/(div * final_div) at the last step.
-    torch's class divides by zero when a phase is shorter than two steps (a short test run); this
-    is the same curve for any lengths (tests/test_extensions.py compares the two)."""
-    peak = min(max(rise - 1, 0), total - 1)
-    if step <= peak:
-        start, end, pct = 1 / div, 1.0, step / peak if peak else 1.0
-    else:
-        start, end, pct = 1.0, 1 / (div * final_div), (step - peak) / max(total - 1 - peak, 1)
-    return end + (start - end) * (1 + math.cos(math.pi * min(pct, 1.0))) / 2
-
-
-def _progress(batches: Batches, desc: str, show: bool) -> tqdm:
-    """A tqdm bar over `batches`; drawn only on a terminal (disable=None) and when `show`."""
-    return tqdm(batches, desc=desc, unit="batch", leave=False, mininterval=0.5,
-                disable=None if show else True)  # fmt: skip
 
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,9 @@ class MLP(nn.Module):
     """`hidden_layers` ReLU layers of `hidden_size` units, then 10 logits. The tutorial's
     (section 10) is 784 -> 128 -> 128 -> 10; `residual` adds a skip connection around every
     hidden layer after the first (x + layer(x)), which keeps deep stacks trainable."""
+
+    # Recorded in a model file even at their defaults: the tutorial's files always held them.
+    always_saved: ClassVar[tuple[str, ...]] = ("in_features", "hidden_size", "num_classes")
 
     def __init__(
         self,
@@ -86,6 +89,13 @@ class CNN(FlipAveraged):
     channels (32, 64, 128), then fc 2048 -> 512 -> 10 with dropout. `batch_norm` puts a
     BatchNorm after each conv; `flip_tta` averages the logits of each image and its mirror when
     evaluating (eval mode)."""
+
+    always_saved: ClassVar[tuple[str, ...]] = (
+        "in_channels",
+        "num_classes",
+        "dropout",
+        "image_size",
+    )
 
     def __init__(
         self,
@@ -159,6 +169,15 @@ class ResNet(FlipAveraged):
 
     About 32,000 x width^2 multiply-adds per image: width 16 is 8.7 M, under the tutorial CNN's
     11.3 M (see benchmarks/flops.py)."""
+
+    always_saved: ClassVar[tuple[str, ...]] = (
+        "in_channels",
+        "num_classes",
+        "dropout",
+        "width",
+        "batch_norm",
+        "flip_tta",
+    )
 
     def __init__(
         self,

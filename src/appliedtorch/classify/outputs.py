@@ -1,15 +1,15 @@
-"""What a classifier run leaves behind: the model file (verified by reloading), metrics.json,
-history.csv, confusion.json, four figures, and what MLflow gets (the model for export, its
-input example and metadata, the final metrics).
+"""What a classifier run leaves behind: the model file (verified by reloading), metrics.json (the
+headline numbers), per_class.json, history.csv, confusion.json, four figures, and what MLflow
+gets (the model for export, its input example and metadata, the final metrics).
 
 The model file and the logged model are a `PixelClassifier`: uint8 pixels in, probabilities out.
 
-    evaluation = save_verified_model(result, data, "models/mlp.pt")
-    metrics, paths = write_reports(result, data, "reports/mlp")
+    write_outputs(result, data, run, model="models/mlp.pt", reports="reports/mlp")
 
 One name per metric: metrics.json, MLflow and the report use the same keys. The per-epoch
 metrics (`EpochStats.metrics`: train_loss, test_loss, test_accuracy, epoch_seconds, lr) are
-logged with step=epoch; the run's other metrics are metrics.json flattened (`final_metrics`).
+logged with step=epoch; the run's other metrics are metrics.json's (`final_metrics`). Per-class
+values live in per_class.json, so `dvc metrics show` and MLflow's metric tab show the headline.
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from appliedtorch.classify.loop import EpochStats, Evaluation, TrainResult, model_name
+from appliedtorch.classify.loop import model_name
 from appliedtorch.classify.models import PixelClassifier, load_model, save_model
+from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.core.utils import atomic_path, flatten, thread_count
+from appliedtorch.core.utils import atomic_path, flatten, output_set, thread_count
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from appliedtorch.data import ImageData
+    from appliedtorch.data.loading import ImageData
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +50,28 @@ def save_verified_model(result: TrainResult, data: ImageData, path: str | Path) 
     the training-time evaluation did (the tutorial's "loaded model accuracy", made a check
     instead of a printout). Returns the reloaded classifier's evaluation.
     """
-    config = result.config
+    section = result.section
     device = next(result.model.parameters()).device
-    limit = config.train_limit
+    limit = section.train_limit
     trained = result.evaluation
     with atomic_path(path) as tmp:
-        save_model(tmp, pixel_classifier(result), model_name(config), result.model_args,
-                   **model_metadata(result, data), test_accuracy=trained.accuracy)  # fmt: skip
+        metadata = model_metadata(result, data)
+        save_model(
+            tmp,
+            pixel_classifier(result),
+            model_name(section),
+            result.model_args,
+            **metadata,
+            test_accuracy=trained.accuracy,
+        )
         reloaded, _ = load_model(tmp)
         reloaded = reloaded.to(device)
-        if config.channels_last:  # as trained: the same kernels give the same bits
+        if section.channels_last:  # as trained: the same kernels give the same bits
             reloaded = reloaded.to(memory_format=torch.channels_last)
             reloaded.memory_format = torch.channels_last
-        with thread_count(config.threads):  # the thread count can change the last bits of a sum
-            again = evaluate_pixels(reloaded, data.test_images[:limit], data.test_labels[:limit],
-                                    config.eval_batch_size, config.bf16)  # fmt: skip
+        with thread_count(section.threads):  # the thread count can change the last bits of a sum
+            images, labels = data.test_images[:limit], data.test_labels[:limit]
+            again = evaluate_pixels(reloaded, images, labels, section.eval_batch_size, result.bf16)
         differ = int((again.predictions != trained.predictions).sum())
         # The same predictions on the CPU; a GPU may pick other kernels: accuracy within 1/1000.
         cpu = device.type == "cpu"
@@ -79,7 +87,7 @@ def save_verified_model(result: TrainResult, data: ImageData, path: str | Path) 
 
 def pixel_classifier(result: TrainResult) -> PixelClassifier:
     """The trained network (where it is) with the training normalisation inside it."""
-    return PixelClassifier(result.model, result.mean, result.std, result.config.channels_last)
+    return PixelClassifier(result.model, result.mean, result.std, result.section.channels_last)
 
 
 def evaluate_pixels(
@@ -116,23 +124,39 @@ def history_frame(history: Sequence[EpochStats]) -> pd.DataFrame:
 
 
 def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
-    """metrics.json content; only the `*_seconds` values may differ between seeded CPU runs."""
+    """metrics.json: the headline numbers a user compares across runs (per-class values are in
+    `per_class_metrics`); only the `*_seconds` values may differ between seeded CPU runs."""
     ev = result.evaluation
-    per_class = ev.per_class_accuracy(len(result.classes))
+    macro = {k: v for k, v in classification_metrics(ev, result.classes).items() if "macro" in k}
     return {
         "test_accuracy": ev.accuracy,
         "test_loss": ev.loss,
         "train_loss": result.history[-1].train_loss,
+        **macro,
         "epochs": len(result.history),
         "train_samples": result.train_samples,
         "test_samples": len(ev.labels),
-        "per_class_accuracy": dict(zip(result.classes, per_class, strict=True)),
-        **classification_metrics(ev, result.classes),
         "train_seconds": result.train_seconds,
         "mean_epoch_seconds": result.train_seconds / max(len(result.history), 1),
         "eval_seconds": result.eval_seconds,
         "data_source": source,
-        "compute_dtype": "bfloat16" if result.config.bf16 else "float32",  # bf16: auto, resolved
+        "compute_dtype": compute_dtype(result),
+    }
+
+
+def compute_dtype(result: TrainResult) -> str:
+    """The dtype the net trained in (`bf16: auto` resolved)."""
+    return "bfloat16" if result.bf16 else "float32"
+
+
+def per_class_metrics(result: TrainResult) -> dict[str, dict[str, float | None]]:
+    """per_class.json: each class's accuracy (recall), precision, recall and F1."""
+    ev, classes = result.evaluation, result.classes
+    per_class = ev.per_class_accuracy(len(classes))
+    scores = classification_metrics(ev, classes)
+    return {
+        "per_class_accuracy": dict(zip(classes, per_class, strict=True)),
+        **{k: v for k, v in scores.items() if "macro" not in k},
     }
 
 
@@ -187,7 +211,8 @@ def write_reports(
     predicted = [classes[i] for i in ev.predictions.tolist()]
     records = [{"actual": a, "predicted": p} for a, p in zip(actual, predicted, strict=True)]
     write_json(out / "confusion.json", records)
-    test_images = data.test_images[: result.config.train_limit]
+    write_json(out / "per_class.json", per_class_metrics(result))
+    test_images = data.test_images[: result.section.train_limit]
     figures = {
         "loss.png": plots.training_curves(history, title),
         "confusion_matrix.png": plots.confusion_heatmap(ev.confusion(len(classes)), classes, title),
@@ -202,7 +227,7 @@ def write_reports(
         save_figure(fig, out / name)
     metrics = summary_metrics(result, data.source)
     write_json(out / "metrics.json", metrics)  # last: it marks a complete run
-    names = ["metrics.json", "history.csv", "confusion.json", *figures]
+    names = ["metrics.json", "per_class.json", "history.csv", "confusion.json", *figures]
     return metrics, [out / name for name in names]
 
 
@@ -219,7 +244,7 @@ def portable_model(result: TrainResult) -> PixelClassifier:
 def input_example(result: TrainResult, data: ImageData, n: int = 4) -> np.ndarray:
     """The first `n` test images the run evaluated, as uint8 numpy (n, C, H, W): what the logged
     model takes. More than one, so that torch.export (MLflow's format) keeps the batch dynamic."""
-    return data.test_images[: result.config.train_limit][:n].numpy()
+    return data.test_images[: result.section.train_limit][:n].numpy()
 
 
 def model_metadata(result: TrainResult, data: ImageData) -> dict[str, Any]:
@@ -236,3 +261,22 @@ def model_metadata(result: TrainResult, data: ImageData) -> dict[str, Any]:
         "input_dtype": "uint8",  # pixels in [0, 255]; the model normalises them
         "output": "probabilities",
     }
+
+
+def write_outputs(
+    result: TrainResult, data: ImageData, run: Any, *, model: Path, reports: Path
+) -> None:
+    """Write the model file and every report file as one set (all appear, or none changes),
+    and give the run its final metrics, the files and the model."""
+    with output_set(model.parent, reports) as out:
+        save_verified_model(result, data, out.path(model))
+        metrics, paths = write_reports(result, data, out.path(reports))
+        run.log_metrics(final_metrics(metrics))
+        run.log_artifacts(paths)  # the staged files, named as in reports/<arch>
+        run.set_tags({"compute_dtype": compute_dtype(result)})
+        run.log_model(
+            portable_model(result),
+            "model",
+            input_example(result, data),
+            metadata=model_metadata(result, data),
+        )

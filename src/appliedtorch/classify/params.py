@@ -1,6 +1,6 @@
 """The `mlp` and `cnn` sections of params.yaml: the classifiers' nets and training recipe.
 
-    python -m appliedtorch.params params.yaml     # checks these sections with the others
+python -m appliedtorch.params params.yaml     # checks these sections with the others
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ class ClassifierParams(Section):
 
 class MLPParams(ClassifierParams):
     section: ClassVar[str] = "mlp"
+    # What the CNN section configures and the MLP does not: fixed here, so the loop reads every
+    # section alike (and `mlp.augment` in params.yaml is still an unknown key).
+    augment: ClassVar[bool] = False
+    flip_tta: ClassVar[bool] = False
+    channels_last: ClassVar[bool] = False
 
     # tutorial: 784 -> hidden -> hidden -> 10 | residual: x + layer(x) around hidden layers 2..
     arch: Literal["tutorial", "residual"] = "tutorial"

@@ -15,19 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from appliedtorch.classify import distributed, outputs
-from appliedtorch.classify.loop import TrainConfig, train_classifier
+from appliedtorch.classify.loop import train_classifier
 from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import run_params
 from appliedtorch.core.tracking import data_tags, stage_run
-from appliedtorch.core.utils import (
-    check_writable,
-    first_line,
-    output_set,
-    resolve_device,
-    seed_everything,
-)
-from appliedtorch.data import load_dataset
+from appliedtorch.core.utils import check_writable, first_line, resolve_device, seed_everything
+from appliedtorch.data.loading import load_dataset
 from appliedtorch.params import load_params
 
 # arch -> (dataset, MLflow experiment and registered model name)
@@ -49,16 +43,15 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
     """Train classifier `arch` ('mlp' or 'cnn'), write its model file and reports, log one run."""
     dataset, experiment = CLASSIFIERS[arch]
     p = load_params(params)
+    section = getattr(p, arch)
     check_writable(model.parent, reports)  # before any work, not after training
     world = join(p.device)  # torchrun's process group; one process without it
     seed_everything(p.seed)
     data = load_dataset(dataset, data_dir)
     device = f"cuda:{world.local_rank}" if world.backend == "nccl" else p.device
-    config = TrainConfig.from_section(arch, getattr(p, arch), seed=p.seed, device=device)
     tags = {
         **data_tags(dataset, data_dir, data.source, data.file_md5),  # md5s read once
         "device.resolved": resolve_device(p.device),
-        "compute_dtype": "bfloat16" if config.bf16 else "float32",  # `bf16: auto`, resolved
     }
     logged_params = run_params(p, arch)
     # Resumes a run killed mid-training if params, data and the number of processes are the
@@ -77,27 +70,16 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
         resume.run_id = run.run_id
         result = train_classifier(
             data,
-            config,
+            section,
+            seed=p.seed,
+            device=device,
             callback=lambda e: run.log_metrics(e.metrics(), step=e.epoch),
             resume=resume,
             world=world,
         )
-        if not world.is_main:  # rank 0 alone writes the outputs
-            return
-        # One set: the model file and every report file appear together, or none changes.
-        with output_set(model.parent, reports) as out:
-            reloaded = outputs.save_verified_model(result, data, out.path(model))
-            metrics, paths = outputs.write_reports(result, data, out.path(reports))
-            run.log_metrics(outputs.final_metrics(metrics))
-            run.log_artifacts(paths)  # the staged files, named as in reports/<arch>
-            info = run.log_model(
-                outputs.portable_model(result),
-                "model",
-                outputs.input_example(result, data),
-                metadata=outputs.model_metadata(result, data),
-            )
-            if p.tracking.register_models:
-                run.register_model(info, experiment, reloaded.accuracy)
+        if world.is_main:  # rank 0 alone writes the outputs
+            outputs.write_outputs(result, data, run, model=model, reports=reports)
+    if world.is_main:
         resume.remove()  # every output is written: the next run starts fresh
 
 
@@ -110,12 +92,12 @@ def join(device: str) -> distributed.World:
 
 
 class NullRun:
-    """What ranks other than 0 get instead of an MLflow run: every call records nothing."""
+    """What ranks other than 0 get instead of an MLflow run: it records nothing."""
 
     run_id = None
 
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+        """Nothing: rank 0 logs the metrics, combined over every process."""
 
 
 @contextlib.contextmanager
