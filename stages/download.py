@@ -37,19 +37,12 @@ def main() -> None:
         getattr(p.data.synthetic, f"{stand_in}_train"),
         getattr(p.data.synthetic, f"{stand_in}_test"),
     )
-    limits = Limits(
-        timeout=p.data.timeout,
-        retries=p.data.retries,
-        file_timeout=p.data.file_timeout,
-        low_speed_limit=p.data.low_speed_limit,
-        low_speed_time=p.data.low_speed_time,
-    )
     start = time.perf_counter()
     record = download(
         args.dataset,
         args.out,
         p.data.source,
-        limits=limits,
+        limits=Limits.from_params(p.data),
         synthetic_seed=p.data.synthetic.seed,
         synthetic_sizes=sizes,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from appliedtorch.data.datasets import CIFAR10_BATCHES
+from appliedtorch.data.params import DataParams
 
 MAX_ROWS = {"idx": 2 * 60000, "cifar": 2 * 10000}  # images one file may hold
 MAX_MEMBER_BYTES = {  # one extracted file
@@ -32,16 +33,30 @@ MAX_PICKLE_STACK = MAX_ROWS["cifar"] + 64
 CHUNK = 1 << 20  # bytes read or written at a time: memory stays flat whatever the file's size
 
 
+_DEFAULT = DataParams()  # the defaults live with the params section, once
+
+
 @dataclass(frozen=True)
 class Limits:
     """How long and how much one download may take: per wait, per file, speed, retries."""
 
-    timeout: float = 10.0  # seconds any one network wait may take
-    file_timeout: float = 900.0  # seconds one file's whole transfer may take (a backstop)
-    retries: int = 2
-    backoff: float = 0.5
-    low_speed_limit: float = 1024.0  # bytes/s: slower than this for low_speed_time seconds...
-    low_speed_time: float = 30.0  # ...stops the transfer (curl's --speed-limit/--speed-time)
+    timeout: float = _DEFAULT.timeout  # seconds any one network wait may take
+    file_timeout: float = _DEFAULT.file_timeout  # seconds for one file's whole transfer: a backstop
+    retries: int = _DEFAULT.retries
+    backoff: float = 0.5  # seconds before the first retry; doubled for each next one
+    low_speed_limit: float = _DEFAULT.low_speed_limit  # bytes/s: slower than this for ...
+    low_speed_time: float = _DEFAULT.low_speed_time  # ... this many seconds stops the transfer
+
+    @classmethod
+    def from_params(cls, data: DataParams) -> Limits:
+        """The limits params.yaml's `data` section sets."""
+        return cls(
+            timeout=data.timeout,
+            file_timeout=data.file_timeout,
+            retries=data.retries,
+            low_speed_limit=data.low_speed_limit,
+            low_speed_time=data.low_speed_time,
+        )
 
 
 def mb(n: int) -> str:
