@@ -125,7 +125,11 @@ def collect() -> dict:
         out: dict = {"cpu": cpu_signature(), "stages": {}}
         for stage, args in STAGES.items():
             run(args)
-            metrics = json.loads((w / "reports" / stage / "metrics.json").read_text())
+            reports = w / "reports" / stage
+            metrics = json.loads((reports / "metrics.json").read_text())
+            # A classifier's per-class values have their own file; the recorded numbers hold them.
+            if (reports / "per_class.json").exists():
+                metrics |= json.loads((reports / "per_class.json").read_text())
             entry = {"metrics": {k: v for k, v in _flat(metrics).items() if not _timing(k)}}
             model = w / "models" / f"{stage}.pt"
             if model.exists():
