@@ -55,8 +55,9 @@ class TrackingParams(Section):
     """Where runs go and what they record (shared by every stage that logs to MLflow)."""
 
     uri: str = Field("sqlite:///mlflow.db", min_length=1, max_length=4096)
-    # Register classifiers as mnist-mlp / cifar10-cnn; alias `champion` follows the best one.
-    register_models: bool = False
+    # The `register` stage registers the trained classifiers as mnist-mlp / cifar10-cnn; alias
+    # `champion` follows the best one. A local sqlite store costs nothing, so it is on by default.
+    register_models: bool = True
     # Sample CPU, memory (and GPU) use into a training run's system/* metrics (needs psutil).
     system_metrics: bool = True
 

@@ -1,0 +1,77 @@
+"""DVC stage `register`: the trained classifiers become versions in MLflow's model registry.
+
+    python stages/register.py --params params.yaml \
+        --classifier mlp mnist-mlp reports/mlp/metrics.json \
+        --classifier cnn cifar10-cnn reports/cnn/metrics.json
+
+Runs after the training stages' outputs have landed, and trains nothing: each classifier's
+training run (the one that logged exactly this metrics.json, with the workspace's params) has its
+model registered under the experiment's name, and alias `champion` moves by the project's rule
+(`tracking.registry.should_promote`). Registering the same run again changes nothing. With
+`tracking.register_models: false` it does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+from appliedtorch.core.cli import run_stage
+from appliedtorch.core.errors import AppliedTorchError
+from appliedtorch.core.params import run_params
+from appliedtorch.core.tracking.lineage import params_md5
+from appliedtorch.core.tracking.registry import register_trained
+from appliedtorch.params import load_params
+
+log = logging.getLogger("register")
+SECTIONS = ("mlp", "cnn")  # params sections of the classifiers (their runs' params.md5)
+
+
+def read_test_accuracy(metrics: Path) -> float:
+    """metrics.json's `test_accuracy`; one line naming the file when it is unusable."""
+    try:
+        value = json.loads(metrics.read_text(encoding="utf-8")).get("test_accuracy")
+    except (OSError, ValueError, AttributeError, RecursionError) as exc:
+        raise AppliedTorchError(f"{metrics}: not a readable metrics file ({exc})") from None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise AppliedTorchError(f"{metrics}: test_accuracy is not a number (got {value!r:.40})")
+    return float(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--classifier",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("SECTION", "NAME", "METRICS"),
+        help="params section (mlp|cnn), registered model and experiment name, its metrics.json",
+    )
+    args = parser.parse_args()
+
+    p = load_params(args.params)
+    if not p.tracking.register_models:
+        log.info("tracking.register_models is false: no model registered")
+        return
+    for section, name, metrics in args.classifier:
+        if section not in SECTIONS:
+            raise AppliedTorchError(f"--classifier: unknown section '{section}' (mlp or cnn)")
+        accuracy = read_test_accuracy(Path(metrics))
+        md5 = params_md5(run_params(p, section))
+        done = register_trained(name, md5, Path(metrics), accuracy, p.tracking.uri)
+        log.info(
+            "%s: run %s is version %s%s",
+            name,
+            done["run_id"],
+            done["registry.version"],
+            "" if done["registry.new"] else " (already registered)",
+        )
+
+
+if __name__ == "__main__":
+    run_stage(main)
