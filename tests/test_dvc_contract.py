@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from helpers import BIN
-from helpers.repo import copy_workspace, run
+from helpers.repo import copy_workspace, make_workspace, run
 from helpers.servers import free_port
 
 DVC = str(BIN / "dvc")
@@ -64,19 +64,18 @@ def downstream(ws: Path, env: dict, stages: set[str]) -> set[str]:
         out |= more
 
 
-ALL = {
-    "download@mnist", "download@cifar10", "train_mlp", "train_cnn", "pinn", "math_demos", "report",
-}  # fmt: skip
-EDITS = {  # subpackage edited: (stages whose deps change, stages that rerun)
-    "pinn": ({"pinn"}, {"pinn", "report"}),
-    "demos": ({"math_demos"}, {"math_demos", "report"}),
-    "classify": ({"train_mlp", "train_cnn"}, {"train_mlp", "train_cnn", "report"}),
-    "report": ({"report"}, {"report"}),
-    "data": (
-        {"download@mnist", "download@cifar10", "train_mlp", "train_cnn"},
-        {"download@mnist", "download@cifar10", "train_mlp", "train_cnn", "report"},
-    ),
-    "core": (ALL, ALL),
+DOWNLOADS = {"download@mnist", "download@cifar10"}
+TRAINING = {"train_mlp", "train_cnn"}
+ALL = DOWNLOADS | TRAINING | {"pinn", "math_demos", "report", "register"}
+EDITS = {  # file edited (under src/appliedtorch): (stages whose deps change, stages that rerun)
+    "pinn/solver.py": ({"pinn"}, {"pinn", "report"}),
+    "demos/checks.py": ({"math_demos"}, {"math_demos", "report"}),
+    "classify/loop.py": (TRAINING, TRAINING | {"report", "register"}),
+    "report/page.py": ({"report"}, {"report"}),
+    "data/fetch.py": (DOWNLOADS, ALL - {"pinn", "math_demos"}),
+    "data/loading.py": (DOWNLOADS | TRAINING, ALL - {"pinn", "math_demos"}),
+    "core/tracking/run.py": (ALL - DOWNLOADS, ALL - DOWNLOADS),
+    "core/utils.py": (ALL, ALL),
 }
 
 
@@ -86,16 +85,16 @@ def test_an_edit_reruns_exactly_the_stages_that_use_the_code(workspace):
     # The built workspace is up to date, though Python wrote bytecode into it.
     assert list(ws.glob("src/appliedtorch/*/__pycache__/*.pyc"))
     assert changed_stages(ws, env) == set()
-    for subpackage, (changed, rerun) in EDITS.items():
-        path = ws / "src" / "appliedtorch" / subpackage / "__init__.py"
+    for edited, (changed, rerun) in EDITS.items():
+        path = ws / "src" / "appliedtorch" / edited
         original = path.read_text()
         path.write_text(original + "# an edit\n")
         try:
             seen = changed_stages(ws, env)
         finally:
             path.write_text(original)
-        assert seen == changed, f"editing {subpackage}: {sorted(seen)}"
-        assert downstream(ws, env, seen) == rerun, f"editing {subpackage}"
+        assert seen == changed, f"editing {edited}: {sorted(seen)}"
+        assert downstream(ws, env, seen) == rerun, f"editing {edited}"
     assert changed_stages(ws, env) == set()
 
 
@@ -144,3 +143,38 @@ def test_dvc_checkout_restores_outputs_after_a_stage_fails(workspace):
 
     run([DVC, "checkout"], ws, env)  # the one recovery command README documents
     assert sha256_tree(ws, "models", "reports") == before
+
+
+# Tiny synthetic datasets: the download stages' work is not the point here.
+TINY_DATA = {
+    "device": "cpu",
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"mnist_train": 60, "mnist_test": 20, "cifar10_train": 60, "cifar10_test": 20},
+    },
+}
+MLFLOW_IMPORT = re.compile(r"^\s*(import mlflow|from mlflow[\s.])", re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_an_edit_to_the_mlflow_code_reruns_no_download(tmp_path):
+    """Issue 19: a user without internet can edit the tracking code and rebuild. Every file under
+    src/ that imports mlflow gets an edit; both downloads stay up to date (bytecode on)."""
+    ws, env = make_workspace(tmp_path, TINY_DATA, tracking_uri=f"sqlite:///{tmp_path / 'db'}")
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    run([DVC, "repro", *sorted(DOWNLOADS)], ws, env)
+    assert list(ws.glob("src/appliedtorch/**/__pycache__/*.pyc"))  # Python wrote bytecode
+    assert changed_stages(ws, env) & DOWNLOADS == set()
+    importers = [
+        p for p in sorted((ws / "src").rglob("*.py")) if MLFLOW_IMPORT.search(p.read_text())
+    ]
+    assert importers, "no file under src/ imports mlflow: the test checks nothing"
+    for path in importers:
+        path.write_text(path.read_text() + "# an edit\n")
+    assert changed_stages(ws, env) & DOWNLOADS == set(), [
+        p.relative_to(ws).as_posix() for p in importers
+    ]
+    # The check sees an edit to what the downloads do load.
+    fetch = ws / "src" / "appliedtorch" / "data" / "fetch.py"
+    fetch.write_text(fetch.read_text() + "# an edit\n")
+    assert changed_stages(ws, env) >= DOWNLOADS
