@@ -188,7 +188,7 @@ def test_checker_cli_and_stage_give_the_same_duplicate_key_line(params_file, tmp
     for proc in (checker, stage):
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [
-            "error: params.yaml: key 'mlp.lr' appears twice (lines 17 and 18); keep one"
+            "error: params.yaml: key 'mlp.lr' appears twice (lines 20 and 21); keep one"
         ]
     assert not (tmp_path / "r").exists()
 
