@@ -120,7 +120,7 @@ CIFAR_CASES = {
     ),
     "wrong-dtype": (
         lambda b: {**b, "data": b["data"].astype(np.int16)},
-        r"'data' must be a uint8 array of \(N, 3072\) \(got a int16 array",
+        r"'data' must be a uint8 array of \(N, 3072\) \(got int16 \(10, 3072\)\)",
     ),
     "wrong-shape": (lambda b: {**b, "data": b["data"][:, :3000].copy()}, r"shape \(10, 3000\)"),
     "label-10": (
@@ -378,3 +378,8 @@ def test_directory_copy_caps_the_bytes_read_not_the_reported_size(
     ):
         transport.copy_local(str(src), tmp_path / "copy", 1 << 20, dog)
     assert (tmp_path / "copy").stat().st_size <= 1 << 20
+
+
+def test_malformed_ipv6_source_is_one_line(ws: Path, monkeypatch, capsys) -> None:
+    line = fails_fast(ws, "mnist", "http://[::1/", monkeypatch, capsys)
+    assert "cannot read http://[::1/MD5SUMS for mnist (malformed URL (Invalid IPv6 URL))" in line

@@ -210,12 +210,8 @@ def parse_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     _keys(path, batch, BATCH_KEYS)
     data = batch["data"]
     if type(data) is not np.ndarray or data.dtype != np.uint8 or data.ndim != 2:
-        what = (
-            f"{data.dtype} array of {data.ndim} dims"
-            if type(data) is np.ndarray
-            else type(data).__name__
-        )
-        raise DataError(f"{path}: 'data' must be a uint8 array of (N, 3072) (got a {what})")
+        what = f"{data.dtype} {data.shape}" if type(data) is np.ndarray else type(data).__name__
+        raise DataError(f"{path}: 'data' must be a uint8 array of (N, 3072) (got {what})")
     n = data.shape[0]
     if data.shape[1] != 3072 or n > MAX_ROWS["cifar"]:
         raise DataError(
