@@ -18,8 +18,9 @@ FAST = {"warmup": 1, "rounds": 2, "steps": 2}  # 4 timed steps per candidate
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
-    """Every test gets its own empty cache directory."""
+    """Every test gets its own empty cache directory, with timing on."""
     monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(autotune.ENABLE_ENV, raising=False)
     return tmp_path / "cache" / autotune.CACHE_FILE
 
 
@@ -168,12 +169,25 @@ def test_explicit_settings_are_not_probed(monkeypatch):
         assert (result.bf16, result.threads, result.probe) == (bf16, threads, None)
 
 
+@pytest.mark.parametrize("off", ["0", "off", "False"])
+def test_timing_turned_off_decides_auto_by_the_flags(monkeypatch, off):
+    monkeypatch.setenv(autotune.ENABLE_ENV, off)
+    monkeypatch.setattr(tuning, "pick_fastest", lambda *a, **k: pytest.fail("probed"))
+    model, make_optimizer, batch = mlp_setup()
+    for native in (False, True):
+        monkeypatch.setattr(tuning, "native_bf16", lambda device, n=native: n)
+        monkeypatch.setattr(tuning, "resolve_bf16", lambda s, device, n=native: n)
+        result = tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads="auto")
+        assert (result.bf16, result.threads, result.probe) == (native, None, None)
+
+
 def test_auto_without_native_bf16_is_fp32_unprobed(monkeypatch):
     monkeypatch.setattr(tuning, "native_bf16", lambda device: False)
     monkeypatch.setattr(tuning, "pick_fastest", lambda *a, **k: pytest.fail("probed"))
     model, make_optimizer, batch = mlp_setup()
     result = tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads=1)
-    assert result.bf16 is False and result.record()["compute_dtype"] == "float32"
+    assert result.bf16 is False and result.tags()["compute_dtype"] == "float32"
+    assert result.record() == {} and "autotune" not in result.tags()
 
 
 def test_auto_takes_the_measured_choice(monkeypatch):
@@ -195,10 +209,15 @@ def test_auto_takes_the_measured_choice(monkeypatch):
         "float32 2 threads",
     ]
     assert (result.bf16, result.threads) == (True, 1)
-    record = result.record()
-    assert record["autotune.choice"] == "bfloat16 1 threads"
-    assert record["autotune.step_seconds.float32 2 threads"] == 0.1
-    assert record["autotune.probe_seconds"] == 0.5
+    line = "bfloat16 1 threads (ms per step: "
+    line += ", ".join(f"{name} 100" for name in seen) + "; probe 0.50 s)"
+    assert result.record() == {"autotune": line}
+    assert result.tags() == {
+        "compute_dtype": "bfloat16",
+        "threads": "1",
+        "autotune.choice": "bfloat16 1 threads",
+        "autotune": line,
+    }
 
 
 def state_of(model, optimizer):
@@ -266,3 +285,33 @@ def test_first_batch_draws_no_random_numbers():
     x, y = tuning.first_batch(batches)
     assert torch.equal(generator.get_state(), state)
     assert x.shape == (4, 1, 4, 4) and torch.equal(y, labels[:4])
+
+
+# --------------------------------------------------------------------------------------------
+# In the training loop
+
+
+def test_a_probed_run_gives_the_numbers_of_its_explicit_choice(monkeypatch):
+    from appliedtorch.classify.loop import train_classifier
+    from appliedtorch.classify.outputs import summary_metrics, tuning_tags
+    from appliedtorch.classify.params import MLPParams
+    from appliedtorch.data.loading import synthetic_in_memory
+
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: True)  # fp32 and bf16 are timed
+    data = synthetic_in_memory("mnist", 256, 64)
+    common = {"epochs": 2, "batch_size": 32, "lr": 1e-3, "dropout": 0.2}
+    probed = train_classifier(data, MLPParams(bf16="auto", threads="auto", **common), seed=3)
+    assert probed.tuning is not None and probed.tuning.probe is not None
+    explicit = MLPParams(bf16=probed.bf16, threads=probed.threads, **common)
+    plain = train_classifier(data, explicit, seed=3)
+    assert plain.tuning is not None and plain.tuning.probe is None
+    for key, tensor in plain.model.state_dict().items():
+        assert torch.equal(probed.model.state_dict()[key], tensor), key
+    assert [h.train_loss for h in probed.history] == [h.train_loss for h in plain.history]
+    line = summary_metrics(probed, "synthetic")["autotune"]
+    assert line.startswith(probed.tuning.probe.choice + " (ms per step: ")
+    assert all(name in line for name in probed.tuning.probe.seconds)
+    assert "autotune" not in summary_metrics(plain, "synthetic")
+    tags = tuning_tags(probed)
+    assert tags["autotune.choice"] == probed.tuning.probe.choice
+    assert tags["compute_dtype"] == ("bfloat16" if probed.bf16 else "float32")

@@ -104,10 +104,11 @@ def test_bf16_param_rejects_other_words(params_file):
     assert yaml.safe_load(path.read_text())["cnn"]["bf16"] == "maybe"
 
 
-def test_training_resolves_auto(monkeypatch):
+def test_training_resolves_auto_by_the_flags_with_timing_off(monkeypatch):
     from appliedtorch.classify.loop import train_classifier
     from appliedtorch.data.loading import synthetic_in_memory
 
+    monkeypatch.setenv("APPLIEDTORCH_AUTOTUNE", "0")  # timed `auto`: tests/test_autotune.py
     data = synthetic_in_memory("mnist", 64, 32)
     section = MLPParams(bf16="auto", epochs=1, batch_size=32)
     monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: False)
@@ -136,6 +137,8 @@ def two_threads():
 
 
 def test_flush_denormals_inside_on_every_thread_and_restored_after(two_threads):
+    import sklearn.metrics  # noqa: F401 - loads its own OpenMP runtime: torch's must be the one set
+
     assert not hardware.denormals_flushed() and _flushed_fraction() == 0.0
     with hardware.flush_denormals("cpu"):
         assert hardware.denormals_flushed()

@@ -33,8 +33,9 @@ from appliedtorch.classify.models import ARCHITECTURES, build_model
 from appliedtorch.classify.optim import make_optimizer, make_scheduler
 from appliedtorch.classify.progress import Progress
 from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
+from appliedtorch.classify.tuning import first_batch, tune
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError
-from appliedtorch.core.hardware import resolve_bf16
+from appliedtorch.core.hardware import flush_denormals
 from appliedtorch.core.utils import resolve_device, thread_count
 
 if TYPE_CHECKING:
@@ -183,12 +184,23 @@ def train_classifier(
     model, net, optimizer, shuffle, augment = _build(section, model_args, dev, seed, world)
     train, test = _batches(data, section, batch_size, normalize, shuffle, augment, world)
     scheduler = make_scheduler(optimizer, section, len(train))
-    bf16 = resolve_bf16(section.bf16, dev)
+    # bf16 and threads: explicit, or `auto` timed on a copy of the model (the run is unchanged)
+    tuning = tune(
+        model,
+        lambda m: make_optimizer(m, section, dev),
+        first_batch(train),
+        dev,
+        bf16=section.bf16,
+        threads=section.threads,
+        label_smoothing=section.label_smoothing,
+        world=world,
+    )
+    bf16 = tuning.bf16
     streams = {"shuffle": shuffle, "augment": augment}  # one generator in one process
     done = resume.restore(model, optimizer, scheduler, streams) if resume else 0
     history = [EpochStats(**h) for h in resume.history] if resume else []
     run = _Epochs(section, net, model, optimizer, scheduler, train, test, bf16, world)
-    with thread_count(section.threads):
+    with thread_count(tuning.threads), flush_denormals(dev):
         for epoch in range(done + 1, section.epochs + 1):
             stats = run.epoch(epoch)
             history.append(stats)
@@ -211,6 +223,7 @@ def train_classifier(
         std=std,
         model_args=model_args,
         train_samples=len(train.images),
+        tuning=tuning,
     )
 
 

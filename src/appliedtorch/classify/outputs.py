@@ -69,7 +69,7 @@ def save_verified_model(result: TrainResult, data: ImageData, path: str | Path) 
         if section.channels_last:  # as trained: the same kernels give the same bits
             reloaded = reloaded.to(memory_format=torch.channels_last)
             reloaded.memory_format = torch.channels_last
-        with thread_count(section.threads):  # the thread count can change the last bits of a sum
+        with thread_count(result.threads):  # the thread count can change the last bits of a sum
             images, labels = data.test_images[:limit], data.test_labels[:limit]
             again = evaluate_pixels(reloaded, images, labels, section.eval_batch_size, result.bf16)
         differ = int((again.predictions != trained.predictions).sum())
@@ -141,7 +141,13 @@ def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
         "eval_seconds": result.eval_seconds,
         "data_source": source,
         "compute_dtype": compute_dtype(result),
+        **(result.tuning.record() if result.tuning else {}),  # what `auto` measured, if it did
     }
+
+
+def tuning_tags(result: TrainResult) -> dict[str, str]:
+    """The run's tags for the threads trained on and what `auto` chose (classify/tuning.py)."""
+    return result.tuning.tags() if result.tuning else {}
 
 
 def compute_dtype(result: TrainResult) -> str:
@@ -273,7 +279,7 @@ def write_outputs(
         metrics, paths = write_reports(result, data, out.path(reports))
         run.log_metrics(final_metrics(metrics))
         run.log_artifacts(paths)  # the staged files, named as in reports/<arch>
-        run.set_tags({"compute_dtype": compute_dtype(result)})
+        run.set_tags({"compute_dtype": compute_dtype(result), **tuning_tags(result)})
         run.log_model(
             portable_model(result),
             "model",

@@ -17,6 +17,7 @@ from appliedtorch.classify.distributed import World
 
 if TYPE_CHECKING:
     from appliedtorch.classify.params import ClassifierParams
+    from appliedtorch.classify.tuning import Tuning
 
 
 @dataclass
@@ -90,6 +91,12 @@ class TrainResult:
     std: tuple[float, ...]
     model_args: dict[str, Any]
     train_samples: int
+    tuning: Tuning | None = None  # bf16 and threads as resolved, with `auto`'s probe (tuning.py)
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads it trained on (`threads: auto` resolved; None: torch's default)."""
+        return self.tuning.threads if self.tuning else self.section.threads  # type: ignore[return-value]
 
     @property
     def train_seconds(self) -> float:

@@ -2,7 +2,7 @@
 
     >>> tuning = tune(model, lambda m: make_optimizer(m, config, device), first_batch(train),
     ...               device, bf16="auto", threads="auto")
-    >>> tuning.bf16, tuning.threads, tuning.record()  # the choice, and what to log with it
+    >>> tuning.bf16, tuning.threads, tuning.record(), tuning.tags()  # the choice; what to log
 
 The candidates are real training steps (forward under the candidate's autocast, cross-entropy,
 backward, optimizer step, as `loop.train_one_epoch` does) timed by
@@ -30,7 +30,7 @@ from torch import nn
 
 from appliedtorch.classify.batches import Batches
 from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.core.autotune import Tuned, pick_fastest
+from appliedtorch.core.autotune import Tuned, enabled, pick_fastest
 from appliedtorch.core.hardware import native_bf16, resolve_bf16
 from appliedtorch.core.utils import thread_count
 
@@ -51,12 +51,16 @@ class Tuning:
         """'bfloat16' or 'float32' (the run's `compute_dtype` tag)."""
         return DTYPE_NAMES[self.bf16]
 
-    def record(self) -> dict[str, Any]:
-        """What to log: `compute_dtype`, `threads` and, after a probe, `autotune.*` values
-        (choice, cached, probe_seconds, step_seconds.<candidate> per candidate)."""
-        out: dict[str, Any] = {"compute_dtype": self.compute_dtype, "threads": self.threads}
+    def record(self) -> dict[str, str]:
+        """For metrics.json: after a probe, `autotune`, one line with the choice and each
+        candidate's ms per step (nothing else: metrics.json keeps to the headline numbers)."""
+        return {} if self.probe is None else {"autotune": self.probe.summary()}
+
+    def tags(self) -> dict[str, str]:
+        """For the run's tags: compute_dtype, threads and, after a probe, its choice and line."""
+        out = {"compute_dtype": self.compute_dtype, "threads": str(self.threads or "default")}
         if self.probe is not None:
-            out |= self.probe.as_record("autotune")
+            out |= {"autotune.choice": self.probe.choice, "autotune": self.probe.summary()}
         return out
 
 
@@ -94,17 +98,19 @@ def training_step(
 
 
 def bf16_options(setting: bool | str, device: torch.device) -> list[bool]:
-    """`auto`: fp32, and bf16 where native; an explicit value alone (warned if emulated)."""
-    if setting != "auto":
+    """`auto`: fp32, and bf16 where native; an explicit value alone (warned if emulated).
+    With timing off ($APPLIEDTORCH_AUTOTUNE=0), `auto` is bf16 exactly where it is native."""
+    if setting != "auto" or not enabled():
         return [resolve_bf16(setting, device)]
     return [False, True] if native_bf16(device) else [False]
 
 
 def thread_options(setting: int | str | None, device: torch.device) -> list[int | None]:
-    """`auto` on the CPU: 1 and every core torch uses; an explicit value (or None) alone."""
+    """`auto` on the CPU: 1 and every core torch uses; an explicit value (or None) alone.
+    With timing off ($APPLIEDTORCH_AUTOTUNE=0), `auto` is torch's default (None)."""
     if setting != "auto":
         return [setting]  # type: ignore[list-item]
-    if device.type != "cpu":  # CPU threads barely matter to a GPU's step
+    if device.type != "cpu" or not enabled():  # CPU threads barely matter to a GPU's step
         return [None]
     return sorted({1, torch.get_num_threads()})
 

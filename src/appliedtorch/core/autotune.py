@@ -42,6 +42,9 @@ from appliedtorch.core.utils import write_json
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "APPLIEDTORCH_CACHE_DIR"
+# Set to 0/off/false/no to decide `auto` without timing (as before measuring: by the hardware's
+# flags): runs that must give the same numbers on a busy machine, and short test runs.
+ENABLE_ENV = "APPLIEDTORCH_AUTOTUNE"
 CACHE_FILE = "autotune.json"
 # A cache holds one short entry per (machine, question, shape): kilobytes. Anything larger is
 # not ours and is not read.
@@ -59,18 +62,17 @@ class Tuned:
     cached: bool  # True: read from the cache, nothing was timed now
     load: float | None = None  # the 1-minute load average when it was timed (None: unknown)
 
-    def as_record(self, prefix: str) -> dict[str, Any]:
-        """Flat, loggable values: `<prefix>.choice`, `<prefix>.cached`, seconds per candidate."""
-        record: dict[str, Any] = {
-            f"{prefix}.choice": self.choice,
-            f"{prefix}.cached": self.cached,
-            f"{prefix}.probe_seconds": self.probe_seconds,
-        }
-        if self.load is not None:
-            record[f"{prefix}.load"] = self.load
-        for name, seconds in self.seconds.items():
-            record[f"{prefix}.step_seconds.{name}"] = seconds
-        return record
+    def summary(self) -> str:
+        """One line: the choice, each candidate's ms per step, the probe's cost or `cached`."""
+        steps = ", ".join(f"{name} {1e3 * s:.3g}" for name, s in self.seconds.items())
+        how = "cached" if self.cached else f"probe {self.probe_seconds:.2f} s"
+        load = "" if self.load is None else f", load {self.load:.2f}"
+        return f"{self.choice} (ms per step: {steps}; {how}{load})"
+
+
+def enabled() -> bool:
+    """False when $APPLIEDTORCH_AUTOTUNE turns timing off."""
+    return os.environ.get(ENABLE_ENV, "").strip().lower() not in ("0", "off", "false", "no")
 
 
 def cache_dir() -> Path:
@@ -127,7 +129,7 @@ def time_candidates(
     *,
     warmup: int = 2,
     rounds: int = 3,
-    steps: int = 3,
+    steps: int = 2,
     sync: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Median seconds per step of each candidate: `warmup` untimed steps each, then `rounds`

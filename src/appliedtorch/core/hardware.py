@@ -183,7 +183,8 @@ def denormals_flushed() -> bool:
 
 def _openmp_library() -> ctypes.CDLL | None:
     """The OpenMP runtime torch loaded: GNU's, or Intel's, which offers the same GOMP_parallel
-    (it runs a function on every thread of the team)."""
+    (it runs a function on every thread of the team). Other packages may load their own copy
+    (scikit-learn does): the one in torch's directory is torch's; where none is, the only one."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
@@ -191,7 +192,9 @@ def _openmp_library() -> ctypes.CDLL | None:
     paths = {
         line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libiomp" in line
     }
-    for path in sorted(paths):
+    torch_dir = str(Path(torch.__file__).resolve().parent)
+    ours = [p for p in paths if p.startswith(torch_dir)] or (list(paths) if len(paths) == 1 else [])
+    for path in ours:
         with contextlib.suppress(OSError, AttributeError):
             lib = ctypes.CDLL(path)
             lib.GOMP_parallel  # noqa: B018 - raises AttributeError when absent

@@ -61,6 +61,7 @@ _CLASSIFIER_HEADLINE = (
     "train_seconds",
     "mean_epoch_seconds",
     "compute_dtype",
+    "autotune",
 )
 
 SECTIONS: tuple[StageSection, ...] = (
