@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -178,3 +179,37 @@ def test_an_edit_to_the_mlflow_code_reruns_no_download(tmp_path):
     fetch = ws / "src" / "appliedtorch" / "data" / "fetch.py"
     fetch.write_text(fetch.read_text() + "# an edit\n")
     assert changed_stages(ws, env) >= DOWNLOADS
+
+
+@pytest.mark.slow
+def test_a_classifier_follows_its_dataset_param_through_dvc(workspace):
+    """`-S mlp.dataset=fashion-mnist` adds its download stage and trains on it (real images from
+    the OS copy with data.source upstream); switching back is served by the run-cache."""
+    fashion = Path("/usr/share/datasets/fashion-mnist")
+    if not fashion.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{fashion} is missing: CI installs dataset-fashion-mnist")
+        pytest.skip(f"{fashion} is missing (apt-get install dataset-fashion-mnist)")
+    ws, env = workspace
+    before = sha256_tree(ws, "models", "reports/mlp")
+    sets = ["-S", "mlp.dataset=fashion-mnist", "-S", "data.source=upstream"]
+    out = run([DVC, "exp", "run", *sets, "train_mlp"], ws, env)
+    log = out.stdout + out.stderr
+    assert "Running stage 'download@fashion-mnist'" in log, log
+    assert "download@mnist" not in log and "download@cifar10" not in log, log
+    source = json.loads((ws / "data/raw/fashion-mnist/source.json").read_text())
+    assert source["source"] == f"debian:{fashion}"
+    metrics = json.loads((ws / "reports/mlp/metrics.json").read_text())
+    per_class = json.loads((ws / "reports/mlp/per_class.json").read_text())
+    assert metrics["data_source"] == source["source"]
+    assert {"T-shirt/top", "Ankle boot"} <= set(per_class["recall"])
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    assert any(d["path"] == "data/raw/fashion-mnist" for d in lock["train_mlp"]["deps"])
+    runs = run([DVC, "exp", "show", "--json"], ws, env).stdout
+    assert "fashion-mnist" in runs
+
+    back = ["-S", "mlp.dataset=mnist", "-S", "data.source=synthetic"]
+    restored = run([DVC, "exp", "run", *back, "train_mlp"], ws, env)
+    log = restored.stdout + restored.stderr
+    assert "Stage 'train_mlp' is cached - skipping run, checking out outputs" in log, log
+    assert sha256_tree(ws, "models", "reports/mlp") == before

@@ -144,8 +144,8 @@ def test_dvc_plots_show_renders_every_plot_with_this_workspace_data(built):
     shown = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], ws, env).stdout)
     plots = shown["data"]
     assert not shown.get("errors"), shown.get("errors")
-    series = {"MNIST MLP loss", "CIFAR-10 CNN loss", "Test accuracy", "PINN solution"}
-    series |= {"MNIST MLP confusion matrix", "CIFAR-10 CNN confusion matrix"}
+    series = {"MLP loss", "CNN loss", "Test accuracy", "PINN solution"}
+    series |= {"MLP confusion matrix", "CNN confusion matrix"}
     series |= {"PINN pointwise error"}
     images = {
         f"reports/{arch}/{name}.png"

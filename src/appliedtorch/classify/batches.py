@@ -20,13 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from appliedtorch.classify.distributed import SINGLE, World
+from appliedtorch.data.datasets import DATASETS_BY_NAME
 
-# Per-channel (mean, std) of the pixel values in [0, 1]. MNIST: the tutorial's (0.5, 0.5).
-# CIFAR-10: the training set's per-channel std is (0.2470, 0.2435, 0.2616); the (0.2023, 0.1994,
-# 0.2010) found in many tutorials is the std of per-image means, not of pixels, so it is not used.
+# Per-channel (mean, std) of the pixel values in [0, 1], by dataset: the dataset table's.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.5,), (0.5,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    name: (d.mean, d.std) for name, d in DATASETS_BY_NAME.items()
 }
 
 

@@ -5,9 +5,9 @@ python -m appliedtorch.params params.yaml     # checks these sections with the o
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from appliedtorch.core.params import (
     MAX_BATCH,
@@ -17,13 +17,29 @@ from appliedtorch.core.params import (
     MAX_THREADS,
     MAX_WIDTH,
     Section,
+    short,
 )
+from appliedtorch.data.datasets import DATASETS
 
 MAX_WEIGHTS = 2**28  # hidden-to-hidden weights of the MLP: 1 GB in float32
+
+# Any dataset of the table (appliedtorch.data.datasets) trains either classifier.
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 
 # Choices both classifier sections offer (`auto`: where the device computes bf16 natively).
 Schedule = Literal["constant", "step", "cosine", "onecycle"]
 BF16 = Literal["auto"] | bool
+
+
+def _thread_count(value: Any) -> Any:
+    """CPU threads while training: a count, auto (timed at the start: classify/tuning.py) or
+    None (torch's default, all cores); checked here so a bad value gets one plain line."""
+    if value is None or value == "auto" or (type(value) is int and 0 < value <= MAX_THREADS):
+        return value
+    raise ValueError(f"must be a thread count 1..{MAX_THREADS}, auto or null (got {short(value)})")
+
+
+Threads = Annotated[int | Literal["auto"] | None, BeforeValidator(_thread_count)]
 
 
 class ClassifierParams(Section):
@@ -58,7 +74,13 @@ class ClassifierParams(Section):
     # bfloat16 autocast: auto = where the device computes bf16 natively (core/hardware.py)
     bf16: BF16 = False
     compile: bool = False  # torch.compile the model (first epoch pays the compile time)
-    threads: int | None = Field(None, gt=0, le=MAX_THREADS)  # CPU threads; None: torch's default
+    threads: Threads = None
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment and registered model of this classifier on its dataset:
+        mnist-mlp, cifar10-cnn, fashion-mnist-cnn, ..."""
+        return f"{self.dataset}-{self.section}"
 
     @model_validator(mode="after")
     def _recipe(self) -> ClassifierParams:
@@ -94,6 +116,7 @@ class MLPParams(ClassifierParams):
     flip_tta: ClassVar[bool] = False
     channels_last: ClassVar[bool] = False
 
+    dataset: DatasetName = "mnist"
     # tutorial: 784 -> hidden -> hidden -> 10 | residual: x + layer(x) around hidden layers 2..
     arch: Literal["tutorial", "residual"] = "tutorial"
     hidden_layers: int = Field(2, gt=0, le=MAX_LAYERS)
@@ -103,7 +126,7 @@ class MLPParams(ClassifierParams):
     bf16: BF16 = False  # measured slower in bf16: see params.yaml
     # 1: small GEMMs; 2 threads gained ~10% on the quiet 2-core CPU but lost 3x with another process
     # busy (spinning), and waking sleeping threads (OMP_WAIT_POLICY=PASSIVE) cost more than they gave
-    threads: int | None = Field(1, gt=0, le=MAX_THREADS)  # CPU threads; None = torch's default
+    threads: Threads = 1
 
     @model_validator(mode="after")
     def _size(self) -> MLPParams:
@@ -121,6 +144,7 @@ class CNNParams(ClassifierParams):
     section: ClassVar[str] = "cnn"
 
     # tutorial: 3 conv + pool blocks, fc 512 | resnet: stem + 3 residual stages (models.py)
+    dataset: DatasetName = "cifar10"  # the net is built for the dataset's channels and size
     arch: Literal["tutorial", "resnet"] = "tutorial"
     width: int = Field(32, gt=0, le=1024)  # first stage's channels; the next two double them
     epochs: int = Field(10, gt=0, le=MAX_EPOCHS)
@@ -133,4 +157,4 @@ class CNNParams(ClassifierParams):
     bf16: BF16 = "auto"
     # None (all cores): with OMP_WAIT_POLICY=PASSIVE (appliedtorch sets it) 2 threads were 1.8x
     # faster than 1 on the quiet 2-core CPU and as fast with another process busy (benchmarks/run.py)
-    threads: int | None = Field(None, gt=0, le=MAX_THREADS)  # CPU threads; None: torch's default
+    threads: Threads = None

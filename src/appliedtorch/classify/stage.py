@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliedtorch.classify import distributed, outputs
+from appliedtorch.classify.budget import check_budget
 from appliedtorch.classify.loop import train_classifier
 from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
 from appliedtorch.core.errors import AppliedTorchError
@@ -24,26 +25,29 @@ from appliedtorch.core.utils import check_writable, first_line, resolve_device, 
 from appliedtorch.data.loading import load_dataset
 from appliedtorch.params import load_params
 
-# arch -> (dataset, MLflow experiment and registered model name)
-CLASSIFIERS = {"mlp": ("mnist", "mnist-mlp"), "cnn": ("cifar10", "cifar10-cnn")}
-
 
 def parse_args(arch: str, description: str) -> argparse.Namespace:
     """The stage's command line; defaults are the paths in dvc.yaml."""
-    dataset = CLASSIFIERS[arch][0]
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path(f"data/raw/{dataset}"))
+    parser.add_argument(
+        "--data", type=Path, help=f"default: data/raw/<{arch}.dataset in the params file>"
+    )
     parser.add_argument("--model", type=Path, default=Path(f"models/{arch}.pt"))
     parser.add_argument("--reports", type=Path, default=Path(f"reports/{arch}"))
     return parser.parse_args()
 
 
-def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: Path) -> None:
-    """Train classifier `arch` ('mlp' or 'cnn'), write its model file and reports, log one run."""
-    dataset, experiment = CLASSIFIERS[arch]
+def train_stage(
+    arch: str, params: Path, data_dir: Path | None, model: Path, reports: Path
+) -> None:
+    """Train classifier `arch` ('mlp' or 'cnn') on its section's dataset, write its model file
+    and reports, log one run."""
     p = load_params(params)
     section = getattr(p, arch)
+    dataset = section.dataset
+    data_dir = data_dir or Path("data/raw") / dataset
+    check_budget(p, arch)  # a device it lacks, or more memory than it has: one line, no work
     check_writable(model.parent, reports)  # before any work, not after training
     world = join(p.device)  # torchrun's process group; one process without it
     seed_everything(p.seed)
@@ -56,10 +60,12 @@ def train_stage(arch: str, params: Path, data_dir: Path, model: Path, reports: P
     logged_params = run_params(p, arch)
     # Resumes a run killed mid-training if params, data and the number of processes are the
     # same; under torchrun every rank restores rank 0's reading of the state (see resume.py).
-    resume = ResumeState.open(resume_path(model), fingerprint(logged_params, tags), world)
+    resume = ResumeState.open(
+        resume_path(model), fingerprint(logged_params, tags), world, section.epochs
+    )
     with main_stage_run(  # the MLflow run on rank 0; one that records nothing elsewhere
         world,
-        experiment,
+        section.experiment,
         f"train_{arch}",
         logged_params,
         p.tracking.uri,

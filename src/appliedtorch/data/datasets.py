@@ -163,6 +163,8 @@ DATASETS_BY_NAME: dict[str, Dataset] = {
         classes=tuple(CIFAR10_CLASSES),
         sizes=(50000, 10000),
         shape=(3, 32, 32),
+        # The training set's per-channel pixel std; the (0.2023, 0.1994, 0.2010) found in many
+        # tutorials is the std of per-image means, not of pixels.
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
         synthetic="cifar10",
