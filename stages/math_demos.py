@@ -19,6 +19,7 @@ from appliedtorch.core.tracking.run import stage_run
 from appliedtorch.core.utils import check_writable, output_set, seed_everything, write_json
 from appliedtorch.demos import checks as demos
 from appliedtorch.demos import figures as plots
+from appliedtorch.demos.budget import check_budget
 from appliedtorch.params import load_params
 
 log = logging.getLogger("math_demos")
@@ -31,6 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params(args.params)
+    check_budget(p)  # a device it lacks, or more memory than it has: one line, no work
     check_writable(args.reports)  # before any work and before an MLflow run is started
     seed_everything(p.seed)
     with stage_run("math-demos", "math_demos", run_params(p, "math"), p.tracking.uri) as run:

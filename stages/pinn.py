@@ -18,6 +18,7 @@ from appliedtorch.core.tracking.run import stage_run
 from appliedtorch.core.utils import check_writable, output_set, seed_everything
 from appliedtorch.params import load_params
 from appliedtorch.pinn import outputs, solver
+from appliedtorch.pinn.budget import check_budget
 
 log = logging.getLogger("pinn")
 
@@ -30,6 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     p = load_params(args.params)
+    check_budget(p)  # a device it lacks, or more memory than it has: one line, no work
     check_writable(args.model.parent, args.reports)  # before any work, not after solving
     seed_everything(p.seed)
     tags = {"device.resolved": "cpu"}  # a 141-weight net is latency-bound: the CPU beats a GPU
@@ -41,7 +43,9 @@ def main() -> None:
         # One set: the model and every report file appear together, or none of them changes.
         with output_set(args.model.parent, args.reports) as out:
             outputs.save_verified(result.net, out.path(args.model), p.pinn.eval_points)
-            metrics, staged = outputs.write_reports(result, out.path(args.reports), p.pinn.eval_points)
+            metrics, staged = outputs.write_reports(
+                result, out.path(args.reports), p.pinn.eval_points
+            )
             log.info(
                 "max |u - sin x| = %.3e, relative L2 %.3e, %.2f s",
                 metrics["max_abs_error"],

@@ -25,16 +25,21 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
-from appliedtorch.data import download, synthetic
-from conftest import REPO, _merge
+from appliedtorch.data import synthetic
+from appliedtorch.data.fetch import download
+from helpers import REPO, merge
+from helpers.models import tiny_model_file
 
 ARGS = {  # as in dvc.yaml, relative to the workspace
     "download": ["--dataset", "mnist", "--out", "data/raw/mnist"],
@@ -43,7 +48,12 @@ ARGS = {  # as in dvc.yaml, relative to the workspace
     "train_mlp": ["--data", "data/raw/mnist", "--model", "models/mlp.pt", "--reports", "reports/mlp"],
     "train_cnn": ["--data", "data/raw/cifar10", "--model", "models/cnn.pt",
                   "--reports", "reports/cnn"],
+    "report": ["--reports", "reports", "--out", "reports/index.html"],
+    # commands, not stages: no --params of their own (recipes names it after its subcommand)
+    "predict": ["--model", "evil.pt", "digit.png"],
+    "recipes": ["compare", "recipe.yaml", "--params", "params.yaml", "--name", "sweep"],
 }  # fmt: skip
+MODULES = {"predict": "appliedtorch.classify.predict", "recipes": "appliedtorch.recipes"}
 TINY = {
     "device": "cpu",
     "data": {"source": "synthetic", "synthetic": {"mnist_train": 40, "mnist_test": 20}},
@@ -195,6 +205,21 @@ def bomb_mirror(ws: Path) -> None:
     (mirror / "MD5SUMS").write_text(sums)
 
 
+def hostile_model(change: Callable[[dict], object]) -> Callable[[Path], None]:
+    """evil.pt: a tiny model file with `change` made to what it holds; digit.png to classify."""
+
+    def go(ws: Path) -> None:
+        saved = tiny_model_file(ws / "evil.pt", "mlp")
+        change(saved)
+        torch.save(saved, ws / "evil.pt")
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(ws / "digit.png")
+
+    return go
+
+
+RECIPE = write("recipe.yaml", "cnn.batch_norm: true\n")
+
+
 # ---- the catalogue ---------------------------------------------------------------------------
 
 
@@ -207,6 +232,8 @@ class Case:
     setup: Callable[[Path], None] | None = None
     env: dict[str, str | None] = field(default_factory=dict)  # None: unset
     args: dict[str, str] = field(default_factory=dict)  # replaced command-line values
+    more: list[str] = field(default_factory=list)  # added command-line arguments
+    seconds: float = 60  # to fail, on a busy 2-core machine (a hang guard: cases take ~0.1-5 s)
 
 
 MNIST_RAW = "data/raw/mnist/MNIST/raw"
@@ -292,8 +319,8 @@ CASES = {
                              r"source\.json \(modified or corrupt\)" + REDO,
                              setup=overwrite_start(f"{CIFAR_DIR}/test_batch", b"garbage!")),
     # ... and without a source.json (a bare torchvision directory) the parsers still say so
-    "corrupt-idx-header": Case("train_mlp", rf"{MNIST_RAW}: MNIST train files missing or corrupt "
-                               r"\(bad IDX header\)" + REDO,
+    "corrupt-idx-header": Case("train_mlp", rf"{MNIST_RAW}/train-images-idx3-ubyte: bad IDX header "
+                               r"ffffffff " + r".*" + REDO,
                                setup=both(rm("data/raw/mnist/source.json"), overwrite_start(
                                    f"{MNIST_RAW}/train-images-idx3-ubyte", b"\xff" * 4))),
     "corrupt-pickle": Case("train_cnn", rf"{CIFAR_DIR}/test_batch is corrupt \(\w+: .{{1,100}}\)"
@@ -321,7 +348,7 @@ CASES = {
     "mirror-without-files": Case("download", r"cannot get train-images-idx3-ubyte\.gz for mnist: "
                                  r"tried \S+/empty-mirror/train-images-idx3-ubyte\.gz \(no such file\)"
                                  r"; set data\.source in params\.yaml to upstream, another mirror or "
-                                 r"synthetic, or get data/raw/mnist with `dvc pull`$",
+                                 r"synthetic$",
                                  params={"data": {"source": "empty-mirror"}}, setup=mkdir("empty-mirror")),
     "source-nowhere": Case("download", r"data\.source 'no/such/mirror' is not upstream, synthetic, an "
                            r"http\(s\):// URL or an existing directory; set data\.source in params\.yaml$",
@@ -361,6 +388,64 @@ CASES = {
                                          r"127\.0\.0\.1:\d+/mlflow is not reachable \(Connection refused\); ",
                                          env={"MLFLOW_TRACKING_URI":
                                               "postgresql://alice:s3cret@127.0.0.1:{closed_port}/mlflow"}),
+    # the memory and device budget: refused before any work or allocation, with the estimate
+    "pinn-net-too-big": Case("pinn", r"pinn\.hidden_sizes \[65536, 65536, 65536\] \(8,590 M weights\) "
+                             r"needs ~\d+ GB for weights, gradients and Adam state; this machine has "
+                             r"[\d.]+ GB memory available; use fewer or narrower layers",
+                             params={"pinn": {"hidden_sizes": [65536] * 3}}),
+    "resnet-too-wide": Case("train_cnn", r"cnn\.width 1024 with cnn\.arch resnet \(500 M weights\), "
+                            r"cnn\.batch_size 4096 needs ~\d+ GB for activations of a batch of 4096; "
+                            r"this machine has [\d.]+ GB memory available; use a smaller net",
+                            params={"cnn": {"arch": "resnet", "width": 1024, "batch_size": 4096,
+                                            "train_limit": None}}),
+    "mlp-too-deep": Case("train_mlp", r"mlp\.hidden_size 1024 with mlp\.hidden_layers 256 \(268 M "
+                         r"weights\), mlp\.batch_size 65536 needs ~\d+ GB for activations of a batch of "
+                         r"60000; this machine has", params={"mlp": {"hidden_size": 1024,
+                         "hidden_layers": 256, "batch_size": 65536, "train_limit": None}}),
+    "device-mps-demos": Case("math_demos", r"device 'mps' \(Apple's GPU\) was asked for but this "
+                             r"machine has none; set device: auto or device: cpu in params\.yaml$",
+                             params={"device": "mps"}),
+    "device-mps-training": Case("train_cnn", r"device 'mps' \(Apple's GPU\) was asked for",
+                                params={"device": "mps"}),
+    "device-mps-pinn": Case("pinn", r"device 'mps' \(Apple's GPU\) was asked for", params={"device": "mps"}),
+    "compile-without-compiler": Case("train_mlp", r"mlp\.compile: true needs a C\+\+ compiler for "
+                                     r"torch\.compile's CPU code \(\$CXX or g\+\+; none runs here\); "
+                                     r"install one \(apt install g\+\+\) or set mlp\.compile: false$",
+                                     params={"mlp": {"compile": True}}, env={"PATH": "/nonexistent"}),
+    "gd-start-overflows": Case("math_demos", r"params\.yaml: math\.gd_start must be <= 1e\+75 \(got "
+                               r"1e\+300\): f'\(x\) = 4x\^3 - 9x\^2 overflows float64 beyond", 2,
+                               {"math": {"gd_start": 1e300}}),
+    # a model file's metadata: checked before any network is built (tests/test_predict.py has more)
+    "model-args-oversized": Case("predict", r"evil\.pt: model_args\.hidden_size must be <= 65536 \(got "
+                                 r"1000000\)$", setup=hostile_model(lambda d: d["model_args"].update(
+                                     hidden_size=10**6))),
+    "model-args-of-terabytes": Case("predict", r"evil\.pt: state_dict\['net\.fc1\.weight'\] must be "
+                                    r"\(65536, 784\) \(got \(16, 784\)\)$",
+                                    setup=hostile_model(lambda d: d["model_args"].update(
+                                        hidden_size=65536, hidden_layers=256))),
+    "model-classes-per-output": Case("predict", r"evil\.pt: classes must name each of the 10 outputs "
+                                     r"\(got 3 names\)$", setup=hostile_model(lambda d: d.update(
+                                         classes=["a", "b", "c"]))),
+    "model-input-shape-huge": Case("predict", r"evil\.pt: input_shape must be 1 or 3 channels of at most "
+                                   r"512x512 pixels \(got 3x100000x100000\)$",
+                                   setup=hostile_model(lambda d: d.update(input_shape=[3, 10**5, 10**5]))),
+    "model-arch-wrong-type": Case("predict", r"evil\.pt: arch must be 'mlp', 'cnn' or 'resnet' \(got 7\)$",
+                                  setup=hostile_model(lambda d: d.update(arch=7))),
+    "model-mean-wrong-type": Case("predict", r"evil\.pt: mean must be a list \(got '0\.5'\)$",
+                                  setup=hostile_model(lambda d: d.update(mean="0.5"))),
+    "model-unknown-key": Case("predict", r"evil\.pt: unknown key 'loader'$",
+                              setup=hostile_model(lambda d: d.update(loader="os.system"))),
+    # the recipes command: every -S value and experiment name checked before anything is queued
+    "recipes-alias-in-a-set": Case("recipes", r"-S cnn\.lr: YAML anchor &a at line 1: anchors and "
+                                   r"aliases are not allowed", 2, setup=RECIPE, more=["-S", "cnn.lr=&a [*a]"]),
+    "recipes-path-through-a-value": Case("recipes", r"cnn\.lr\.x: cnn\.lr is a value, not a section; set "
+                                         r"cnn\.lr itself$", 2, setup=RECIPE, more=["-S", "cnn.lr.x=1"]),
+    "recipes-name-dvc-refuses": Case("recipes", r"experiment name 'my sweep' is not one DVC takes: ", 2,
+                                     setup=RECIPE, args={"--name": "my sweep"}),
+    # the report: an output path that cannot be written, before the page is built
+    "report-out-under-a-file": Case("report", r"cannot write a-file: a-file is a file, not a directory; ",
+                                    setup=write("a-file", "in the way\n"),
+                                    args={"--out": "a-file/index.html"}),
 }  # fmt: skip
 
 
@@ -371,7 +456,7 @@ CASES = {
 def template(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path) -> Path:
     """A workspace as after a good run: params.yaml, data/raw, earlier outputs, tracking DB."""
     ws = tmp_path_factory.mktemp("bad-inputs")
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     download("mnist", ws / "data/raw/mnist", "synthetic", synthetic_sizes=(40, 20))
     download("cifar10", ws / "data/raw/cifar10", "synthetic", synthetic_sizes=(20, 10))
@@ -401,13 +486,14 @@ def prepare(case: Case, template: Path, tmp_path: Path) -> tuple[Path, list[str]
     if isinstance(case.params, str):
         (ws / "params.yaml").write_text(case.params)
     elif case.params:
-        params = _merge(yaml.safe_load((ws / "params.yaml").read_text()), case.params)
+        params = merge(yaml.safe_load((ws / "params.yaml").read_text()), case.params)
         (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if case.setup:
         case.setup(ws)
-    argv = ["--params", "params.yaml", *ARGS[case.stage]]
+    argv = [*([] if case.stage in MODULES else ["--params", "params.yaml"]), *ARGS[case.stage]]
     for flag, value in case.args.items():
         argv[argv.index(flag) + 1] = value
+    argv += case.more
     env: dict[str, str | None] = {"MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}"}
     for key, value in case.env.items():
         env[key] = value.format(closed_port=closed_port()) if value else None
@@ -436,10 +522,16 @@ def test_bad_input(name: str, template: Path, tmp_path: Path, monkeypatch, capsy
             monkeypatch.setenv(key, value)
     monkeypatch.setattr(sys, "argv", [f"{case.stage}.py", *argv])
     capsys.readouterr()
+    start = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(REPO / "stages" / f"{case.stage}.py"), run_name="__main__")
+        if case.stage in MODULES:
+            runpy.run_module(MODULES[case.stage], run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(str(REPO / "stages" / f"{case.stage}.py"), run_name="__main__")
+    seconds = time.monotonic() - start
     check_error(case, exit_info.value.code, capsys.readouterr().err)
     assert snapshot(ws) == before  # nothing written, replaced, half-written or left behind
+    assert seconds < case.seconds, f"{seconds:.1f} s to fail"  # at once, not after work
 
 
 @pytest.mark.slow

@@ -8,13 +8,14 @@ import math
 
 import pytest
 import torch
+import yaml
 from torch.testing import assert_close
 
 from appliedtorch.core.errors import DivergenceError, ParamsError
 from appliedtorch.demos import checks as demos
 from appliedtorch.demos.params import MathParams
 from appliedtorch.params import Params, parse_params
-from helpers import run_script
+from helpers import REPO, run_script
 
 F64 = torch.float64
 DEMOS = (
@@ -199,3 +200,34 @@ def test_stage_writes_reports_and_one_finished_mlflow_run(tmp_path, params_file,
     assert run.data.tags["dvc.stage"] == "math_demos" and run.data.tags["device.resolved"] == "cpu"
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "gradient_descent.png", "fft_spectrum.png"} <= logged
+
+
+@pytest.mark.parametrize(
+    ("start", "message"),
+    [
+        (1e300, r"^gradient descent cannot start at math\.gd_start = 1e\+300: f'\(x0\) overflows "
+                r"float64; start nearer the minimum 9/4, e\.g\. 3\.0$"),
+        (1e30, r"^gradient descent diverged at step 2 \(f'\(x\) overflows at x = 2\.56e\+264\); "
+               r"lower math\.gd_lr$"),
+    ],
+)  # fmt: skip
+def test_an_overflowing_descent_is_one_line_not_an_overflow_error(start, message):
+    cfg = MathParams.model_construct(gd_start=start)  # past params' bound: the demo still copes
+    with pytest.raises(DivergenceError, match=message):
+        demos.gradient_descent_demo(cfg)
+
+
+def test_gd_start_is_bounded_where_its_gradient_overflows():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["math"]["gd_start"] = -1e76
+    with pytest.raises(ParamsError, match=r"math\.gd_start must be >= -1e\+75 \(got -1e\+76\)"):
+        parse_params(raw)
+    assert MathParams(gd_start=1e75).gd_start == 1e75  # f'(1e75) = 4e225 - 9e150: finite
+
+
+def test_the_linalg_demos_live_in_their_module_and_run_all_runs_them():
+    from appliedtorch.demos import linalg
+
+    assert demos.solve_demo is linalg.solve_demo  # one namespace for the stage and the tests
+    names = [r.name for r in demos.run_all(MathParams(), device="cpu")]
+    assert {"solve", "eig", "svd", "inverse", "fft", "qp"} <= set(names) and len(names) == 12

@@ -167,8 +167,6 @@ def compare_commands(
     sections = sorted({key.split(".")[0] for key in recipe} & STAGES.keys())
     if not sections:
         raise ParamsError(f"{recipe_path}: changes no training section ({', '.join(STAGES)})")
-    if check_data:
-        _check_committed_data([STAGES[s][1] for s in sections])
     stages = [STAGES[s][0] for s in sections]
     commands = []
     for variant, changes in table.items():
@@ -185,6 +183,8 @@ def compare_commands(
         check_exp_name(f"{name}.{variant}")
         commands.append(["dvc", "exp", "run", "--queue", "-f", "-s", "-n", f"{name}.{variant}",
                          *sets, *stages])  # fmt: skip
+    if check_data:  # after every variant is checked: a refusal above needs no repository
+        _check_committed_data([STAGES[s][1] for s in sections])
     return commands
 
 

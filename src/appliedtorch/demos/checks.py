@@ -1,4 +1,6 @@
-"""The tutorial's math demos, each returning what it computed and the analytic answer it must match.
+"""The tutorial's math demos, each returning what it computed and the analytic answer it must match:
+tensors, autograd, gradient descent, a custom autograd Function and device selection here, the
+linear algebra, FFT and QP in `appliedtorch.demos.linalg`; `run_all` runs them all.
 
     >>> from appliedtorch.demos.params import MathParams
     >>> results = run_all(MathParams(), device="cpu")
@@ -13,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,56 +23,21 @@ import torch
 
 from appliedtorch.core.errors import DivergenceError
 from appliedtorch.core.utils import resolve_device
+from appliedtorch.demos.linalg import (  # noqa: F401 - the demos' one namespace: checks.<demo>
+    FFT_TONES,
+    LINALG_A,
+    LINALG_B,
+    eig_demo,
+    fft_demo,
+    inverse_demo,
+    qp_demo,
+    solve_demo,
+    svd_demo,
+)
 from appliedtorch.demos.params import MathParams
+from appliedtorch.demos.result import DTYPE, DemoResult, make_result
 
 log = logging.getLogger(__name__)
-
-DTYPE = torch.float64
-Values = Mapping[str, Any]  # name -> tensor, array, sequence or scalar
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    """One demo: named computed values, the analytic values they are checked against, extras."""
-
-    name: str
-    computed: dict[str, list[float]]
-    expected: dict[str, list[float]]
-    tol: float = 1e-9  # the error this demo stays under with the default params
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def error(self) -> float:
-        """max |computed - expected| over every value of the demo."""
-        return max(
-            float(np.max(np.abs(np.subtract(self.computed[k], self.expected[k]))))
-            for k in self.expected
-        )
-
-    @property
-    def ok(self) -> bool:
-        """Whether the error is within the demo's tolerance."""
-        return self.error <= self.tol
-
-
-def _floats(value: Any) -> list[float]:
-    """A tensor, array, sequence or scalar as a flat list of floats."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return [float(v) for v in np.ravel(np.asarray(value, dtype=float))]
-
-
-def _result(name: str, computed: Values, expected: Values, **kwargs: Any) -> DemoResult:
-    if computed.keys() != expected.keys():
-        raise ValueError(f"demo {name}: computed and expected values have different names")
-    got = {k: _floats(v) for k, v in computed.items()}
-    want = {k: _floats(v) for k, v in expected.items()}
-    for k in want:
-        if len(got[k]) != len(want[k]):
-            raise ValueError(
-                f"demo {name}: '{k}' has {len(got[k])} values, expected {len(want[k])}"
-            )
-    return DemoResult(name, got, want, **kwargs)
 
 
 # --- 1. tensors and NumPy interop -----------------------------------------------------------
@@ -94,7 +60,7 @@ def tensors_demo() -> DemoResult:
     torch_after_numpy_mul = from_numpy.clone()
     copied = torch.tensor(arr)  # torch.tensor copies, so later changes to arr do not reach it
     arr += 1
-    return _result(
+    return make_result(
         "tensors",
         {
             "matvec": matvec,
@@ -122,7 +88,7 @@ def gradients_demo(x0: float = 2.0, y0: float = 3.0) -> DemoResult:
     y = torch.tensor(y0, dtype=DTYPE, requires_grad=True)
     f = x**2 * y + y + 2
     f.backward()
-    return _result(
+    return make_result(
         "gradients",
         {"f": f, "grad": [x.grad, y.grad]},
         {"f": x0**2 * y0 + y0 + 2, "grad": [2 * x0 * y0, x0**2 + 1]},  # (12, 5) at (2, 3)
@@ -138,7 +104,9 @@ def vjp_demo(x0: Sequence[float] = (1.0, 2.0), v: Sequence[float] = (1.0, 1.0)) 
     y.backward(torch.tensor(v, dtype=DTYPE))
     a, b = x0
     jacobian = np.array([[2 * a, 1.0], [b, a]])
-    return _result("vjp", {"vjp": x.grad}, {"vjp": np.asarray(v) @ jacobian})  # (4, 2) at (1, 2)
+    return make_result(
+        "vjp", {"vjp": x.grad}, {"vjp": np.asarray(v) @ jacobian}
+    )  # (4, 2) at (1, 2)
 
 
 # --- 3. gradient descent --------------------------------------------------------------------
@@ -158,6 +126,11 @@ def gradient_descent(start: float, lr: float, max_steps: int, tol: float) -> dic
     warnings: list[str] = []
     (g,) = torch.autograd.grad(quartic(x), x, create_graph=True)
     (curvature,) = torch.autograd.grad(g, x)
+    if not math.isfinite(g.item()):  # x0^3 past float64's range: no first step to take
+        raise DivergenceError(
+            f"gradient descent cannot start at math.gd_start = {start:g}: f'(x0) overflows "
+            "float64; start nearer the minimum 9/4, e.g. 3.0"
+        )
     if abs(g.item()) <= tol and curvature.item() <= 0:
         # The tutorial starts at x = 0, where f'(0) = f''(0) = 0: descent never moves from there.
         msg = (
@@ -177,6 +150,11 @@ def gradient_descent(start: float, lr: float, max_steps: int, tol: float) -> dic
             )
         path.append(x.item())
         (g,) = torch.autograd.grad(quartic(x), x)
+        if not math.isfinite(g.item()):  # an overshoot so far that f'(x) overflows
+            raise DivergenceError(
+                f"gradient descent diverged at step {steps} (f'(x) overflows at x = "
+                f"{x.item():g}); lower math.gd_lr"
+            )
     return {
         "x": x.item(),
         "grad": g.item(),
@@ -197,119 +175,12 @@ def gradient_descent_demo(cfg: MathParams) -> DemoResult:
             abs(run["grad"]),
             cfg.gd_tol,
         )
-    return _result(
+    return make_result(
         "gd",
-        {"x": run["x"], "f": quartic(run["x"])},
+        {"x": run["x"], "f": quartic(torch.tensor(run["x"], dtype=DTYPE))},
         {"x": GD_X_STAR, "f": GD_F_STAR},
         tol=1e-6,
         details=run,
-    )
-
-
-# --- 4. linear algebra (torch.linalg) -------------------------------------------------------
-
-# The tutorial's int matrix fails in `A @ v[:2]` against float eigenvectors: use float64 from the start.
-LINALG_A = ((3.0, 1.0), (1.0, 2.0))
-LINALG_B = (9.0, 8.0)  # 3x + y = 9, x + 2y = 8  ->  x = (2, 3)
-
-
-def _a() -> torch.Tensor:
-    return torch.tensor(LINALG_A, dtype=DTYPE)
-
-
-def solve_demo() -> DemoResult:
-    """torch.linalg.solve, against x = (2, 3) and a zero residual Ax - b."""
-    a, b = _a(), torch.tensor(LINALG_B, dtype=DTYPE)
-    x = torch.linalg.solve(a, b)
-    return _result(
-        "solve", {"x": x, "residual": a @ x - b}, {"x": [2.0, 3.0], "residual": [0.0, 0.0]}
-    )
-
-
-def eig_demo() -> DemoResult:
-    """torch.linalg.eig, against (5 -+ sqrt 5)/2 and a zero residual AV - V diag(w)."""
-    a = _a()
-    w, v = torch.linalg.eig(a)  # complex in general
-    order = torch.argsort(w.real)
-    residual = a.to(v.dtype) @ v - v * w  # column j: A v_j - w_j v_j
-    root5 = math.sqrt(5)
-    return _result(
-        "eig",
-        {"eigenvalues": w.real[order], "imag": w.imag, "residual": residual.abs()},
-        {"eigenvalues": [(5 - root5) / 2, (5 + root5) / 2], "imag": [0, 0], "residual": [0] * 4},
-    )
-
-
-def svd_demo() -> DemoResult:
-    """torch.linalg.svd (torch.svd is deprecated), checked by reconstruction and orthogonality."""
-    a = _a()
-    u, s, vh = torch.linalg.svd(a)
-    eye = torch.eye(2, dtype=DTYPE)
-    root5 = math.sqrt(5)
-    return _result(
-        "svd",
-        {  # A is symmetric positive definite: its singular values are its eigenvalues
-            "singular_values": s,
-            "reconstruction": u @ torch.diag(s) @ vh - a,
-            "orthogonality": torch.cat([u.T @ u - eye, vh @ vh.T - eye]),
-        },
-        {
-            "singular_values": [(5 + root5) / 2, (5 - root5) / 2],
-            "reconstruction": [0] * 4,
-            "orthogonality": [0] * 8,
-        },
-    )
-
-
-def inverse_demo() -> DemoResult:
-    """torch.linalg.inv, against the adjugate formula and a zero residual A A^-1 - I."""
-    a = _a()
-    inv = torch.linalg.inv(a)
-    return _result(
-        "inverse",
-        {"inverse": inv, "residual": a @ inv - torch.eye(2, dtype=DTYPE)},
-        {"inverse": np.array([[2.0, -1.0], [-1.0, 3.0]]) / 5, "residual": [0] * 4},
-    )
-
-
-# --- 6. FFT ---------------------------------------------------------------------------------
-
-FFT_TONES = ((5.0, 1.0), (10.0, 0.5))  # (Hz, amplitude): sin(2 pi 5 t) + 0.5 sin(2 pi 10 t)
-
-
-def fft_demo(sample_rate: float, duration: float) -> DemoResult:
-    """One-sided amplitude spectrum of the two-tone signal, against its frequencies and amplitudes."""
-    n = round(sample_rate * duration)
-    # The tutorial samples with linspace(0, 1, N), which includes the endpoint: the spacing is
-    # 1/(N-1), not the 1/fs its frequency axis assumes. t = k/fs and rfftfreq keep the two in step.
-    t = torch.arange(n, dtype=DTYPE) / sample_rate
-    signal = sum(a * torch.sin(2 * math.pi * f * t) for f, a in FFT_TONES)
-    freqs = torch.fft.rfftfreq(n, d=1 / sample_rate, dtype=DTYPE)
-    amplitude = 2 * torch.fft.rfft(signal).abs() / n
-    amplitude[0] /= 2  # DC (and Nyquist, for even n) have no mirror image to fold in
-    if n % 2 == 0:
-        amplitude[-1] /= 2
-    bins = [f * n / sample_rate for f, _ in FFT_TONES]
-    if any(abs(k - round(k)) > 1e-9 for k in bins):
-        log.warning(
-            "the FFT window (%d samples at %g Hz) does not hold whole cycles of %s Hz: "
-            "expect leakage; a math.fft_duration of whole seconds avoids it",
-            n,
-            sample_rate,
-            " and ".join(f"{f:g}" for f, _ in FFT_TONES),
-        )
-    peaks = torch.topk(amplitude, len(FFT_TONES)).indices.sort().values
-    others = amplitude.clone()
-    others[peaks] = 0
-    return _result(
-        "fft",
-        {"peak_hz": freqs[peaks], "amplitude": amplitude[peaks], "leakage": others.max()},
-        {
-            "peak_hz": [f for f, _ in FFT_TONES],
-            "amplitude": [a for _, a in FFT_TONES],
-            "leakage": 0.0,
-        },
-        details={"freqs": _floats(freqs), "amplitude": _floats(amplitude), "samples": n},
     )
 
 
@@ -341,49 +212,10 @@ def cubic_demo() -> DemoResult:
         torch.autograd.gradgradcheck(Cubic.apply, (probe,), raise_exception=False),
     ]
     xd = x.detach()
-    return _result(
+    return make_result(
         "cubic",
         {"forward": y, "grad": x.grad, "gradcheck": checks},
         {"forward": xd**3, "grad": 3 * xd**2, "gradcheck": [1.0, 1.0]},
-    )
-
-
-# --- 9. equality-constrained QP by KKT ------------------------------------------------------
-
-# min 1/2 x^T Q x + c^T x  s.t.  A x = b
-QP_Q = ((2.0, 0.0), (0.0, 4.0))
-QP_C = (1.0, 1.0)
-QP_A = ((1.0, 1.0),)
-QP_B = (1.0,)
-
-
-def qp_demo() -> DemoResult:
-    """Solve [[Q, A^T], [A, 0]] [x; lam] = [-c; b], against x* = (2/3, 1/3), lam* = -7/3."""
-    q, c = torch.tensor(QP_Q, dtype=DTYPE), torch.tensor(QP_C, dtype=DTYPE)
-    a, b = torch.tensor(QP_A, dtype=DTYPE), torch.tensor(QP_B, dtype=DTYPE)
-    n, m = q.shape[0], a.shape[0]
-    kkt = torch.cat(
-        [torch.cat([q, a.T], dim=1), torch.cat([a, torch.zeros(m, m, dtype=DTYPE)], dim=1)]
-    )
-    sol = torch.linalg.solve(kkt, torch.cat([-c, b]))
-    x, lam = sol[:n], sol[n:]
-    # Analytic: 2 x1 + lam = -1, 4 x2 + lam = -1, x1 + x2 = 1  ->  x1 = 2 x2 = 2/3, lam = -7/3.
-    return _result(
-        "qp",
-        {
-            "x": x,
-            "lambda": lam,
-            "objective": 0.5 * x @ q @ x + c @ x,
-            "stationarity": q @ x + c + a.T @ lam,
-            "feasibility": a @ x - b,
-        },
-        {
-            "x": [2 / 3, 1 / 3],
-            "lambda": [-7 / 3],
-            "objective": 5 / 3,
-            "stationarity": [0.0, 0.0],
-            "feasibility": [0.0],
-        },
     )
 
 
@@ -395,7 +227,7 @@ def device_demo(device: str = "auto") -> DemoResult:
     dev = resolve_device(device)
     log.info("device: %s -> %s", device, dev)
     x = torch.arange(1, 5, dtype=torch.float32, device=dev)  # float32: every backend has it
-    return _result(
+    return make_result(
         "device",
         {"sum_of_squares": (x * x).sum()},
         {"sum_of_squares": 30.0},

@@ -1,9 +1,11 @@
 """The `math` section of params.yaml: gradient descent's start and stopping, the FFT's sampling.
 
-    python -m appliedtorch.params params.yaml     # checks this section with the others
+python -m appliedtorch.params params.yaml     # checks this section with the others
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
@@ -13,8 +15,12 @@ from appliedtorch.core.params import MAX_POINTS, MAX_STEPS, Section
 class MathParams(Section):
     """The demos' knobs; each demo is checked against its analytic answer whatever they are."""
 
+    bound_notes: ClassVar[dict[str, str]] = {
+        "gd_start": ": f'(x) = 4x^3 - 9x^2 overflows float64 beyond; start nearer the minimum 9/4"
+    }
+
     # The tutorial starts at 0, a stationary point of x^4 - 3x^3 + 2, where descent never moves.
-    gd_start: float = Field(3.0, allow_inf_nan=False)
+    gd_start: float = Field(3.0, ge=-1e75, le=1e75)
     gd_lr: float = Field(0.01, gt=0)
     gd_steps: int = Field(1000, gt=0, le=MAX_STEPS)  # at most; stops once |f'(x)| <= gd_tol
     gd_tol: float = Field(1e-10, gt=0)

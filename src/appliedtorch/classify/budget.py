@@ -1,0 +1,101 @@
+"""How much memory a classifier's training run needs, from its params alone: checked before any
+data is loaded or weight allocated.
+
+    check_budget(p, "cnn")   # one line: "cnn.width 1024 with cnn.arch resnet needs ~41 GB for ..."
+
+The network is built on torch's `meta` device (shapes, no memory) and run once on a meta batch
+to count its activations. The estimate: float32 weights, their gradients and the optimizer's
+state (Adam and AdamW keep two tensors per weight, SGD with momentum one), the activations that
+one training batch keeps for its backward pass (3x the layers' outputs: with the functional ReLUs,
+residual sums and gradients, measured 1.5-2.5x on the CPU), the largest activation of an
+evaluation batch, and the uint8 dataset, which training keeps on its device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from appliedtorch.core.budget import Need, check_compile, check_device, check_memory
+
+FLOAT = 4  # bytes: training runs in float32 (bf16 autocast keeps float32 weights)
+DATASET = {"mlp": "mnist", "cnn": "cifar10"}  # the stage's dataset unless its section names one
+
+
+def meta_net(section: str, cfg: Any, shape: tuple[int, int, int], classes: int) -> nn.Module:
+    """The section's network on the meta device, with the arguments training builds it with."""
+    from appliedtorch.classify.models import CNN, MLP, ResNet
+
+    c, h, w = shape
+    with torch.device("meta"):
+        if section == "mlp":
+            return MLP(c * h * w, cfg.hidden_size, classes, cfg.hidden_layers,
+                       residual=cfg.arch == "residual", batch_norm=cfg.batch_norm)  # fmt: skip
+        if cfg.arch == "resnet":
+            return ResNet(c, classes, width=cfg.width, batch_norm=cfg.batch_norm)
+        return CNN(c, classes, image_size=h, width=cfg.width, batch_norm=cfg.batch_norm)
+
+
+def activations(net: nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(sum, largest) of the elements each layer outputs for one image: what a training batch
+    keeps for backward per image, and what an evaluation batch needs at its peak."""
+    sizes: list[int] = []
+
+    def record(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and not isinstance(module, nn.Identity):
+            sizes.append(output.numel())
+
+    hooks = [m.register_forward_hook(record) for m in net.modules() if not list(m.children())]
+    try:
+        net(torch.empty(1, *shape, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(sizes), max(sizes, default=0)
+
+
+def estimate(section: str, cfg: Any) -> Need:
+    """The training run's memory need, in named parts."""
+    from appliedtorch.data.datasets import dataset
+
+    data = dataset(getattr(cfg, "dataset", DATASET[section]))
+    net = meta_net(section, cfg, data.shape, len(data.classes))
+    weights = sum(p.numel() for p in net.parameters())
+    states = {"adam": 2, "adamw": 2, "sgd": 1 if cfg.momentum > 0 else 0}[cfg.optimizer]
+    per_image, largest = activations(net, data.shape)
+    n_train, n_test = (min(n, cfg.train_limit or n) for n in data.sizes)  # train_limit cuts both
+    batch, eval_batch = min(cfg.batch_size, n_train), min(cfg.eval_batch_size, n_test)
+    name = "Adam" if cfg.optimizer.startswith("adam") else "SGD"
+    return Need(
+        what=_what(section, cfg, weights),
+        parts={
+            f"weights, gradients and {name} state": (2 + states) * weights * FLOAT,
+            f"activations of a batch of {batch}": 3 * per_image * batch * FLOAT,
+            f"an evaluation batch of {eval_batch}": 2 * largest * eval_batch * FLOAT,
+            "the dataset": (n_train + n_test) * (math.prod(data.shape) + 8),  # uint8, int64 labels
+        },
+        hint=f"use a smaller net or {section}.batch_size / {section}.eval_batch_size",
+    )
+
+
+def _what(section: str, cfg: Any, weights: int) -> str:
+    if section == "mlp":
+        net = f"mlp.hidden_size {cfg.hidden_size} with mlp.hidden_layers {cfg.hidden_layers}"
+    else:
+        net = f"cnn.width {cfg.width} with cnn.arch {cfg.arch}"
+    return f"{net} ({weights / 1e6:,.0f} M weights), {section}.batch_size {cfg.batch_size}"
+
+
+def check_budget(params: Any, section: str) -> torch.device:
+    """Refuse, in one line, a classifier run this machine cannot do: a device it lacks,
+    torch.compile without its compiler, or more memory than the device has free. Returns the
+    device."""
+    device = check_device(params.device)
+    cfg = getattr(params, section)
+    if cfg.compile:
+        check_compile(f"{section}.compile", device)
+    check_memory(estimate(section, cfg), device)
+    return device
