@@ -104,6 +104,21 @@ def test_bf16_param_rejects_other_words(params_file):
     assert yaml.safe_load(path.read_text())["cnn"]["bf16"] == "maybe"
 
 
+@pytest.mark.parametrize("value", ["auto", 1, 4, None])
+def test_threads_param_values(value):
+    assert MLPParams(threads=value).threads == value
+
+
+@pytest.mark.parametrize("value", [0, "lots", 1.5, True, 10**6])
+def test_threads_param_rejects_others_in_one_line(params_file, value):
+    from appliedtorch.params import load_params
+
+    path = params_file({"mlp": {"threads": value}})
+    with pytest.raises(ParamsError, match=r"mlp\.threads must be a thread count") as raised:
+        load_params(path)
+    assert "\n" not in str(raised.value)
+
+
 def test_training_resolves_auto_by_the_flags_with_timing_off(monkeypatch):
     from appliedtorch.classify.loop import train_classifier
     from appliedtorch.data.loading import synthetic_in_memory

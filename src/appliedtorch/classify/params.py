@@ -124,8 +124,8 @@ class MLPParams(ClassifierParams):
     step_size: int = Field(2, gt=0, le=MAX_EPOCHS)
     eval_batch_size: int = Field(2048, gt=0, le=MAX_BATCH)
     bf16: BF16 = False  # measured slower in bf16: see params.yaml
-    # 1: small GEMMs; 2 threads gained ~10% on the quiet 2-core CPU but lost 3x with another process
-    # busy (spinning), and waking sleeping threads (OMP_WAIT_POLICY=PASSIVE) cost more than they gave
+    # 1: small GEMMs, which a second thread barely speeds up and a busy second core slows down
+    # (figures: docs/performance.md); `auto` times 1 against all cores
     threads: Threads = 1
 
     @model_validator(mode="after")
@@ -155,6 +155,6 @@ class CNNParams(ClassifierParams):
     flip_tta: bool = False  # evaluate on each image and its mirror, averaging the logits
     channels_last: bool = True
     bf16: BF16 = "auto"
-    # None (all cores): with OMP_WAIT_POLICY=PASSIVE (appliedtorch sets it) 2 threads were 1.8x
-    # faster than 1 on the quiet 2-core CPU and as fast with another process busy (benchmarks/run.py)
+    # None (all cores): with OMP_WAIT_POLICY=PASSIVE (appliedtorch sets it) more threads were faster
+    # on a quiet CPU and no slower beside another busy process (figures: docs/performance.md)
     threads: Threads = None
