@@ -130,8 +130,11 @@ def test_stage_writes_reports_model_and_mlflow_run(tmp_path, params_file, tracki
     metrics = json.loads((reports / "metrics.json").read_text())
     assert metrics["max_abs_error"] < 1e-4
     assert metrics["boundary_error"] == 0.0  # hard ansatz
-    assert (metrics["adam_steps"], metrics["lbfgs_steps"], metrics["lm_steps"]) == (150, 40, 80)
-    assert metrics["seconds"] > 0
+    assert metrics["max_error_digits"] == pytest.approx(-math.log10(metrics["max_abs_error"]))
+    assert metrics["max_error_digits"] > 4 and metrics["seconds"] > 0
+    phases = json.loads((reports / "phases.json").read_text())
+    assert (phases["adam_steps"], phases["lbfgs_steps"], phases["lm_steps"]) == (150, 40, 80)
+    assert not set(phases) & set(metrics)  # each number in one file
     for name in ("solution.png", "error.png", "loss.png"):
         assert (reports / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The plot data DVC draws: the solution against sin x and the pointwise error.

@@ -127,9 +127,12 @@ def collect() -> dict:
             run(args)
             reports = w / "reports" / stage
             metrics = json.loads((reports / "metrics.json").read_text())
-            # A classifier's per-class values have their own file; the recorded numbers hold them.
-            if (reports / "per_class.json").exists():
-                metrics |= json.loads((reports / "per_class.json").read_text())
+            # metrics.json holds the headline; the details have their own files (a classifier's
+            # per_class.json, the PINN's phases.json, the demos' demos.json) and the recorded
+            # numbers hold them all.
+            for details in ("per_class.json", "phases.json", "demos.json"):
+                if (reports / details).exists():
+                    metrics |= json.loads((reports / details).read_text())
             entry = {"metrics": {k: v for k, v in _flat(metrics).items() if not _timing(k)}}
             model = w / "models" / f"{stage}.pt"
             if model.exists():

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from appliedtorch.pinn.problem import PINNNet, _boundary_points, _dtype, exact_solution, grid
+from appliedtorch.pinn.problem import PINNNet, boundary_points, exact_solution, grid, torch_dtype
 from appliedtorch.pinn.solver import PINNResult
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def load_pinn(path: str | Path) -> PINNNet:
     """Rebuild a network written by `save_pinn`."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     cfg = dict(blob["config"])
-    net = PINNNet(cfg["hidden_sizes"], cfg["boundary"], _dtype(cfg["dtype"]))
+    net = PINNNet(cfg["hidden_sizes"], cfg["boundary"], torch_dtype(cfg["dtype"]))
     net.load_state_dict(blob["state_dict"])
     return net.eval()
 
@@ -57,12 +57,29 @@ def save_verified(net: PINNNet, path: str | Path, n_points: int = 1000) -> dict[
 
 
 def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float]:
-    """Errors against sin x, boundary error, final loss, steps and seconds of every phase."""
+    """metrics.json: the errors against sin x, the boundary error, the final loss and seconds.
+
+    `max_error_digits` is -log10 of the max error (8.6 for 2.5e-9): the accuracy in a form no
+    table rounds to 0.0, as `dvc metrics show` does with the error itself."""
     metrics: dict[str, float] = dict(evaluate(result.net, n_points))
-    xb, ub = _boundary_points(next(result.net.parameters()).dtype)
+    metrics["max_error_digits"] = error_digits(metrics["max_abs_error"])
+    xb, ub = boundary_points(next(result.net.parameters()).dtype)
     with torch.no_grad():
         metrics["boundary_error"] = float((result.net(xb) - ub).abs().max())
     metrics["final_loss"] = result.loss[-1] if result.loss else float("nan")
+    metrics["seconds"] = result.seconds["total"]
+    return metrics
+
+
+def error_digits(error: float) -> float:
+    """-log10 of an error: the number of correct decimal digits. An exact answer reads as 300,
+    not infinity, which JSON (and so DVC) cannot hold."""
+    return -math.log10(max(error, 1e-300))
+
+
+def phase_metrics(result: PINNResult) -> dict[str, float]:
+    """phases.json: steps, final loss and seconds of each phase (Adam, L-BFGS, L-M)."""
+    metrics: dict[str, float] = {}
     for phase in ("adam", "lbfgs", "lm"):
         start, end = result.phases.get(phase, (0, 0))
         metrics[f"{phase}_steps"] = end - start
@@ -70,7 +87,6 @@ def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float
             metrics[f"{phase}_final_loss"] = result.loss[end - 1]
             metrics[f"{phase}_seconds"] = result.seconds[phase]
     metrics["lbfgs_restarts"] = result.lbfgs_restarts
-    metrics["seconds"] = result.seconds["total"]
     return metrics
 
 
@@ -85,11 +101,11 @@ def loss_log_points(result: PINNResult, max_points: int = 100) -> list[tuple[int
 def write_reports(
     result: PINNResult, reports: str | Path, n_points: int = 1000
 ) -> tuple[dict[str, float], list[Path]]:
-    """solution.csv, solution.png, error.png, loss.png, then metrics.json (last: it marks a
-    complete run). solution.csv (x, u, exact, abs_error on the evaluation grid) is the data DVC
+    """solution.csv, solution.png, error.png, loss.png, phases.json, then metrics.json (last: it
+    marks a complete run). solution.csv (x, u, exact, abs_error on the evaluation grid) is the data DVC
     draws as the solution and pointwise-error plots (dvc.yaml `plots:`).
 
-    Returns the metrics and the paths written."""
+    Returns the metrics with the phases' (what MLflow gets) and the paths written."""
     import pandas as pd
 
     import appliedtorch.pinn.figures as plots
@@ -110,9 +126,12 @@ def write_reports(
     }
     for name, fig in figures.items():
         save_figure(fig, reports / name)
+    phases = phase_metrics(result)
+    write_json(reports / "phases.json", phases)
     metrics = summary_metrics(result, n_points)
     write_json(reports / "metrics.json", metrics)
-    return metrics, [reports / name for name in ("solution.csv", *figures, "metrics.json")]
+    names = ("solution.csv", *figures, "phases.json", "metrics.json")
+    return {**metrics, **phases}, [reports / name for name in names]
 
 
 def input_example(net: PINNNet, k: int = 5) -> Any:

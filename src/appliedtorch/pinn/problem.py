@@ -75,14 +75,14 @@ class PINNNet(nn.Module):
     def value_and_uxx(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """u and u'' at x by forward Taylor propagation: exact, cheaper than double autograd."""
         layers = [(m.weight, m.bias) for m in self.linears]
-        return _ansatz(self.boundary, x, *_taylor(layers, x))
+        return ansatz(self.boundary, x, *taylor(layers, x))
 
 
 def _line(x: Tensor) -> Tensor:
     return UA + (UB - UA) * (x - A) / (B - A)
 
 
-def _taylor(layers: list[tuple[Tensor, Tensor]], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def taylor(layers: list[tuple[Tensor, Tensor]], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """N, N', N'' of the tanh MLP at x (N, 1), pushed through the layers together.
 
     Weights may be (out, in) or per sample (N, out, in); the per-sample form gives the Jacobian
@@ -100,7 +100,7 @@ def _taylor(layers: list[tuple[Tensor, Tensor]], x: Tensor) -> tuple[Tensor, Ten
     return z[:, 0], z[:, 1], z[:, 2]
 
 
-def _ansatz(boundary: str, x: Tensor, n: Tensor, n1: Tensor, n2: Tensor) -> tuple[Tensor, Tensor]:
+def ansatz(boundary: str, x: Tensor, n: Tensor, n1: Tensor, n2: Tensor) -> tuple[Tensor, Tensor]:
     """u and u'' from N, N', N'' for the soft (u = N) or hard (u = g + φN) network."""
     if boundary == "soft":
         return n, n2
@@ -117,13 +117,14 @@ def residual(net: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return u_xx + u
 
 
-def _boundary_points(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def boundary_points(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The boundary x = A, B as a column (2, 1) and the values u must take there."""
     return torch.tensor([[A], [B]], dtype=dtype), torch.tensor([[UA], [UB]], dtype=dtype)
 
 
 def boundary_loss(net: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float64) -> Tensor:
     """(u(A) - UA)² + (u(B) - UB)²: the tutorial's penalty (0 up to rounding for a hard net)."""
-    xb, ub = _boundary_points(dtype)
+    xb, ub = boundary_points(dtype)
     return (net(xb) - ub).pow(2).sum()
 
 
@@ -135,7 +136,8 @@ def pinn_loss(net: PINNNet, x: Tensor, bc_weight: float = 1.0) -> Tensor:
     return loss
 
 
-def _dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a params value (`pinn.dtype`: float32 | float64)."""
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 

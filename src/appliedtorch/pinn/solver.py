@@ -37,12 +37,12 @@ from appliedtorch.pinn.problem import (
     A,
     B,
     PINNNet,
-    _ansatz,
-    _boundary_points,
-    _dtype,
-    _taylor,
+    ansatz,
+    boundary_points,
     grid,
     pinn_loss,
+    taylor,
+    torch_dtype,
 )
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,10 @@ def _residual_vector(
 ) -> Tensor:
     """The residuals R whose sum of squares is the loss: (u'' + u)/√N, then √w·(u - g) at A, B."""
     n = x.shape[0] - (2 if boundary == "soft" else 0)
-    u, uxx = _ansatz(boundary, x, *_taylor(layers, x))
+    u, uxx = ansatz(boundary, x, *taylor(layers, x))
     r = (uxx[:n] + u[:n]).squeeze(1) / math.sqrt(n)
     if boundary == "soft":
-        _, ub = _boundary_points(x.dtype)
+        _, ub = boundary_points(x.dtype)
         r = torch.cat([r, math.sqrt(bc_weight) * (u[n:] - ub).squeeze(1)])
     return r
 
@@ -158,7 +158,7 @@ def _lm(net: PINNNet, cfg: PINNParams, x: Tensor, losses: list[float]) -> None:
     weights and back-propagating the sum yields all rows of the (rows, weights) Jacobian at once.
     """
     if net.boundary == "soft":
-        x = torch.cat([x, _boundary_points(x.dtype)[0]])
+        x = torch.cat([x, boundary_points(x.dtype)[0]])
     rows = x.shape[0]
     lins = net.linears
     with torch.no_grad():
@@ -222,7 +222,7 @@ def solve(cfg: PINNParams, net: PINNNet | None = None) -> PINNResult:
 
 
 def _solve(cfg: PINNParams, net: PINNNet | None) -> PINNResult:
-    dtype = _dtype(cfg.dtype)
+    dtype = torch_dtype(cfg.dtype)
     net = net or PINNNet(cfg.hidden_sizes, cfg.boundary, dtype)
     result = PINNResult(net=net)
     fixed = grid(cfg.collocation_points, dtype)  # L-BFGS and L-M need one deterministic loss

@@ -98,12 +98,10 @@ SECTIONS: tuple[StageSection, ...] = (
         ),
         (
             "max_abs_error",
+            "max_error_digits",
             "l2_relative_error",
             "boundary_error",
             "final_loss",
-            "adam_steps",
-            "lbfgs_steps",
-            "lm_steps",
             "seconds",
         ),
     ),
