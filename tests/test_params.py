@@ -182,13 +182,14 @@ def test_duplicate_keys_and_sections_are_refused(params_file, old, new, message)
 
 def test_checker_cli_and_stage_give_the_same_duplicate_key_line(params_file, tmp_path):
     path = params_file()
+    line = path.read_text().splitlines().index("  lr: 0.001") + 1  # mlp's, the first
     _edit(path, "  lr: 0.001\n", "  lr: 0.001\n  lr: 0.1\n")
     checker = run_script("src/appliedtorch/params.py", path)
     stage = run_script("stages/math_demos.py", "--params", path, "--reports", tmp_path / "r")
     for proc in (checker, stage):
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [
-            "error: params.yaml: key 'mlp.lr' appears twice (lines 20 and 21); keep one"
+            f"error: params.yaml: key 'mlp.lr' appears twice (lines {line} and {line + 1}); keep one"
         ]
     assert not (tmp_path / "r").exists()
 
