@@ -96,6 +96,11 @@ def run_mlp(root: Path, uri: str, data_dir: Path, **mlp) -> subprocess.Completed
         "--reports", root / "reports" / "mlp", cwd=root, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Registration is its own stage (dvc.yaml's `register`), after the outputs have landed.
+    metrics = root / "reports" / "mlp" / "metrics.json"
+    registered = run_script("stages/register.py", "--params", path,
+                            "--classifier", "mlp", "mnist-mlp", metrics, cwd=root, env=env)  # fmt: skip
+    assert registered.returncode == 0, registered.stderr[-3000:]
     return proc
 
 
