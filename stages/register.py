@@ -1,12 +1,12 @@
 """DVC stage `register`: the trained classifiers become versions in MLflow's model registry.
 
     python stages/register.py --params params.yaml \
-        --classifier mlp mnist-mlp reports/mlp/metrics.json \
-        --classifier cnn cifar10-cnn reports/cnn/metrics.json
+        --classifier mlp reports/mlp/metrics.json --classifier cnn reports/cnn/metrics.json
 
 Runs after the training stages' outputs have landed, and trains nothing: each classifier's
 training run (the one that logged exactly this metrics.json, with the workspace's params) has its
-model registered under the experiment's name, and alias `champion` moves by the project's rule
+model registered under its experiment's name (`mlp.experiment`: mnist-mlp, or fashion-mnist-mlp
+with `mlp.dataset: fashion-mnist`), and alias `champion` moves by the project's rule
 (`tracking.registry.should_promote`). Registering the same run again changes nothing. With
 `tracking.register_models: false` it does nothing.
 """
@@ -46,11 +46,11 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument(
         "--classifier",
-        nargs=3,
+        nargs=2,
         action="append",
         default=[],
-        metavar=("SECTION", "NAME", "METRICS"),
-        help="params section (mlp|cnn), registered model and experiment name, its metrics.json",
+        metavar=("SECTION", "METRICS"),
+        help="a classifier's params section (mlp|cnn) and the metrics.json its stage wrote",
     )
     args = parser.parse_args()
 
@@ -58,10 +58,11 @@ def main() -> None:
     if not p.tracking.register_models:
         log.info("tracking.register_models is false: no model registered")
         return
-    for section, name, metrics in args.classifier:
+    for section, metrics in args.classifier:
         if section not in SECTIONS:
             raise AppliedTorchError(f"--classifier: unknown section '{section}' (mlp or cnn)")
         accuracy = read_test_accuracy(Path(metrics))
+        name = getattr(p, section).experiment  # the training stage's experiment and model name
         md5 = params_md5(run_params(p, section))
         done = register_trained(name, md5, Path(metrics), accuracy, p.tracking.uri)
         log.info(

@@ -99,7 +99,7 @@ def run_mlp(root: Path, uri: str, data_dir: Path, **mlp) -> subprocess.Completed
     # Registration is its own stage (dvc.yaml's `register`), after the outputs have landed.
     metrics = root / "reports" / "mlp" / "metrics.json"
     registered = run_script("stages/register.py", "--params", path,
-                            "--classifier", "mlp", "mnist-mlp", metrics, cwd=root, env=env)  # fmt: skip
+                            "--classifier", "mlp", metrics, cwd=root, env=env)  # fmt: skip
     assert registered.returncode == 0, registered.stderr[-3000:]
     return proc
 
@@ -516,13 +516,13 @@ def test_model_file_metadata_is_checked_before_building(case, tmp_path, capsys, 
     edit(saved)
     torch.save(saved, tmp_path / "evil.pt")
     grey_png(tmp_path / "x.png")
-    built, real = [], models.build_model
+    built, real = [], models.MLP.__init__
 
-    def build(*args, **kwargs):
+    def build(self, *args, **kwargs):  # wherever the network is built from: which device?
         built.append(torch.get_default_device().type)
-        return real(*args, **kwargs)
+        real(self, *args, **kwargs)
 
-    monkeypatch.setattr(models, "build_model", build)
+    monkeypatch.setattr(models.MLP, "__init__", build)
     start = time.monotonic()
     code, out, err = predict_here(["--model", tmp_path / "evil.pt", tmp_path / "x.png"], capsys)
     assert time.monotonic() - start < 10

@@ -24,8 +24,8 @@ from appliedtorch.params import load_params
 from helpers import REPO, merge
 from helpers.stage_runs import one_error_line
 
-NAME = "mnist-mlp"
-ARGS = ["--classifier", "mlp", NAME, "reports/mlp/metrics.json"]
+NAME = "mnist-mlp"  # params.yaml's mlp.dataset is mnist: mlp.experiment
+ARGS = ["--classifier", "mlp", "reports/mlp/metrics.json"]
 EXAMPLE = np.zeros((4, 1, 28, 28), dtype=np.uint8)
 
 
