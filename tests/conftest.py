@@ -17,6 +17,18 @@ from helpers import REPO, merge
 from helpers.repo import build_pipeline
 from helpers.servers import serve_mlflow
 
+
+@pytest.fixture(scope="session", autouse=True)
+def autotune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`auto`'s decisions (appliedtorch.core.autotune) are cached in a session directory, never
+    in the user's ~/.cache; every process the tests start inherits it."""
+    path = tmp_path_factory.mktemp("autotune-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("APPLIEDTORCH_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
 # The suite runs on two pytest-xdist workers (`-n 2`, pyproject.toml): most of its time is
 # subprocesses importing torch and MLflow, each on one core. A file's tests stay in one worker, so
 # a module-scoped fixture is built once; the files that copy the session's built pipeline
