@@ -1,0 +1,422 @@
+"""Docs as tests: every shell block in README.md and docs/*.md is run by a test, or says why not.
+
+A fenced block of bash, sh, shell or console carries a marker on the line before it:
+
+    <!-- doc-test: tests/test_docs.py::test_offline_quick_start -->
+    <!-- not-tested: needs internet (PyPI and the dataset servers) -->
+
+`doc-test` names the test that runs the block; a test here finds the blocks that name it with
+`blocks_for(request)`, so the text as edited is what runs. `not-tested` says what a test cannot
+have (internet, a cloud account, several machines). `test_every_shell_block_is_marked` fails on a
+block with neither, or one that names a test that does not exist.
+
+The runnable blocks run in a copy of the session's `built_pipeline` (a `dvc repro` on tiny
+synthetic data, dvc.lock committed: the state README's offline quick start leaves), with
+`npm ci --prefix plots`'s template in place. The only changes made to a block before it runs are
+the ones `substitute` is given: tiny-data knobs the docs name (sizes, steps, seeds), free ports
+instead of 5000/5001 and temporary directories instead of /tmp paths.
+
+    pytest -n 0 tests/test_docs.py
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import BIN, REPO
+from helpers.repo import copy_workspace, run
+from helpers.servers import free_port
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+SHELLS = {"bash", "sh", "shell", "console"}
+FENCE = re.compile(r"^```(\S*)\s*$")
+MARKER = re.compile(r"^<!--\s*(doc-test|not-tested):\s*(.*?)\s*-->\s*$")
+TEMPLATE = REPO / "plots" / "template.html"
+
+
+@dataclass(frozen=True)
+class Block:
+    page: Path
+    line: int  # 1-based line of the opening fence
+    lang: str
+    marker: tuple[str, str] | None  # ("doc-test", "tests/x.py::test_y") | ("not-tested", why)
+    text: str
+
+    def where(self) -> str:
+        """`docs/page.md:12`, for messages."""
+        name = f"docs/{self.page.name}" if self.page.parent.name == "docs" else self.page.name
+        return f"{name}:{self.line}"
+
+
+def read_blocks(page: Path) -> list[Block]:
+    """Every fenced block of `page`, with the marker on the nearest non-blank line above it."""
+    lines = page.read_text().splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        fence = FENCE.match(lines[i])
+        if not fence:
+            i += 1
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
+        above = next((lines[k] for k in range(i - 1, -1, -1) if lines[k].strip()), "")
+        marker = MARKER.match(above.strip())
+        text = "\n".join(lines[i + 1 : end]) + "\n"
+        blocks.append(Block(page, i + 1, fence.group(1), marker and marker.groups(), text))
+        i = end + 1
+    return blocks
+
+
+def names_a_test(target: str) -> bool:
+    """Whether `tests/file.py::test_name` names a test function defined at that file's top level."""
+    file, _, name = target.partition("::")
+    path = REPO / file
+    if not (name and path.is_file() and path.parent == REPO / "tests"):
+        return False
+    tree = ast.parse(path.read_text())
+    return any(isinstance(n, ast.FunctionDef) and n.name == name for n in tree.body)
+
+
+def marker_problems(pages: list[Path]) -> list[str]:
+    """One line per shell block that has no marker, or names a test that does not exist."""
+    problems = []
+    for page in pages:
+        for block in read_blocks(page):
+            if block.lang not in SHELLS:
+                continue
+            if block.marker is None:
+                problems.append(
+                    f"{block.where()}: a {block.lang} block with no doc-test or "
+                    "not-tested marker on the line before it"
+                )
+            elif block.marker[0] == "doc-test" and not names_a_test(block.marker[1]):
+                problems.append(
+                    f"{block.where()}: doc-test names {block.marker[1]}, which does not exist"
+                )
+            elif not block.marker[1]:
+                problems.append(f"{block.where()}: not-tested without a reason")
+    return problems
+
+
+def blocks_for(request: pytest.FixtureRequest) -> list[Block]:
+    """The shell blocks whose doc-test marker names the running test, in page order."""
+    target = f"tests/test_docs.py::{request.node.originalname}"
+    found = [b for page in PAGES for b in read_blocks(page) if b.marker == ("doc-test", target)]
+    assert found, f"no block in README.md or docs/ is marked doc-test: {target}"
+    return found
+
+
+def substitute(text: str, changes: dict[str, str]) -> str:
+    """`text` with each key replaced by its value; a key that is not there fails the test (the
+    block changed, so the test must be looked at)."""
+    for old, new in changes.items():
+        assert old in text, f"{old!r} is no longer in the block:\n{text}"
+        text = text.replace(old, new)
+    return text
+
+
+def run_block(text: str, cwd: Path, env: dict, timeout: float = 600) -> str:
+    """Run a block with bash (-e, -u, pipefail) in its own process group; its output. The group
+    is killed at the end, so a server the block started in the background cannot outlive it."""
+    log = cwd.parent / f"block-{time.monotonic_ns()}.log"  # outside the repository
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", text],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert code == 0, f"block failed ({code}):\n{text}\n--- output ---\n{output[-4000:]}"
+    return output
+
+
+def test_every_shell_block_is_marked():
+    assert PAGES[1:], "docs/ has no pages"
+    problems = marker_problems(PAGES)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_marker_check_finds_unmarked_blocks_and_unknown_tests(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```bash\necho unmarked\n```\n\n"
+        "<!-- doc-test: tests/test_docs.py::test_no_such_test -->\n```sh\necho x\n```\n\n"
+        "<!-- doc-test: tests/test_docs.py::test_every_shell_block_is_marked -->\n"
+        "```console\necho fine\n```\n\n"
+        "<!-- not-tested: needs internet -->\n```shell\ncurl https://example.org\n```\n\n"
+        "```python\nprint('not a shell block')\n```\n"
+    )
+    problems = marker_problems([page])
+    assert len(problems) == 2, problems
+    assert "no doc-test or not-tested marker" in problems[0] and ":1:" in problems[0]
+    assert "test_no_such_test, which does not exist" in problems[1]
+
+
+def test_ci_runs_the_readme_commands():
+    """README's test command is what .ci/run runs: each of its `&&` steps is a line of .ci/run."""
+    readme = read_blocks(REPO / "README.md")
+    (tests_block,) = [b for b in readme if b.text.rstrip().endswith("&& pytest")]
+    ci = {line.split("#")[0].strip() for line in (REPO / ".ci" / "run").read_text().splitlines()}
+    steps = [s.strip() for s in tests_block.text.strip().split("&&")]
+    missing = [s for s in steps if s not in ci]
+    assert not missing, f".ci/run does not run README's {missing}"
+
+
+def with_plots_template(ws: Path, env: dict) -> None:
+    """What `npm ci --prefix plots` and the committed .dvc/config give a clone: the template, and
+    DVC told to use it."""
+    assert TEMPLATE.is_file(), "plots/template.html is missing: run `npm ci --prefix plots`"
+    (ws / "plots").mkdir(exist_ok=True)
+    shutil.copy(TEMPLATE, ws / "plots" / "template.html")
+    setting = run([str(BIN / "dvc"), "config", "plots.html_template"], REPO, env).stdout.strip()
+    run([str(BIN / "dvc"), "config", "plots.html_template", setting], ws, env)
+
+
+@pytest.fixture(scope="module")
+def readme_ws(built_pipeline, tmp_path_factory) -> tuple[Path, dict]:
+    """One copy of the built pipeline that README's blocks run in, one after another."""
+    ws, env = copy_workspace(built_pipeline, tmp_path_factory.mktemp("readme"))
+    with_plots_template(ws, env)
+    return ws, env
+
+
+@pytest.fixture
+def fresh_ws(built_pipeline, tmp_path) -> tuple[Path, dict]:
+    """A copy of the built pipeline of its own, for a docs page's blocks."""
+    ws, env = copy_workspace(built_pipeline, tmp_path)
+    with_plots_template(ws, env)
+    return ws, env
+
+
+def test_offline_quick_start(readme_ws, request, tmp_path):
+    ws, env = readme_ws
+    (block,) = blocks_for(request)
+    run_block(block.text, ws, env)
+    assert yaml.safe_load((ws / "params.yaml").read_text())["data"]["source"] == "synthetic"
+    status = run([str(BIN / "dvc"), "status"], ws, env).stdout
+    assert "up to date" in status, status
+
+    # What README says -S does, on the project's own params.yaml (comments, nulls, flow lists):
+    # the value lands in the file, the file is rewritten, `git checkout params.yaml` undoes it.
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    shutil.copy(REPO / "params.yaml", toy / "params.yaml")
+    (toy / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: echo ran > out.txt\n    params: [data.source]\n    outs: [out.txt]\n"
+    )
+    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
+        run(cmd, toy, env)
+    run(["git", "add", "-A"], toy, env)
+    run(["git", "commit", "-qm", "toy"], toy, env)
+    run_block(block.text, toy, env)
+    after = (toy / "params.yaml").read_text()
+    assert yaml.safe_load(after)["data"]["source"] == "synthetic"
+    assert "# upstream | synthetic" in after, "DVC dropped params.yaml's comments"
+    assert "warmup_epochs: null" not in after and "[10, 10]" not in after
+    run(["git", "checkout", "params.yaml"], toy, env)
+    assert (toy / "params.yaml").read_bytes() == (REPO / "params.yaml").read_bytes()
+
+
+def test_look_at_results(readme_ws, request):
+    ws, env = readme_ws
+    (block,) = blocks_for(request)
+    out = run_block(block.text, ws, env)
+    assert "reports/mlp/metrics.json" in out and "test_accuracy" in out, out
+    page = (ws / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vega-embed" in page
+    for plot in ("PINN_solution", "PINN_pointwise_error", "MNIST_MLP_loss"):
+        assert f'id = "{plot}"' in page, plot
+
+
+def test_mlflow_ui(readme_ws, request):
+    ws, env = readme_ws
+    (block,) = blocks_for(request)
+    port = free_port()
+    text = substitute(block.text, {"--port 5000": f"--port {port}"})
+    log = ws.parent / "mlflow-ui.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            ["bash", "-c", text],
+            cwd=ws,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        answer = wait_for_json(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=50", proc, log
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    names = {e["name"] for e in answer["experiments"]}
+    assert {"mnist-mlp", "cifar10-cnn", "pinn-ode", "math-demos"} <= names, names
+
+
+def wait_for_json(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> dict:
+    """GET `url` until it answers JSON; fails with the server's log if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return json.load(answer)
+        except OSError:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+
+
+def test_predict_after_quick_start(readme_ws, request):
+    ws, env = readme_ws
+    (block,) = blocks_for(request)
+    out = run_block(block.text, ws, env).strip().splitlines()[-1]
+    path, label, prob = out.split("\t")
+    assert path == "digit.png" and 0 < float(prob) <= 1, out
+    assert label, out
+
+
+def test_serve_after_quick_start(readme_ws, request):
+    ws, env = readme_ws
+    (block,) = blocks_for(request)
+    assert (ws / "digit.png").exists(), "README's predict block (run before) made digit.png"
+    port = str(free_port())
+    out = run_block(substitute(block.text, {"5001": port}), ws, env, timeout=180)
+    answer = json.loads(out.strip().splitlines()[-1])
+    (row,) = answer["predictions"]
+    assert len(row) == 10 and abs(sum(row) - 1) < 1e-4, answer
+
+
+def test_predict_forms(fresh_ws, request):
+    ws, env = fresh_ws
+    (block,) = blocks_for(request)
+    lines = run_block(block.text, ws, env).strip().splitlines()
+    answers = [line.split("\t") for line in lines if line.startswith("digit.png\t")]
+    assert len(answers) == 3, lines
+    file_model, champion, top3 = answers
+    assert len(file_model) == 3 and len(top3) == 7, answers  # path, then (class, probability)s
+    assert champion[1] == file_model[1], "the champion is the model file's model"
+
+
+def test_params_checker(fresh_ws, request):
+    ws, env = fresh_ws
+    (block,) = blocks_for(request)
+    run_block(block.text, ws, env)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["mlp"]["lr"] = -1
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    bad = subprocess.run(
+        ["bash", "-c", block.text], cwd=ws, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "mlp.lr" in bad.stderr, bad.stderr
+
+
+def test_math_demos_commands(fresh_ws, request):
+    ws, env = fresh_ws
+    (block,) = blocks_for(request)
+    out = run_block(block.text, ws, env)
+    assert "max_error" in out, out
+
+
+def test_pinn_commands(fresh_ws, request):
+    ws, env = fresh_ws
+    shutil.copytree(REPO / "benchmarks", ws / "benchmarks")
+    recipe, seeds = blocks_for(request)
+    run_block(substitute(recipe.text, {"pinn.adam_steps=10000": "pinn.adam_steps=300"}), ws, env)
+    params = yaml.safe_load((ws / "params.yaml").read_text())["pinn"]
+    assert (params["boundary"], params["dtype"], params["lm_steps"]) == ("soft", "float32", 0)
+    metrics = json.loads((ws / "reports" / "pinn" / "metrics.json").read_text())
+    assert 0 < metrics["max_abs_error"] < 1, metrics
+    out = run_block(substitute(seeds.text, {"pinn_seeds.py": "pinn_seeds.py --seeds 1"}), ws, env)
+    assert "seed" in out.lower(), out
+
+
+def test_failed_stage_recovery(fresh_ws, request):
+    """A stage failing under `dvc repro` loses its outputs; the documented command restores them."""
+    ws, env = fresh_ws
+    (block,) = blocks_for(request)
+    model = (ws / "models" / "mlp.pt").read_bytes()
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["mlp"]["lr"] = -1
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = run([str(BIN / "dvc"), "repro", "train_mlp"], ws, env, check=False)
+    assert failed.returncode != 0 and not (ws / "models" / "mlp.pt").exists()
+    run_block(block.text, ws, env)
+    assert (ws / "models" / "mlp.pt").read_bytes() == model
+
+
+def test_dvc_remote(fresh_ws, request, tmp_path):
+    ws, env = fresh_ws
+    (block,) = blocks_for(request)
+    remote = tmp_path / "dvc-storage"
+    run_block(substitute(block.text, {"/tmp/dvc-storage": str(remote)}), ws, env)
+    assert any(remote.rglob("*")), "dvc push uploaded nothing"
+    status = run([str(BIN / "dvc"), "status", "--cloud"], ws, env).stdout
+    assert "in sync" in status, status
+
+
+@pytest.mark.slow
+def test_synthetic_mirror(fresh_ws, request, tmp_path):
+    ws, env = fresh_ws
+    (block,) = blocks_for(request)
+    mirror = tmp_path / "mirror"
+    sizes = yaml.safe_load((ws / "params.yaml").read_text())["data"]["synthetic"]
+    tiny = (
+        f"{mirror} --mnist {sizes['mnist_train']} {sizes['mnist_test']} "
+        f"--cifar10 {sizes['cifar10_train']} {sizes['cifar10_test']}"
+    )
+    text = substitute(block.text, {"synthetic /tmp/mirror": f"synthetic {tiny}"})
+    run_block(substitute(text, {"=/tmp/mirror": f"={mirror}"}), ws, env)
+    assert (mirror / "MD5SUMS").is_file()
+    source = json.loads((ws / "data" / "raw" / "mnist" / "source.json").read_text())
+    assert str(mirror) in json.dumps(source), source
+
+
+@pytest.mark.slow
+def test_extension_examples(fresh_ws, request):
+    ws, env = fresh_ws
+    (block,) = blocks_for(request)
+    run_block(block.text, ws, env)
+    cnn = yaml.safe_load((ws / "params.yaml").read_text())["cnn"]
+    # The second line runs on the params the first one left (README: -S writes params.yaml).
+    assert (cnn["arch"], cnn["batch_norm"], cnn["optimizer"]) == ("resnet", True, "sgd")
+    metrics = json.loads((ws / "reports" / "cnn" / "metrics.json").read_text())
+    assert metrics["epochs"] >= 1, metrics
+
+
+@pytest.mark.slow
+def test_sweep(fresh_ws, request):
+    ws, env = fresh_ws
+    queue, compare = blocks_for(request)
+    run_block(queue.text, ws, env)
+    deadline = time.monotonic() + 600  # "When the queue is done": what the reader waits for
+    while re.search(
+        r"\b(Queued|Running)\b", run([str(BIN / "dvc"), "queue", "status"], ws, env).stdout
+    ):
+        assert time.monotonic() < deadline, "the queue did not finish"
+        time.sleep(2)
+    out = run_block(compare.text, ws, env)
+    assert "lr-grid-1" in out and "lr-grid-2" in out and "mlp.lr" in out, out
+    page = (ws / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and 'id = "MNIST_MLP_loss"' in page
