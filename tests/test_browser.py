@@ -18,9 +18,10 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from test_pipeline import BIN, run
 
-from conftest import REPO, copy_workspace, serve_mlflow
+from helpers import BIN, REPO
+from helpers.repo import copy_workspace, run
+from helpers.servers import serve_mlflow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / ".test-artifacts" / "browser"
@@ -41,6 +42,9 @@ EXPERIMENTS = {
     "math-demos": ("math_demos", "max_error"),
 }
 
+# Chromium with no network: every host name fails to resolve and any proxy use is refused.
+OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9")
+
 # Smaller than test_pipeline's: this test is about what the pages show, not about accuracy.
 SWEEP = (0.01, 0.1)
 
@@ -52,8 +56,16 @@ class Chromium:
         self.profiles = profiles
         self.count = 0
 
-    def dom(self, url: str, screenshot: str, size: tuple[int, int], budget_ms: int) -> str:
-        """Load `url`, let its scripts run for `budget_ms` of virtual time; screenshot; the DOM."""
+    def dom(
+        self,
+        url: str,
+        screenshot: str,
+        size: tuple[int, int],
+        budget_ms: int,
+        flags: tuple[str, ...] = (),
+    ) -> str:
+        """Load `url`, let its scripts run for `budget_ms` of virtual time; screenshot; the DOM.
+        `flags` go to Chromium too (OFFLINE: no network)."""
         self.count += 1
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -73,6 +85,7 @@ class Chromium:
             f"--virtual-time-budget={budget_ms}",
             f"--screenshot={ARTIFACTS / screenshot}",
             "--dump-dom",
+            *flags,
             url,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
@@ -265,3 +278,63 @@ def cached_output(ws: Path, env: dict, exp: str, path: str) -> bytes:
         if out["path"] == path
     )
     return (ws / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).read_bytes()
+
+
+# Added to a copy of a `dvc plots` page: once the page's scripts ran, each plot's div gets
+# data-painted = how many pixels its canvases drew (Vega draws on a canvas; "none" if no canvas).
+PAINT_PROBE = """<script>
+setTimeout(() => {
+  for (const div of document.querySelectorAll("div[id]")) {
+    const canvases = div.querySelectorAll("canvas");
+    let painted = canvases.length ? 0 : "none";
+    for (const c of canvases) {
+      if (!c.width || !c.height) continue;
+      const alpha = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      for (let i = 3; i < alpha.length; i += 4) painted += alpha[i] ? 1 : 0;
+    }
+    div.setAttribute("data-painted", painted);
+  }
+}, 3000);
+</script>
+"""
+
+
+def painted_plots(browser: Chromium, page: Path, screenshot: str) -> dict[str, str]:
+    """Each plot div of a `dvc plots` page -> the pixels its charts drew, opened offline."""
+    probe = page.with_name("probe.html")
+    head, end, tail = page.read_text().rpartition("</body>")  # the page's own, after the scripts
+    probe.write_text(head + PAINT_PROBE + end + tail)
+    dom = browser.dom(probe.as_uri(), screenshot, (1600, 3000), budget_ms=8000, flags=OFFLINE)
+    return dict(re.findall(r'<div id="([^"]+)"[^>]*data-painted="([^"]+)"', dom))
+
+
+def test_dvc_plots_pages_draw_the_pinn_plots_offline(pipeline, tmp_path):
+    """`dvc plots show` and `dvc plots diff` after `npm ci --prefix plots`, opened with the
+    network off: the page carries Vega itself (plots/template.html, named in .dvc/config), so
+    each PINN plot is drawn. DVC's own page, which loads Vega from a CDN, draws none."""
+    template = REPO / "plots" / "template.html"
+    assert template.is_file(), "plots/template.html is missing: run `npm ci --prefix plots`"
+    ws = tmp_path / "ws"
+    shutil.copytree(pipeline, ws, symlinks=True)
+    (ws / "plots").mkdir()
+    shutil.copy(template, ws / "plots" / "template.html")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    dvc = str(BIN / "dvc")
+    setting = run([dvc, "config", "plots.html_template"], REPO, env).stdout.strip()
+    run([dvc, "config", "plots.html_template", setting], ws, env)
+    browser = Chromium(tmp_path)
+    pinn = ("PINN_solution", "PINN_pointwise_error")
+
+    run([dvc, "plots", "show", "-o", str(tmp_path / "show")], ws, env)
+    run([dvc, "plots", "diff", "lr-sweep-1", "lr-sweep-2", "-o", str(tmp_path / "diff")], ws, env)
+    for name in ("show", "diff"):
+        page = tmp_path / name / "index.html"
+        assert not re.search(r"<script[^>]*src=", page.read_text()), "a script from elsewhere"
+        painted = painted_plots(browser, page, f"11-dvc-plots-{name}-offline.png")
+        for plot in pinn:
+            assert int(painted.get(plot, "0").replace("none", "0")) > 1000, (name, painted)
+
+    run([dvc, "config", "--unset", "plots.html_template"], ws, env)  # DVC's own page
+    run([dvc, "plots", "show", "-o", str(tmp_path / "cdn")], ws, env)
+    painted = painted_plots(browser, tmp_path / "cdn" / "index.html", "12-dvc-plots-cdn.png")
+    assert all(painted.get(plot) == "none" for plot in pinn), painted
