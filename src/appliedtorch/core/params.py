@@ -189,10 +189,47 @@ def validate(schema: type[BaseModel], raw: Any, name: str = "params.yaml") -> An
         return schema.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
-        line = _describe(errors[0], name, schema)
-        if len(errors) > 1:
-            line += f" (and {len(errors) - 1} more problem(s))"
+        path = _field_path(schema, errors[0]["loc"])
+        union = errors[0]["type"] != "extra_forbidden" and path != tuple(errors[0]["loc"])
+        if union:  # a value matching none of a union's choices
+            alike = [e for e in errors if tuple(e["loc"][: len(path)]) == path]
+            line = _describe_choices(alike, path, name)
+        else:
+            alike = errors[:1]
+            line = _describe(errors[0], name, schema)
+        if len(errors) > len(alike):
+            line += f" (and {len(errors) - len(alike)} more problem(s))"
         raise ParamsError(line) from None
+
+
+def _field_path(schema: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of an error's location that names fields (and list items): pydantic appends
+    the tag of each union member that refused the value (`literal['auto']`, `bool`)."""
+    model: Any = schema
+    path: list[Any] = []
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if isinstance(part, int) or fields is None:
+            if not isinstance(part, int):
+                break
+            path.append(part)
+            continue
+        if part not in fields:
+            break
+        path.append(part)
+        model = fields[part].annotation
+    return tuple(path)
+
+
+def _describe_choices(errors: list[dict[str, Any]], path: tuple[Any, ...], name: str) -> str:
+    """One line for a value that matched none of a union's members: every choice it had."""
+    choices = []
+    for err in errors:
+        expected = err.get("ctx", {}).get("expected")
+        words = expected or _TYPE_WORDS.get(err["type"].split("_")[0], err["type"])
+        choices.append(words.replace("none", "null"))
+    key = _clip(".".join(str(p) for p in path), 80)
+    return f"{name}: {key} must be {' or '.join(dict.fromkeys(choices))} (got {short(errors[0].get('input'))})"
 
 
 def _check_duplicates(node: yaml.Node, path: tuple[str, ...] = ()) -> None:
