@@ -297,6 +297,26 @@ def test_predict_after_quick_start(readme_ws, request):
     assert label, out
 
 
+def test_real_images_offline(fresh_ws, request):
+    fashion = Path("/usr/share/datasets/fashion-mnist")
+    if not fashion.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{fashion} is missing: CI installs dataset-fashion-mnist")
+        pytest.skip(f"{fashion} is missing (apt-get install dataset-fashion-mnist)")
+    ws, env = fresh_ws
+    (block,) = blocks_for(request)
+    # README's state has data.source: upstream; the built workspace runs on synthetic data.
+    upstream = "dvc exp run -S data.source=upstream"
+    run_block(substitute(block.text, {"dvc exp run": upstream}), ws, env, timeout=900)
+    source = json.loads((ws / "data/raw/fashion-mnist/source.json").read_text())
+    assert source["source"] == f"debian:{fashion}"
+    for arch in ("mlp", "cnn"):
+        metrics = json.loads((ws / "reports" / arch / "metrics.json").read_text())
+        per_class = json.loads((ws / "reports" / arch / "per_class.json").read_text())
+        assert metrics["data_source"] == source["source"], arch
+        assert "Ankle boot" in per_class["recall"], arch
+
+
 def test_serve_after_quick_start(readme_ws, request):
     ws, env = readme_ws
     (block,) = blocks_for(request)
