@@ -52,7 +52,9 @@ def pickled_run(tmp_path: Path, tracking_uri: str) -> tuple[str, Path]:
     """(run id, marker path): a run in a temporary sqlite store whose `model` is a pickled Trap."""
     marker = tmp_path / "pwned"
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run() as run:
+    # An experiment of this store: MLflow remembers the active one across tests.
+    experiment_id = mlflow.MlflowClient(tracking_uri).create_experiment("pickle-trap")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.pytorch.log_model(
             Trap(marker),
             name="model",
