@@ -21,6 +21,7 @@ from appliedtorch.core.tracking.lineage import lineage_tags, params_md5
 from appliedtorch.core.tracking.run import latest_runs
 from appliedtorch.core.tracking.uri import repo_root, resolve_tracking_uri
 from appliedtorch.core.utils import check_writable, output_set, write_text
+from appliedtorch.data.datasets import dataset
 from appliedtorch.params import load_params
 from appliedtorch.report import page as report
 
@@ -45,15 +46,16 @@ def main() -> None:
     if args.out.is_dir():
         raise AppliedTorchError(f"cannot write {args.out}: a directory; pass a file path to --out")
     uri = resolve_tracking_uri(p.tracking.uri)
+    datasets = {arch: getattr(p, arch).dataset for arch in ("mlp", "cnn")}
+    sections = report.sections_for({a: (d, dataset(d).title) for a, d in datasets.items()})
     # Prefer the run made with the workspace's params: after a queued sweep the newest run
     # belongs to some experiment, not necessarily to the results in reports/.
     prefer = {
-        s.experiment: {"params.md5": params_md5(run_params(p, s.params_section))}
-        for s in report.SECTIONS
+        s.experiment: {"params.md5": params_md5(run_params(p, s.params_section))} for s in sections
     }
     runs, problem = {}, None
     try:
-        runs = latest_runs([s.experiment for s in report.SECTIONS], uri, prefer)
+        runs = latest_runs([s.experiment for s in sections], uri, prefer)
     except TrackingError as exc:  # the page is still useful without run ids
         problem = str(exc)
         log.warning("%s", problem)
@@ -67,7 +69,8 @@ def main() -> None:
         tracking_uri=redact(uri),  # a postgresql password stays off the page
         ui_base=ui,
         runs_problem=problem,
-        params={s.params_section: run_params(p, s.params_section) for s in report.SECTIONS},
+        sections=sections,
+        params={s.params_section: run_params(p, s.params_section) for s in sections},
     )
     with output_set(args.out.parent) as out:
         write_text(out.path(args.out), page)

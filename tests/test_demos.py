@@ -184,10 +184,13 @@ def test_stage_writes_reports_and_one_finished_mlflow_run(tmp_path, params_file,
     assert "demo           error" in proc.stderr  # the table of demos is logged
 
     metrics = json.loads((reports / "metrics.json").read_text())
+    assert set(metrics) == {"max_error", "max_error_digits", "failed_demos"}  # the headline
     assert metrics["max_error"] < 1e-6 and metrics["failed_demos"] == 0
-    assert metrics["gd.x"] == pytest.approx(2.25, abs=1e-6)
+    assert metrics["max_error_digits"] == pytest.approx(-math.log10(metrics["max_error"]))
+    demos_json = json.loads((reports / "demos.json").read_text())
+    assert demos_json["gd.x"] == pytest.approx(2.25, abs=1e-6)
     for name in DEMOS:
-        assert metrics[f"{name}.error"] <= metrics["max_error"]
+        assert demos_json[f"{name}.error"] <= metrics["max_error"]
     for png in ("gradient_descent.png", "fft_spectrum.png"):
         assert (reports / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -199,7 +202,8 @@ def test_stage_writes_reports_and_one_finished_mlflow_run(tmp_path, params_file,
     assert run.data.params["math.gd_steps"] == "500" and run.data.params["device"] == "cpu"
     assert run.data.tags["dvc.stage"] == "math_demos" and run.data.tags["device.resolved"] == "cpu"
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "gradient_descent.png", "fft_spectrum.png"} <= logged
+    assert {"metrics.json", "demos.json", "gradient_descent.png", "fft_spectrum.png"} <= logged
+    assert run.data.metrics["gd.x"] == pytest.approx(2.25, abs=1e-6)  # MLflow gets every number
 
 
 @pytest.mark.parametrize(

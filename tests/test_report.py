@@ -30,25 +30,32 @@ MLP_METRICS = {
     "epochs": 2,
     "train_samples": 1000,
     "test_samples": 300,
-    "per_class_accuracy": {"<zero>": 0.95, "one": None},
     "macro_precision": 0.4375,
     "macro_recall": 0.475,
     "macro_f1": 0.4556,
-    "precision": {"<zero>": 0.875, "one": 0.0},
-    "recall": {"<zero>": 0.95, "one": 0.0},
-    "f1": {"<zero>": 0.91111, "one": 0.0},
     "train_seconds": 1.5,
     "mean_epoch_seconds": 0.75,
     "eval_seconds": 0.1,
     "data_source": "synthetic",
 }
+MLP_PER_CLASS = {  # per_class.json, beside the headline numbers
+    "per_class_accuracy": {"<zero>": 0.95, "one": None},
+    "precision": {"<zero>": 0.875, "one": 0.0},
+    "recall": {"<zero>": 0.95, "one": 0.0},
+    "f1": {"<zero>": 0.91111, "one": 0.0},
+}
 
 
-def write_stage(reports: Path, folder: str, metrics: dict | None, pngs: list[str]) -> None:
+def write_stage(
+    reports: Path, folder: str, metrics: dict | None, pngs: list[str], **details: dict
+) -> None:
+    """metrics.json, the PNGs and any details file (`per_class={...}` -> per_class.json)."""
     d = reports / folder
     d.mkdir(parents=True, exist_ok=True)
     if metrics is not None:
         (d / "metrics.json").write_text(json.dumps(metrics))
+    for name, content in details.items():
+        (d / f"{name}.json").write_text(json.dumps(content))
     for name in pngs:
         (d / name).write_bytes(PNG)
 
@@ -67,8 +74,12 @@ def fake_run(experiment: str, run_id: str, **tags: str) -> dict:
 
 def test_report_shows_numbers_pictures_runs_and_flags_synthetic_data(tmp_path):
     reports = tmp_path / "reports"
-    write_stage(reports, "mlp", MLP_METRICS, ["loss.png", "confusion_matrix.png"])
-    write_stage(reports, "math", {"max_error": 4.6e-12, "gd.x": 2.25}, ["gradient_descent.png"])
+    write_stage(
+        reports, "mlp", MLP_METRICS, ["loss.png", "confusion_matrix.png"], per_class=MLP_PER_CLASS
+    )
+    write_stage(
+        reports, "math", {"max_error": 4.6e-12}, ["gradient_descent.png"], demos={"gd.x": 2.25}
+    )
     runs = {
         "mnist-mlp": fake_run("mnist-mlp", "a" * 32, **{"data.mnist.md5": "d41d8cd9.dir"}),
         "math-demos": fake_run("math-demos", "b" * 32),
@@ -124,6 +135,15 @@ def test_synthetic_flag_also_comes_from_the_run_tag(tmp_path):
     runs = {"cifar10-cnn": fake_run("cifar10-cnn", "c" * 32, **{"data.source": "synthetic"})}
     page = report.build_report(tmp_path, runs)
     assert 'id="synthetic-warning"' in page and "CIFAR-10" in page
+
+
+def test_classifier_sections_follow_their_dataset():
+    sections = report.sections_for({"mlp": ("fashion-mnist", "Fashion-MNIST")})
+    mlp = next(s for s in sections if s.params_section == "mlp")
+    assert (mlp.experiment, mlp.dataset) == ("fashion-mnist-mlp", "fashion-mnist")
+    assert mlp.title == "Fashion-MNIST: multilayer perceptron"
+    default = report.sections_for({"mlp": ("mnist", "MNIST"), "cnn": ("cifar10", "CIFAR-10")})
+    assert default == report.SECTIONS  # the defaults are the tutorial's names
 
 
 def test_format_value():

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import re
@@ -115,6 +116,12 @@ def file_md5(path: str | os.PathLike) -> str:
 def json_md5(obj: Any) -> str:
     """md5 of `obj` as canonical JSON (sorted keys; anything else as its str): a stable hash."""
     return hashlib.md5(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def error_digits(error: float) -> float:
+    """-log10 of an error: the number of correct decimal digits (2.5e-9 -> 8.6), which no
+    table rounds to 0.0. An exact answer reads as 300, not infinity, which JSON cannot hold."""
+    return -math.log10(max(error, 1e-300))
 
 
 def first_line(exc: BaseException) -> str:

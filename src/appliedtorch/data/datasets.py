@@ -73,6 +73,7 @@ class Dataset:
     """A dataset by name: upstream files, on-disk layout, classes, sizes and stand-in."""
 
     name: str
+    title: str  # as people write it: MNIST, Fashion-MNIST, CIFAR-10
     format: str  # "idx" (MNIST's gzipped IDX files) or "cifar" (CIFAR-10's pickled batches)
     bases: tuple[str, ...]  # upstream base URLs, tried in order
     files: tuple[UpstreamFile, ...]
@@ -100,6 +101,7 @@ _S3_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 DATASETS_BY_NAME: dict[str, Dataset] = {
     "mnist": Dataset(
         name="mnist",
+        title="MNIST",
         format="idx",
         bases=(_S3_MNIST, "http://yann.lecun.com/exdb/mnist/"),
         files=(
@@ -119,6 +121,7 @@ DATASETS_BY_NAME: dict[str, Dataset] = {
     ),
     "fashion-mnist": Dataset(
         name="fashion-mnist",
+        title="Fashion-MNIST",
         format="idx",
         bases=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         # content_md5: of the decompressed upstream files (as Debian's package ships them).
@@ -156,6 +159,7 @@ DATASETS_BY_NAME: dict[str, Dataset] = {
     ),
     "cifar10": Dataset(
         name="cifar10",
+        title="CIFAR-10",
         format="cifar",
         bases=("https://www.cs.toronto.edu/~kriz/",),
         files=(UpstreamFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from appliedtorch.core.errors import DivergenceError
-from appliedtorch.core.utils import resolve_device
+from appliedtorch.core.utils import error_digits, resolve_device
 from appliedtorch.demos.linalg import (  # noqa: F401 - the demos' one namespace: checks.<demo>
     FFT_TONES,
     LINALG_A,
@@ -261,6 +261,7 @@ def summary_metrics(results: Sequence[DemoResult]) -> dict[str, float]:
     """Flat metrics: `<demo>.error` for each demo, `max_error`, and a few headline values."""
     out: dict[str, float] = {f"{r.name}.error": r.error for r in results}
     out["max_error"] = max(r.error for r in results)
+    out["max_error_digits"] = error_digits(out["max_error"])
     out["failed_demos"] = sum(not r.ok for r in results)
     by_name = {r.name: r for r in results}
     if "gd" in by_name:
@@ -279,6 +280,16 @@ def summary_metrics(results: Sequence[DemoResult]) -> dict[str, float]:
     if "qp" in by_name:
         out["qp.lambda"] = by_name["qp"].computed["lambda"][0]
     return out
+
+
+HEADLINE = ("max_error", "max_error_digits", "failed_demos")
+
+
+def split_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics.json, demos.json): the worst error, its correct digits and the failures first;
+    each demo's error and values in their own file."""
+    headline = {k: metrics[k] for k in HEADLINE}
+    return headline, {k: v for k, v in metrics.items() if k not in HEADLINE}
 
 
 def format_table(results: Sequence[DemoResult]) -> str:

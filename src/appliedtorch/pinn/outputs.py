@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from appliedtorch.core.utils import error_digits
 from appliedtorch.pinn.problem import PINNNet, boundary_points, exact_solution, grid, torch_dtype
 from appliedtorch.pinn.solver import PINNResult
 
@@ -69,12 +70,6 @@ def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float
     metrics["final_loss"] = result.loss[-1] if result.loss else float("nan")
     metrics["seconds"] = result.seconds["total"]
     return metrics
-
-
-def error_digits(error: float) -> float:
-    """-log10 of an error: the number of correct decimal digits. An exact answer reads as 300,
-    not infinity, which JSON (and so DVC) cannot hold."""
-    return -math.log10(max(error, 1e-300))
 
 
 def phase_metrics(result: PINNResult) -> dict[str, float]:

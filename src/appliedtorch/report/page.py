@@ -12,12 +12,13 @@ A stage whose outputs are missing gets a "not run yet" section instead of an err
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,22 @@ SECTIONS: tuple[StageSection, ...] = (
     ),
 )
 
+
+def sections_for(classifiers: Mapping[str, tuple[str, str]]) -> tuple[StageSection, ...]:
+    """SECTIONS with each classifier on its dataset: `{"mlp": ("fashion-mnist",
+    "Fashion-MNIST")}` gives the MLP section that dataset, its title and its experiment
+    (fashion-mnist-mlp, as the training stage names it)."""
+    out = []
+    for s in SECTIONS:
+        if s.params_section in classifiers:
+            name, title = classifiers[s.params_section]
+            kind = s.title.split(": ", 1)[1]
+            experiment = f"{name}-{s.params_section}"
+            s = replace(s, title=f"{title}: {kind}", experiment=experiment, dataset=name)
+        out.append(s)
+    return tuple(out)
+
+
 # Lineage tags shown per run, in this order (data.<name>.md5 tags are added after them).
 _LINEAGE = ("git.commit", "git.dirty", "dvc.exp_name", "dvc.exp_baseline", "params.md5")
 
@@ -180,6 +197,8 @@ def png_data_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+DETAILS = ("per_class.json", "phases.json", "demos.json")
+
 # A stage's metrics.json is ~2 KB, nested 2 levels (per-class tables); anything far past that is
 # not a stage's: a file of many MB, or nesting deep enough to exhaust Python's recursion.
 MAX_METRICS_BYTES = 16 << 20
@@ -221,6 +240,12 @@ def load_section(reports_dir: Path, section: StageSection) -> _Loaded:
     path = folder / "metrics.json"
     try:
         loaded.metrics = read_metrics(path)
+        # The details beside the headline numbers: a classifier's per_class.json, the PINN's
+        # phases.json, the demos' demos.json.
+        for details in DETAILS:
+            with contextlib.suppress(FileNotFoundError):
+                path = folder / details
+                loaded.metrics |= read_metrics(path)
     except FileNotFoundError:
         loaded.problem = "not run yet"
     except (OSError, ValueError, RecursionError) as exc:
