@@ -131,18 +131,6 @@ class StageRun:
             metadata=dict(metadata or {}),
         )
 
-    @uninterrupted
-    def register_model(self, model_info: Any, name: str, test_accuracy: float) -> dict[str, Any]:
-        """Register this run's logged model as a version of `name` (`registry.register_version`).
-
-        Kept for callers that register from inside a run; the `register` stage registers a
-        model only after its training stage's outputs have landed."""
-        from appliedtorch.core.tracking.registry import register_version
-
-        return register_version(
-            self.mlflow.MlflowClient(), self.run_id, name, test_accuracy, model_info.model_uri
-        )
-
 
 @functools.cache
 def dvc_dataset_source() -> type:
