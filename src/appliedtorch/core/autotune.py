@@ -63,11 +63,13 @@ class Tuned:
     load: float | None = None  # the 1-minute load average when it was timed (None: unknown)
 
     def summary(self) -> str:
-        """One line: the choice, each candidate's ms per step, the probe's cost or `cached`."""
-        steps = ", ".join(f"{name} {1e3 * s:.3g}" for name, s in self.seconds.items())
+        """One short line (it is a column of `dvc metrics show`): each candidate's ms per step,
+        fastest (the choice) first, then the probe's cost or `cached`, e.g.
+        `bfloat16 46.2 ms < float32 68.4 ms; probe 1.38 s`."""
+        fastest = sorted(self.seconds.items(), key=lambda kv: kv[1])
+        steps = " < ".join(f"{name} {1e3 * s:.3g} ms" for name, s in fastest)
         how = "cached" if self.cached else f"probe {self.probe_seconds:.2f} s"
-        load = "" if self.load is None else f", load {self.load:.2f}"
-        return f"{self.choice} (ms per step: {steps}; {how}{load})"
+        return f"{steps}; {how}"
 
 
 def enabled() -> bool:
