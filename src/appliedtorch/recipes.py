@@ -4,6 +4,8 @@
     python -m appliedtorch.recipes compare recipes/cnn-fast.yaml   # queue baseline, recipe and
     dvc queue start -j 1                                          #   each change alone; run them
     dvc exp show --only-changed --sort-by reports/cnn/metrics.json:test_accuracy
+    python -m appliedtorch.recipes compare recipes/cnn-fast.yaml --seeds 3   # 3 members each
+    python -m appliedtorch.recipes compare recipes/cnn-fast.yaml --results   # mean ± CI, p
 
 A recipe (`recipes/*.yaml`) is a flat map of dotted params.yaml keys to values, one `key: value`
 per line, so that `dvc exp run` applies it with one `-S key=value` per line (README shows the
@@ -12,6 +14,12 @@ one-liner). `compare` queues one DVC experiment per variant, named `<name>.<vari
 recipe makes, alone (keys that only make sense together, such as an optimizer and its learning
 rate, change together). Their MLflow runs carry the tags `sweep=<name>` and `variant=<variant>`.
 
+`--seeds N` sets `<section>.seeds=N` on every variant: each trains N members (classify/ensemble.py)
+and its metrics.json holds their mean, sample sd and 95 % CI. `--results`, once the queue has
+run, prints each variant's test accuracy as mean ± CI half-width with Welch's t-test p-value
+against the baseline (unequal variances: `scipy.stats.ttest_ind_from_stats`, the same test as
+`ttest_ind(equal_var=False)` on the members' values), read from `dvc exp show --json`.
+
 The module sits outside every stage's DVC deps, like `appliedtorch.params`.
 """
 
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
 import re
 import subprocess
 import sys
@@ -27,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from appliedtorch.classify.params import MAX_SEEDS
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError, ParamsError
 from appliedtorch.core.params import parse_yaml, read_yaml, short
@@ -149,24 +160,18 @@ def compare_commands(
     only: list[str] | None,
     extra: list[str],
     check_data: bool = True,
+    seeds: int | None = None,
 ) -> list[list[str]]:
-    """The `dvc exp run --queue` command of every variant; every name and value is checked
-    before any is returned (nothing is queued when one would be refused)."""
+    """The `dvc exp run --queue` command of every variant (with `seeds`, N members each); every
+    name and value is checked before any is returned (nothing is queued when one would be
+    refused)."""
     check_exp_name(name)
+    parse_sets(extra)  # a bad -S is named before the recipe is read
+    table, sections = compared(recipe_path, params_path, only)
+    if seeds is not None:
+        extra = [*extra, *(f"{s}.seeds={seeds}" for s in sections)]
     overrides = parse_sets(extra)
-    recipe = read_recipe(recipe_path, params_path)
     base = read_yaml(params_path)
-    table = variants(recipe, base)
-    if only:
-        unknown = sorted(set(only) - set(table))
-        if unknown:
-            raise ParamsError(
-                f"--only: no variant {', '.join(unknown)} (known: {', '.join(table)})"
-            )
-        table = {k: v for k, v in table.items() if k in ("baseline", "recipe", *only)}
-    sections = sorted({key.split(".")[0] for key in recipe} & STAGES.keys())
-    if not sections:
-        raise ParamsError(f"{recipe_path}: changes no training section ({', '.join(STAGES)})")
     stages = [STAGES[s][0] for s in sections]
     commands = []
     for variant, changes in table.items():
@@ -188,6 +193,26 @@ def compare_commands(
     return commands
 
 
+def compared(
+    recipe_path: Path, params_path: Path, only: list[str] | None
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The variants to compare ({variant: changes}, `--only` applied) and the training sections
+    the recipe changes."""
+    recipe = read_recipe(recipe_path, params_path)
+    table = variants(recipe, read_yaml(params_path))
+    if only:
+        unknown = sorted(set(only) - set(table))
+        if unknown:
+            raise ParamsError(
+                f"--only: no variant {', '.join(unknown)} (known: {', '.join(table)})"
+            )
+        table = {k: v for k, v in table.items() if k in ("baseline", "recipe", *only)}
+    sections = sorted({key.split(".")[0] for key in recipe} & STAGES.keys())
+    if not sections:
+        raise ParamsError(f"{recipe_path}: changes no training section ({', '.join(STAGES)})")
+    return table, sections
+
+
 def queue(commands: list[list[str]]) -> None:
     """Run each `dvc exp run --queue` command; the first that DVC refuses stops the rest with one
     line that names it, DVC's reason and the variants queued before it."""
@@ -203,6 +228,95 @@ def queue(commands: list[list[str]]) -> None:
             )
             raise AppliedTorchError(f"dvc did not queue {name}: {reason}{before}")
         done.append(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Results: each variant's mean ± CI and Welch's test against the baseline
+
+
+def shown_experiments() -> dict[str, dict[str, Any]]:
+    """{experiment name: its params and metrics} from `dvc exp show --json` in this repository."""
+    proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        raise AppliedTorchError(
+            f"dvc exp show failed: {lines[-1][:200] if lines else proc.returncode}"
+        )
+    out = {}
+    for rev in json.loads(proc.stdout or "[]"):
+        for exp in rev.get("experiments") or []:
+            revs = exp.get("revs") or [{}]
+            if exp.get("name"):
+                out[exp["name"]] = revs[0].get("data") or {}
+    return out
+
+
+def estimate(data: dict[str, Any], section: str, metric: str = "test_accuracy") -> dict[str, Any]:
+    """An experiment's `metric`: {n, mean, sd, low, high, ensemble} from its metrics.json, where
+    `seeds` > 1 wrote the members' statistics; a single net's value alone otherwise."""
+    metrics = (data.get("metrics") or {}).get(f"reports/{section}/metrics.json", {}).get("data")
+    params = (data.get("params") or {}).get("params.yaml", {}).get("data") or {}
+    if not isinstance(metrics, dict) or metric not in metrics:
+        return {}
+    n = int((params.get(section) or {}).get("seeds", 1))
+    if f"{metric}_mean" not in metrics:
+        return {"n": 1, "mean": metrics[metric]}
+    return {
+        "n": n,
+        "mean": metrics[f"{metric}_mean"],
+        "sd": metrics[f"{metric}_sd"],
+        "low": metrics[f"{metric}_ci95_low"],
+        "high": metrics[f"{metric}_ci95_high"],
+        "ensemble": metrics[metric],
+    }
+
+
+def welch_p(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """Welch's two-sided t-test p-value of two variants' member means (None without sds)."""
+    from scipy import stats
+
+    if "sd" not in a or "sd" not in b:
+        return None
+    result = stats.ttest_ind_from_stats(
+        a["mean"], a["sd"], a["n"], b["mean"], b["sd"], b["n"], equal_var=False
+    )
+    return float(result.pvalue)
+
+
+def results_lines(
+    name: str, table: dict[str, Any], sections: list[str], shown: dict[str, dict[str, Any]]
+) -> list[str]:
+    """The comparison as text: per section, one line per variant with its members' mean test
+    accuracy ± 95 % CI half-width, the interval, the ensemble's accuracy and Welch's p."""
+    lines = []
+    for section in sections:
+        lines.append(
+            f"reports/{section}/metrics.json test_accuracy: members' mean ± 95 % CI (Student's t), "
+            "ensemble, Welch's t-test p against baseline"
+        )
+        base = estimate(shown.get(f"{name}.baseline", {}), section)
+        for variant in table:
+            est = estimate(shown.get(f"{name}.{variant}", {}), section)
+            lines.append(f"  {variant:<14} {result_text(est, base, variant == 'baseline')}")
+    return lines
+
+
+def result_text(est: dict[str, Any], base: dict[str, Any], is_base: bool) -> str:
+    """`n=3  61.23 % ± 1.20  [60.03, 62.43] %  ensemble 62.00 %  p=0.0123` for one variant."""
+    if not est:
+        return "no result (not run yet: `dvc queue start`, then `dvc exp show`)"
+    pct = 100 * est["mean"]
+    if "sd" not in est:
+        return f"n=1  {pct:.2f} %  (no CI with seeds: 1; compare with --seeds N)"
+    half = 100 * (est["high"] - est["low"]) / 2
+    text = (
+        f"n={est['n']}  {pct:.2f} % ± {half:.2f}  [{100 * est['low']:.2f}, "
+        f"{100 * est['high']:.2f}] %  ensemble {100 * est['ensemble']:.2f} %"
+    )
+    if is_base:
+        return text
+    p = welch_p(est, base)
+    return f"{text}  p={p:.4g}" if p is not None and math.isfinite(p) else f"{text}  p=—"
 
 
 def _check_committed_data(stages: list[str]) -> None:
@@ -235,6 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     compare.add_argument("-S", "--set", dest="extra", action="append", default=[],
                          help="key=value applied to every variant (e.g. cnn.train_limit=1000)")  # fmt: skip
     compare.add_argument("--dry-run", action="store_true", help="print the commands only")
+    compare.add_argument("--seeds", type=int, help="members per variant (sets <section>.seeds)")
+    compare.add_argument(
+        "--results",
+        action="store_true",
+        help="print each variant's mean ± 95 %% CI and Welch's p (once the queue has run)",
+    )
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -244,8 +364,15 @@ def main(argv: list[str] | None = None) -> None:
             return
         name = args.name or f"{args.recipe.stem}-cmp"
         only = args.only.split(",") if args.only else None
+        if args.results:
+            check_exp_name(name)
+            table, sections = compared(args.recipe, args.params, only)
+            print("\n".join(results_lines(name, table, sections, shown_experiments())))
+            return
+        if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
+            raise ParamsError(f"--seeds must be 1..{MAX_SEEDS} (got {args.seeds})")
         commands = compare_commands(
-            args.recipe, args.params, name, only, args.extra, check_data=not args.dry_run
+            args.recipe, args.params, name, only, args.extra, not args.dry_run, args.seeds
         )
         for cmd in commands:
             print(" ".join(cmd), flush=True)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
+from appliedtorch.classify.params import MAX_SEEDS
 from appliedtorch.core.errors import AppliedTorchError, ParamsError
 from appliedtorch.core.params import MAX_LAYERS, MAX_WIDTH, Section, validate
 
@@ -80,6 +81,7 @@ class ModelMeta(Section):
     dataset: str = Field("unknown", max_length=64)
     data_source: str = Field("unknown", max_length=4096)
     test_accuracy: float | None = Field(None, ge=0, le=1)
+    members: int = Field(1, ge=1, le=MAX_SEEDS)  # > 1: an `Ensemble` of that many nets
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelMeta:
@@ -187,14 +189,15 @@ def check_model_file(saved: Any, name: str) -> ModelFile:
 def check_state_dict(state: Any, meta: ModelFile, name: str) -> None:
     """The saved weights must be exactly the tensors of the described network (built on the
     `meta` device: shapes without memory), so building it allocates no more than the file holds."""
-    from appliedtorch.classify.models import PixelClassifier, build_model
+    from appliedtorch.classify.models import PixelClassifier, build_network
 
     if not isinstance(state, dict) or not 0 < len(state) <= MAX_TENSORS:
         raise AppliedTorchError(
             f"{name}: state_dict must be a mapping of at most {MAX_TENSORS} tensors"
         )
     with torch.device("meta"):
-        net = build_model(meta.arch, **meta.model_args.model_dump(exclude_unset=True))
+        args = meta.model_args.model_dump(exclude_unset=True)
+        net = build_network(meta.arch, args, meta.members)
         expected = PixelClassifier(net, meta.mean, meta.std).state_dict()
     for key, tensor in state.items():
         if key not in expected:

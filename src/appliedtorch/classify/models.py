@@ -15,6 +15,7 @@ No training logic lives here (see `appliedtorch.classify.loop`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -235,6 +236,21 @@ class PixelClassifier(nn.Module):
         return torch.softmax(logits.float(), dim=1)  # (B, K), rows sum to 1
 
 
+class Ensemble(nn.Module):
+    """A deep ensemble: the mean of its members' class probabilities, returned as its logarithm
+    (B, K), so it is a network like the others: cross-entropy on its output is the ensemble's
+    negative log-likelihood, and `PixelClassifier`'s softmax gives back the mean probability."""
+
+    def __init__(self, nets: Sequence[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 whatever the autocast: a bf16 log-probability would round the mean.
+        logp = torch.stack([F.log_softmax(net(x).float(), dim=1) for net in self.members])
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))  # (B, K)
+
+
 # The names saved in model files: `mlp` and `cnn` are the tutorial's nets (and their variants).
 ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
 
@@ -246,6 +262,13 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
             f"unknown model architecture '{arch}' (known: {', '.join(ARCHITECTURES)})"
         )
     return ARCHITECTURES[arch](**kwargs)
+
+
+def build_network(arch: str, model_args: dict[str, Any], members: int = 1) -> nn.Module:
+    """The network a model file describes: one `arch` net, or an `Ensemble` of `members` of them."""
+    if members == 1:
+        return build_model(arch, **model_args)
+    return Ensemble([build_model(arch, **model_args) for _ in range(members)])
 
 
 def save_model(
@@ -279,7 +302,7 @@ def load_model(path: str | os.PathLike) -> tuple[PixelClassifier, dict[str, Any]
             f"{path}: an older model file (its network takes normalised floats, not pixels); "
             "run the training stage again"
         )
-    net = build_model(saved["arch"], **saved["model_args"])
+    net = build_network(saved["arch"], saved["model_args"], saved.get("members", 1))
     model = PixelClassifier(net, saved["mean"], saved["std"])
     model.load_state_dict(saved["state_dict"])
     return model.eval(), saved

@@ -1,5 +1,5 @@
 """What a classifier run leaves behind: the model file (verified by reloading), metrics.json (the
-headline numbers), per_class.json, history.csv, confusion.json, four figures, and what MLflow
+headline numbers), per_class.json, history.csv, confusion.json, members.csv, four figures, and what MLflow
 gets (the model for export, its input example and metadata, the final metrics).
 
 The model file and the logged model are a `PixelClassifier`: uint8 pixels in, probabilities out.
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from appliedtorch.classify.ensemble import member_frame, member_metrics, seed_summary
 from appliedtorch.classify.loop import model_name
 from appliedtorch.classify.models import PixelClassifier, load_model, save_model
 from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
@@ -133,6 +134,7 @@ def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
         "test_loss": ev.loss,
         "train_loss": result.history[-1].train_loss,
         **macro,
+        **seed_summary(result),  # with seeds > 1: the members' mean, sd and 95 % CI
         "epochs": len(result.history),
         "train_samples": result.train_samples,
         "test_samples": len(ev.labels),
@@ -191,10 +193,13 @@ def classification_metrics(ev: Evaluation, classes: Sequence[str]) -> dict[str, 
     }
 
 
-def final_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+def final_metrics(
+    metrics: Mapping[str, Any], per_epoch: Sequence[str] = EPOCH_METRICS
+) -> dict[str, Any]:
     """The run-level MLflow metrics: metrics.json flattened (`per_class_accuracy.cat`), less the
-    per-epoch ones, whose last points already are these values."""
-    return {k: v for k, v in flatten(metrics).items() if k not in EPOCH_METRICS}
+    `per_epoch` ones logged under these names, whose last points already are these values (with
+    seeds > 1 the epochs are logged per member, `member_<k>/test_loss`: pass none)."""
+    return {k: v for k, v in flatten(metrics).items() if k not in per_epoch}
 
 
 def write_reports(
@@ -237,6 +242,16 @@ def write_reports(
     return metrics, [out / name for name in names]
 
 
+def write_members(result: TrainResult, out_dir: str | Path) -> Path:
+    """members.csv: one row per member (one for a single net) with its test accuracy, test loss,
+    macro F1, last training loss and training seconds; member k trained with seed + k."""
+    from appliedtorch.core.utils import write_text
+
+    path = Path(out_dir) / "members.csv"
+    write_text(path, member_frame(result).to_csv(index=False))
+    return path
+
+
 def portable_model(result: TrainResult) -> PixelClassifier:
     """The pixel classifier for export: a copy of the trained network on the CPU in the default
     memory format, with the normalisation inside.
@@ -266,6 +281,7 @@ def model_metadata(result: TrainResult, data: ImageData) -> dict[str, Any]:
         "input_shape": list(data.test_images.shape[1:]),
         "input_dtype": "uint8",  # pixels in [0, 255]; the model normalises them
         "output": "probabilities",
+        **({"members": len(result.members)} if result.members else {}),  # an Ensemble
     }
 
 
@@ -277,7 +293,10 @@ def write_outputs(
     with output_set(model.parent, reports) as out:
         save_verified_model(result, data, out.path(model))
         metrics, paths = write_reports(result, data, out.path(reports))
-        run.log_metrics(final_metrics(metrics))
+        paths.append(write_members(result, out.path(reports)))
+        run.log_metrics(final_metrics(metrics, () if result.members else EPOCH_METRICS))
+        for k, values in enumerate(member_metrics(result)):
+            run.log_metrics(values, step=k)  # member_test_accuracy, ... with step = member
         run.log_artifacts(paths)  # the staged files, named as in reports/<arch>
         run.set_tags({"compute_dtype": compute_dtype(result), **tuning_tags(result)})
         run.log_model(

@@ -63,7 +63,7 @@ def load_classifier(uri: str) -> Classifier:
 
 def load_model_file(path: str | Path) -> tuple[Any, ModelFile]:
     """The pixel classifier in a model file, in eval mode, and its checked metadata."""
-    from appliedtorch.classify.models import PixelClassifier, build_model
+    from appliedtorch.classify.models import PixelClassifier, build_network
 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -77,7 +77,8 @@ def load_model_file(path: str | Path) -> tuple[Any, ModelFile]:
         raise AppliedTorchError(f"{path}: not an appliedtorch model file (arch/model_args missing)")
     _check_pixels(saved, str(path), "model file")
     meta = check_model_file(saved, str(path))
-    net = build_model(meta.arch, **meta.model_args.model_dump(exclude_unset=True))
+    args = meta.model_args.model_dump(exclude_unset=True)
+    net = build_network(meta.arch, args, meta.members)  # an Ensemble when members > 1
     model = PixelClassifier(net, meta.mean, meta.std)
     model.load_state_dict(saved["state_dict"])  # shapes checked: cannot fail on them
     return model.eval(), meta

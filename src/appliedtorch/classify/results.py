@@ -6,7 +6,7 @@ result.evaluation.accuracy, result.history[-1].train_loss, result.train_seconds
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,6 +92,8 @@ class TrainResult:
     model_args: dict[str, Any]
     train_samples: int
     tuning: Tuning | None = None  # bf16 and threads as resolved, with `auto`'s probe (tuning.py)
+    # With `seeds` > 1: each member's own result; `model` is then their Ensemble (ensemble.py)
+    members: list[TrainResult] = field(default_factory=list)
 
     @property
     def threads(self) -> int | None:

@@ -16,8 +16,8 @@ from typing import Any
 
 from appliedtorch.classify import distributed, outputs
 from appliedtorch.classify.budget import check_budget
-from appliedtorch.classify.loop import train_classifier
-from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
+from appliedtorch.classify.ensemble import check_launch, open_resume, train_seeds
+from appliedtorch.classify.resume import fingerprint
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import run_params
 from appliedtorch.core.tracking import data_tags, stage_run
@@ -47,6 +47,7 @@ def train_stage(
     section = getattr(p, arch)
     dataset = section.dataset
     data_dir = data_dir or Path("data/raw") / dataset
+    check_launch(section)  # seeds > 1 under torchrun: one line, no work
     check_budget(p, arch)  # a device it lacks, or more memory than it has: one line, no work
     check_writable(model.parent, reports)  # before any work, not after training
     world = join(p.device)  # torchrun's process group; one process without it
@@ -60,9 +61,8 @@ def train_stage(
     logged_params = run_params(p, arch)
     # Resumes a run killed mid-training if params, data and the number of processes are the
     # same; under torchrun every rank restores rank 0's reading of the state (see resume.py).
-    resume = ResumeState.open(
-        resume_path(model), fingerprint(logged_params, tags), world, section.epochs
-    )
+    # With seeds > 1, one state per member: finished members are not trained again.
+    resume = open_resume(model, fingerprint(logged_params, tags), world, section)
     with main_stage_run(  # the MLflow run on rank 0; one that records nothing elsewhere
         world,
         section.experiment,
@@ -74,7 +74,7 @@ def train_stage(
         system_metrics=p.tracking.system_metrics,
     ) as run:
         resume.run_id = run.run_id
-        result = train_classifier(
+        result = train_seeds(  # train_classifier, or each member and their ensemble
             data,
             section,
             seed=p.seed,
