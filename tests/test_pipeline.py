@@ -23,7 +23,7 @@ from helpers.repo import copy_workspace, run
 
 pytestmark = pytest.mark.slow  # every test reads the session's full `dvc repro`
 
-STAGES = ("download", "train_mlp", "train_cnn", "pinn", "math_demos", "report")
+STAGES = ("download", "train_mlp", "train_cnn", "pinn", "math_demos", "register", "report")
 SUBPACKAGES = ("core", "data", "classify", "pinn", "demos", "report")
 EXPERIMENTS = {
     "math-demos": "math_demos",
@@ -85,6 +85,19 @@ def test_metrics_are_those_of_working_models(built):
     assert json.loads((reports / "pinn/metrics.json").read_text())["max_abs_error"] < 1e-2
     assert json.loads((reports / "mlp/metrics.json").read_text())["test_accuracy"] > 0.3  # 0.1
     assert 0 <= json.loads((reports / "cnn/metrics.json").read_text())["test_accuracy"] <= 1
+
+
+def test_dvc_metrics_show_fits_a_wide_terminal(built):
+    """metrics.json files hold the headline numbers (per-class values, PINN phases and each
+    demo's values are in their own files), so the table stays readable, and the PINN's and
+    demos' errors show as correct digits where the table rounds the errors to 0."""
+    ws, env = built
+    table = run([str(BIN / "dvc"), "metrics", "show"], ws, env).stdout
+    width = max(len(line) for line in table.splitlines())
+    assert width <= 440, f"dvc metrics show is {width} characters wide:\n{table}"
+    assert "max_error_digits" in table and "per_class_accuracy" not in table
+    for stage in ("mlp", "cnn", "pinn", "math"):
+        assert len(json.loads((ws / "reports" / stage / "metrics.json").read_text())) <= 16
 
 
 def test_figures_models_and_report_page_are_written(built):
