@@ -42,9 +42,9 @@ import torch
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.models import build_model
 from appliedtorch.classify.tuning import first_batch, training_step, tune
-from appliedtorch.core.hardware import cpu_description, flush_denormals
 from appliedtorch.core.utils import thread_count, write_json
 from appliedtorch.data.loading import ImageData, synthetic_in_memory
+from appliedtorch.machine.hardware import cpu_description, flush_denormals
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000)}

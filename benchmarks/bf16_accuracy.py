@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from appliedtorch.classify.loop import train_classifier
-from appliedtorch.core.hardware import cpu_description
 from appliedtorch.data.loading import synthetic_in_memory
+from appliedtorch.machine.hardware import cpu_description
 from appliedtorch.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]

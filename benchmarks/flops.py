@@ -5,7 +5,7 @@
 `train_flops_per_sample` runs one forward + backward pass of the model under
 `torch.utils.flop_counter.FlopCounterMode` (matrix products and convolutions; element-wise work
 is not counted, as is usual for FLOP/s figures). benchmarks/run.py divides the count for an epoch
-by its seconds for the achieved GFLOP/s and compares that with `core.hardware.cpu_peak_gflops`.
+by its seconds for the achieved GFLOP/s and compares that with `machine.hardware.cpu_peak_gflops`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import torch
 
 from appliedtorch.classify.loop import model_args_for, model_name, train_classifier
 from appliedtorch.classify.params import CNNParams
-from appliedtorch.core.hardware import cpu_description
+from appliedtorch.machine.hardware import cpu_description
 from appliedtorch.core.params import read_yaml
 from appliedtorch.data.loading import synthetic_in_memory
 from appliedtorch.params import parse_params

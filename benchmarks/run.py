@@ -60,9 +60,9 @@ from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.loop import evaluate, model_args_for, model_name
 from appliedtorch.classify.models import build_model
 from appliedtorch.classify.params import ClassifierParams
-from appliedtorch.core.hardware import cpu_description, cpu_peak_gflops
 from appliedtorch.core.utils import thread_count, write_json
 from appliedtorch.data.loading import ImageData
+from appliedtorch.machine.hardware import cpu_description, cpu_peak_gflops
 from appliedtorch.params import load_params
 from appliedtorch.pinn.params import PINNParams
 

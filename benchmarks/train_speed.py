@@ -38,9 +38,9 @@ from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.loop import evaluate, model_args_for, train_classifier
 from appliedtorch.classify.models import build_model
 from appliedtorch.classify.params import ClassifierParams
-from appliedtorch.core.hardware import resolve_bf16
 from appliedtorch.core.utils import resolve_device
 from appliedtorch.data.loading import ImageData, synthetic_in_memory
+from appliedtorch.machine.hardware import resolve_bf16
 from appliedtorch.params import Params, load_params
 
 SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000)}

@@ -16,12 +16,12 @@ from pathlib import Path
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.params import run_params
 from appliedtorch.core.plots import save_figure
-from appliedtorch.core.tracking.run import stage_run
 from appliedtorch.core.utils import check_writable, output_set, seed_everything, write_json
 from appliedtorch.demos import checks as demos
 from appliedtorch.demos import figures as plots
 from appliedtorch.demos.budget import check_budget
 from appliedtorch.params import load_params
+from appliedtorch.tracking.run import stage_run
 
 log = logging.getLogger("math_demos")
 

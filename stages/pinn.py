@@ -14,11 +14,11 @@ from pathlib import Path
 
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.params import run_params
-from appliedtorch.core.tracking.run import stage_run
 from appliedtorch.core.utils import check_writable, output_set, seed_everything
 from appliedtorch.params import load_params
 from appliedtorch.pinn import outputs, solver
 from appliedtorch.pinn.budget import check_budget
+from appliedtorch.tracking.run import stage_run
 
 log = logging.getLogger("pinn")
 

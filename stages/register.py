@@ -22,9 +22,9 @@ from pathlib import Path
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import run_params
-from appliedtorch.core.tracking.lineage import params_md5
-from appliedtorch.core.tracking.registry import register_trained
 from appliedtorch.params import load_params
+from appliedtorch.tracking.lineage import params_md5
+from appliedtorch.tracking.registry import register_trained
 
 log = logging.getLogger("register")
 SECTIONS = ("mlp", "cnn")  # params sections of the classifiers (their runs' params.md5)

@@ -17,13 +17,13 @@ from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError, TrackingError
 from appliedtorch.core.params import run_params
 from appliedtorch.core.redact import redact
-from appliedtorch.core.tracking.lineage import lineage_tags, params_md5
-from appliedtorch.core.tracking.run import latest_runs
-from appliedtorch.core.tracking.uri import repo_root, resolve_tracking_uri
 from appliedtorch.core.utils import check_writable, output_set, write_text
 from appliedtorch.data.datasets import dataset
 from appliedtorch.params import load_params
 from appliedtorch.report import page as report
+from appliedtorch.tracking.lineage import lineage_tags, params_md5
+from appliedtorch.tracking.run import latest_runs
+from appliedtorch.tracking.uri import repo_root, resolve_tracking_uri
 
 log = logging.getLogger("report")
 

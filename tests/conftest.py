@@ -20,7 +20,7 @@ from helpers.servers import serve_mlflow
 
 @pytest.fixture(scope="session", autouse=True)
 def autotune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """`auto`'s decisions (appliedtorch.core.autotune) are cached in a session directory, never
+    """`auto`'s decisions (appliedtorch.machine.autotune) are cached in a session directory, never
     in the user's ~/.cache; every process the tests start inherits it."""
     path = tmp_path_factory.mktemp("autotune-cache")
     mp = pytest.MonkeyPatch()

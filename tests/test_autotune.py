@@ -1,4 +1,4 @@
-"""`auto` means measured: core/autotune.py (timing, cache) and classify/tuning.py (the probe)."""
+"""`auto` means measured: machine/autotune.py (timing, cache) and classify/tuning.py (the probe)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from appliedtorch.classify import tuning
 from appliedtorch.classify.models import build_model
-from appliedtorch.core import autotune
+from appliedtorch.machine import autotune
 
 CPU = torch.device("cpu")
 FAST = {"warmup": 1, "rounds": 2, "steps": 2}  # 4 timed steps per candidate

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from appliedtorch.classify import budget as classify_budget
-from appliedtorch.core import budget
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.demos import budget as demos_budget
+from appliedtorch.machine import budget
 from appliedtorch.params import parse_params
 from appliedtorch.pinn import budget as pinn_budget
 from helpers import REPO, merge

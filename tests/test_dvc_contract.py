@@ -75,7 +75,7 @@ EDITS = {  # file edited (under src/appliedtorch): (stages whose deps change, st
     "report/page.py": ({"report"}, {"report"}),
     "data/fetch.py": (DOWNLOADS, ALL - {"pinn", "math_demos"}),
     "data/loading.py": (DOWNLOADS | TRAINING, ALL - {"pinn", "math_demos"}),
-    "core/tracking/run.py": (ALL - DOWNLOADS, ALL - DOWNLOADS),
+    "tracking/run.py": (ALL - DOWNLOADS, ALL - DOWNLOADS),
     "core/utils.py": (ALL, ALL),
 }
 

@@ -35,7 +35,7 @@ def runs_by_experiment(uri: str, *experiments: str) -> dict[str, list]:
 OPEN_AT = """
 import sys, time
 import mlflow
-from appliedtorch.core.tracking import ensure_schema
+from appliedtorch.tracking import ensure_schema
 uri, start = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
 ensure_schema(uri)

@@ -1,4 +1,4 @@
-"""bf16 detection and the CPU peak estimate (core/hardware.py), and `bf16: auto` in the params."""
+"""bf16 detection and the CPU peak estimate (machine/hardware.py), and `bf16: auto` in the params."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from appliedtorch.classify.params import MLPParams
-from appliedtorch.core import hardware
 from appliedtorch.core.errors import ParamsError
+from appliedtorch.machine import hardware
 
 CPU = torch.device("cpu")
 
@@ -49,7 +49,7 @@ def test_auto_is_fp32_without_native_bf16(monkeypatch):
 
 def test_true_without_native_bf16_warns_once(monkeypatch, caplog):
     _fake_cpu(monkeypatch, "fpu sse2 avx avx2 fma")
-    with caplog.at_level(logging.WARNING, logger="appliedtorch.core.hardware"):
+    with caplog.at_level(logging.WARNING, logger="appliedtorch.machine.hardware"):
         assert hardware.resolve_bf16(True, CPU) is True  # honoured, but said
         assert hardware.resolve_bf16(True, CPU) is True
     warnings = [r for r in caplog.records if "no native bf16" in r.getMessage()]
@@ -59,7 +59,7 @@ def test_true_without_native_bf16_warns_once(monkeypatch, caplog):
 def test_true_with_native_bf16_is_silent(monkeypatch, caplog):
     _fake_cpu(monkeypatch, "avx2 fma avx512f avx512_bf16")
     monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: True)
-    with caplog.at_level(logging.WARNING, logger="appliedtorch.core.hardware"):
+    with caplog.at_level(logging.WARNING, logger="appliedtorch.machine.hardware"):
         assert hardware.resolve_bf16(True, CPU) is True
         assert hardware.resolve_bf16("auto", CPU) is True
     assert not caplog.records

@@ -24,7 +24,7 @@ from helpers.repo import copy_workspace, run
 pytestmark = pytest.mark.slow  # every test reads the session's full `dvc repro`
 
 STAGES = ("download", "train_mlp", "train_cnn", "pinn", "math_demos", "register", "report")
-SUBPACKAGES = ("core", "data", "classify", "pinn", "demos", "report")
+SUBPACKAGES = ("core", "machine", "tracking", "data", "classify", "pinn", "demos", "report")
 EXPERIMENTS = {
     "math-demos": "math_demos",
     "pinn-ode": "pinn",

@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from appliedtorch.core.tracking import should_promote
 from appliedtorch.data.fetch import download
 from appliedtorch.data.loading import load_dataset
+from appliedtorch.tracking import should_promote
 from helpers import REPO, run_script
 from helpers.servers import free_port
 
@@ -533,7 +533,7 @@ def test_model_file_metadata_is_checked_before_building(case, tmp_path, capsys, 
 
 
 def test_logged_model_metadata_is_checked_before_mlflow_loads_it(monkeypatch, capsys, tmp_path):
-    from appliedtorch.core import tracking
+    from appliedtorch import tracking
 
     loaded = []
 

@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from appliedtorch.core.params import run_params
-from appliedtorch.core.tracking.run import stage_run
 from appliedtorch.params import load_params
+from appliedtorch.tracking.run import stage_run
 from helpers import REPO, merge
 from helpers.stage_runs import one_error_line
 

@@ -24,8 +24,8 @@ from appliedtorch.classify.loop import train_classifier
 from appliedtorch.classify.params import MLPParams
 from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
 from appliedtorch.core.errors import TrackingError
-from appliedtorch.core.tracking import resolve_tracking_uri
 from appliedtorch.data.fetch import download
+from appliedtorch.tracking import resolve_tracking_uri
 from helpers import REPO, merge
 from helpers.data import make_data
 from helpers.servers import silent_server
@@ -391,7 +391,7 @@ def global_uri_reset():
 
 
 def test_stage_run_continues_a_run_or_links_to_it(tracking_uri, caplog, global_uri_reset):
-    from appliedtorch.core.tracking import stage_run
+    from appliedtorch.tracking import stage_run
 
     with stage_run("unit-resume", "train_mlp", {"seed": 1}) as first:
         first.log_metrics({"train_loss": 1.0}, step=1)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from appliedtorch.core.errors import TrackingError
-from appliedtorch.core.tracking import latest_runs, stage_run
 from appliedtorch.report import page as report
+from appliedtorch.tracking import latest_runs, stage_run
 from helpers import REPO
 
 # The smallest valid PNG: 1x1, one grey pixel.

@@ -6,9 +6,9 @@ the data). Statically, every module a stage script can import (at top level or i
 followed through the project) must be what its code deps name, a folder standing for all of its
 modules. Each stage script is also imported in a fresh interpreter and what it loaded compared
 with dvc.yaml (lazy imports are recorded during real stage runs by tests/test_pipeline.py, with
-`helpers.deps.deps_cover`). The import graph: no library module imports a stage, `core` imports
-no other appliedtorch subpackage, only `core/tracking` imports mlflow, and the download stages
-load none of it.
+`helpers.deps.deps_cover`). The import graph: no library module imports a stage, the shared
+layers (`core`, then `machine` and `tracking`) import only the layers below them, only `tracking`
+imports mlflow, and the download stages load none of it.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_stage_imports_only_what_its_deps_cover(script):
 
 def test_deps_cover():
     deps = ["stages/pinn.py", "src/appliedtorch/core", "src/appliedtorch/__init__.py"]
-    assert deps_cover(deps, "src/appliedtorch/core/tracking/run.py")
+    assert deps_cover(deps, "src/appliedtorch/core/params.py")
     assert deps_cover(deps, "stages/pinn.py")
     assert not deps_cover(deps, "src/appliedtorch/core_extra/x.py")
     assert not deps_cover(deps, "src/appliedtorch/classify/loop.py")
@@ -140,19 +140,29 @@ def test_no_library_module_imports_a_stage():
     assert {k: v for k, v in bad.items() if v} == {}
 
 
-def test_core_imports_no_other_subpackage():
+# The shared layers, bottom up: `core` (params machinery, errors, files, the stage wrapper), then
+# `machine` (hardware facts, timed `auto`, memory budget) and `tracking` (MLflow). Each imports
+# only itself and the layers below; the stages' subpackages (data, classify, ...) sit above.
+LAYERS = ({"core"}, {"machine", "tracking"})
+
+
+def test_shared_layers_import_only_the_layers_below():
     subpackages = {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()}
-    assert {"core", "data", "classify", "pinn", "demos", "report"} <= subpackages
-    bad = {}
-    for path in sorted((SRC / "core").rglob("*.py")):
-        names = imported_modules(path)
-        other = sorted(
-            n
-            for n in names
-            if n.startswith("appliedtorch.") and n.split(".")[1] in subpackages - {"core"}
-        )
-        if other:
-            bad[str(path.relative_to(REPO))] = other
+    assert {"core", "machine", "tracking", "data", "classify", "pinn", "demos"} <= subpackages
+    bad, below = {}, set()
+    for layer in LAYERS:
+        for package in sorted(layer):
+            allowed = below | {package}
+            for path in sorted((SRC / package).rglob("*.py")):
+                names = imported_modules(path)
+                other = sorted(
+                    n
+                    for n in names
+                    if n.startswith("appliedtorch.") and n.split(".")[1] in subpackages - allowed
+                )
+                if other:
+                    bad[str(path.relative_to(REPO))] = other
+        below |= layer
     assert bad == {}
 
 
@@ -236,11 +246,11 @@ def mlflow_importers() -> list[str]:
 def test_only_tracking_imports_mlflow():
     importers = mlflow_importers()
     assert importers, "the check finds no mlflow import at all"
-    assert [f for f in importers if not f.startswith("src/appliedtorch/core/tracking/")] == []
+    assert [f for f in importers if not f.startswith("src/appliedtorch/tracking/")] == []
 
 
 def test_download_stage_needs_no_mlflow_code():
     deps = stage_deps()["stages/download.py"]
-    assert not deps_cover(deps, "src/appliedtorch/core/tracking/__init__.py")
+    assert not deps_cover(deps, "src/appliedtorch/tracking/__init__.py")
     assert [f for f in mlflow_importers() if deps_cover(deps, f)] == []
     assert not import_report("stages/download.py")["mlflow"]

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from appliedtorch.core.tracking import dvc_md5, resolve_tracking_uri, stage_run
+from appliedtorch.tracking import dvc_md5, resolve_tracking_uri, stage_run
 
 
 def test_relative_sqlite_uri_is_anchored_at_repo_root(tmp_path, monkeypatch):
@@ -202,7 +202,7 @@ def test_system_metrics_are_sampled_when_asked(tracking_uri, monkeypatch):
     ],
 )
 def test_sweep_is_the_name_of_a_queued_grid(exp_name, sweep, variant):
-    from appliedtorch.core.tracking import sweep_name, variant_name
+    from appliedtorch.tracking import sweep_name, variant_name
 
     assert sweep_name(exp_name) == sweep
     assert variant_name(exp_name) == variant

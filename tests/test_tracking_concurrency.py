@@ -13,7 +13,7 @@ WRITERS, STEPS = 4, 40
 
 WRITER = """
 import sys
-from appliedtorch.core.tracking import stage_run
+from appliedtorch.tracking import stage_run
 name = sys.argv[1]
 with stage_run("concurrency", name, {"writer": name, "seed": 0}) as run:
     for step in range(int(sys.argv[2])):

@@ -28,7 +28,7 @@ import mlflow
 import pytest
 import yaml
 
-from appliedtorch.core import tracking
+from appliedtorch import tracking
 from appliedtorch.core.cli import _redact_record
 from appliedtorch.core.errors import TrackingError
 from helpers import PYTHON, REPO, merge

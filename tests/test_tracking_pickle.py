@@ -88,7 +88,7 @@ def test_predict_refuses_a_pickled_mlflow_model(pickled_run, tmp_path):
 def test_load_logged_model_refuses_pickle_even_when_allowed(pickled_run, monkeypatch):
     """MLflow's switch set to allow pickle in the environment does not reach the project's loads."""
     from appliedtorch.core.errors import TrackingError
-    from appliedtorch.core.tracking.registry import load_logged_model
+    from appliedtorch.tracking.registry import load_logged_model
 
     run_id, marker = pickled_run
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")

@@ -90,7 +90,7 @@ def cpu_signature() -> str:
     Intel AVX-512 Xeon and an AMD Zen 4) round differently."""
     import torch
 
-    from appliedtorch.core.hardware import cpu_description
+    from appliedtorch.machine.hardware import cpu_description
 
     cpu = cpu_description()
     return (

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from appliedtorch.core.budget import Need, check_compile, check_device, check_memory
+from appliedtorch.machine.budget import Need, check_compile, check_device, check_memory
 
 FLOAT = 4  # bytes: training runs in float32 (bf16 autocast keeps float32 weights)
 DATASET = {"mlp": "mnist", "cnn": "cifar10"}  # the stage's dataset unless its section names one

@@ -37,8 +37,8 @@ from appliedtorch.classify.models import Ensemble
 from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.classify.resume import ResumeState, resume_path
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.core.hardware import flush_denormals
 from appliedtorch.core.utils import thread_count
+from appliedtorch.machine.hardware import flush_denormals
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -35,8 +35,8 @@ from appliedtorch.classify.progress import Progress
 from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.classify.tuning import first_batch, tune
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError
-from appliedtorch.core.hardware import flush_denormals
 from appliedtorch.core.utils import resolve_device, thread_count
+from appliedtorch.machine.hardware import flush_denormals
 
 if TYPE_CHECKING:
     from appliedtorch.classify.params import ClassifierParams

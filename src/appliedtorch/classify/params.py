@@ -75,7 +75,7 @@ class ClassifierParams(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; test_loss is plain CE
     train_limit: int | None = Field(None, gt=0, le=MAX_SAMPLES)
     eval_batch_size: int = Field(1024, gt=0, le=MAX_BATCH)
-    # bfloat16 autocast: auto = where the device computes bf16 natively (core/hardware.py)
+    # bfloat16 autocast: auto = where the device computes bf16 natively (machine/hardware.py)
     bf16: BF16 = False
     compile: bool = False  # torch.compile the model (first epoch pays the compile time)
     threads: Threads = None

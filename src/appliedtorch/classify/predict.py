@@ -50,7 +50,7 @@ def load_classifier(uri: str) -> Classifier:
     if "://" not in uri and not uri.startswith(("models:/", "runs:/")):
         model, meta = load_model_file(uri)
     else:
-        from appliedtorch.core.tracking import load_logged_model
+        from appliedtorch.tracking import load_logged_model
 
         def check(raw: dict[str, Any]) -> None:  # runs before MLflow loads the model
             _check_pixels(raw, f"model '{uri}'", "model")

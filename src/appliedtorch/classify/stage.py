@@ -20,10 +20,10 @@ from appliedtorch.classify.ensemble import check_launch, open_resume, train_seed
 from appliedtorch.classify.resume import fingerprint
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import run_params
-from appliedtorch.core.tracking import data_tags, stage_run
 from appliedtorch.core.utils import check_writable, first_line, resolve_device, seed_everything
 from appliedtorch.data.loading import load_dataset
 from appliedtorch.params import load_params
+from appliedtorch.tracking import data_tags, stage_run
 
 
 def parse_args(arch: str, description: str) -> argparse.Namespace:

@@ -6,7 +6,7 @@
 
 The candidates are real training steps (forward under the candidate's autocast, cross-entropy,
 backward, optimizer step, as `loop.train_one_epoch` does) timed by
-`appliedtorch.core.autotune.pick_fastest`, which caches the decision per machine. The probe
+`appliedtorch.machine.autotune.pick_fastest`, which caches the decision per machine. The probe
 trains a copy of the model with its own optimizer inside `torch.random.fork_rng`: the model, its
 optimizer and every random stream are as they were before, so a run gives the same numbers as
 the same run with the chosen values set explicitly. An explicit `true`/`false` or thread count is
@@ -30,9 +30,9 @@ from torch import nn
 
 from appliedtorch.classify.batches import Batches
 from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.core.autotune import Tuned, enabled, pick_fastest
-from appliedtorch.core.hardware import native_bf16, resolve_bf16
 from appliedtorch.core.utils import thread_count
+from appliedtorch.machine.autotune import Tuned, enabled, pick_fastest
+from appliedtorch.machine.hardware import native_bf16, resolve_bf16
 
 DTYPE_NAMES = {False: "float32", True: "bfloat16"}
 QUESTION = "classifier training step"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from appliedtorch.core.budget import Need, check_device, check_memory
+from appliedtorch.machine.budget import Need, check_device, check_memory
 
 FFT_ARRAYS = 12
 PATH_BYTES = 64  # per gradient-descent step: the float in the path list, and its plotted copy

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from appliedtorch.core.budget import Need, check_device, check_memory
+from appliedtorch.machine.budget import Need, check_device, check_memory
 
 # Tensors of (points, width) per hidden layer that the Taylor-mode forward keeps for backward:
 # the value and two derivatives through the linear map and tanh, and tanh's derivatives.

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import markupsafe
 
 from appliedtorch.core.utils import flatten
+from appliedtorch.report.chart import accuracy_chart
 
 log = logging.getLogger(__name__)
 
@@ -350,71 +350,6 @@ def _summary_row(item: _Loaded, run: Mapping[str, Any] | None) -> tuple[str, ...
     )
 
 
-def _accuracy_point(item: _Loaded) -> dict[str, Any] | None:
-    """A classifier's test accuracy for the chart: the members' mean with its 95 % CI when it
-    trained several seeds (and the ensemble's accuracy), else its one value."""
-    m = item.metrics or {}
-    if not item.section.dataset or not isinstance(m.get("test_accuracy"), (int, float)):
-        return None
-    keys = ("test_accuracy_mean", "test_accuracy_ci95_low", "test_accuracy_ci95_high")
-    if all(isinstance(m.get(k), (int, float)) for k in keys):
-        mean, low, high = (float(m[k]) for k in keys)
-        return {"mean": mean, "low": low, "high": high, "ensemble": float(m["test_accuracy"])}
-    return {"mean": float(m["test_accuracy"])}
-
-
-def accuracy_chart(loaded: list[_Loaded]) -> markupsafe.Markup:
-    """An inline SVG of each classifier's test accuracy: the members' mean with a 95 % CI error
-    bar and the ensemble as a diamond when the run trained several seeds, a dot otherwise.
-    Empty when no classifier has metrics."""
-    rows = [(i.section, p) for i in loaded if (p := _accuracy_point(i)) is not None]
-    rows = [(s, p) for s, p in rows if all(0 <= v <= 1 for v in p.values())]
-    if not rows:
-        return markupsafe.Markup("")
-    values = [v for _, p in rows for v in p.values()]
-    lo, hi = max(0.0, min(values) - 0.02), min(1.0, max(values) + 0.02)
-    left, width, row = 160, 360, 34  # title | axis | label
-
-    def x(v: float) -> float:
-        return left + width * (v - lo) / max(hi - lo, 1e-9)
-
-    e = markupsafe.escape
-    parts = [
-        f'<svg class="accuracy-chart" xmlns="http://www.w3.org/2000/svg" width="{left + width + 300}" '
-        f'height="{row * len(rows) + 30}" role="img" aria-label="test accuracy">',
-        f'<text x="{left}" y="{row * len(rows) + 24}" font-size="11">{100 * lo:.1f} %</text>',
-        f'<text x="{left + width}" y="{row * len(rows) + 24}" font-size="11" '
-        f'text-anchor="end">{100 * hi:.1f} %</text>',
-    ]
-    for i, (section, p) in enumerate(rows):
-        y = row * i + 18
-        parts.append(
-            f'<text x="4" y="{y + 4}" font-size="12">{e(section.title.split(":")[0])}</text>'
-        )
-        label = f"{100 * p['mean']:.2f} %"
-        if "low" in p:
-            parts.append(
-                f'<line class="ci" x1="{x(p["low"]):.1f}" x2="{x(p["high"]):.1f}" y1="{y}" '
-                f'y2="{y}" stroke="#1f5f99" stroke-width="2"/>'
-            )
-            for end in (p["low"], p["high"]):
-                parts.append(
-                    f'<line x1="{x(end):.1f}" x2="{x(end):.1f}" y1="{y - 6}" y2="{y + 6}" '
-                    'stroke="#1f5f99" stroke-width="2"/>'
-                )
-            ex = x(p["ensemble"])
-            parts.append(
-                f'<path class="ensemble" d="M{ex:.1f} {y - 6}l6 6-6 6-6-6z" fill="#b00020"/>'
-            )
-            half = 100 * (p["high"] - p["low"]) / 2
-            label = f"members {label} ± {half:.2f}, ensemble {100 * p['ensemble']:.2f} %"
-        parts.append(f'<circle cx="{x(p["mean"]):.1f}" cy="{y}" r="4" fill="#1d2329"/>')
-        parts.append(f"<title>{e(label)}</title>")
-        parts.append(f'<text x="{left + width + 12}" y="{y + 4}" font-size="11">{e(label)}</text>')
-    parts.append("</svg>")
-    return markupsafe.Markup("\n".join(parts))
-
-
 def build_report(
     reports_dir: str | Path,
     runs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -451,7 +386,13 @@ def build_report(
         ),
         runs_problem=runs_problem,
         summary=[_summary_row(item, run) for item, run in loaded],
-        accuracy_chart=accuracy_chart([item for item, _ in loaded]),
+        accuracy_chart=accuracy_chart(
+            [
+                (item.section.title.split(":")[0], item.metrics or {})
+                for item, _ in loaded
+                if item.section.dataset
+            ]
+        ),
         sections=[
             {**_section(item, run, ui_base), "params_rows": _params_rows(params, item.section)}
             for item, run in loaded

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from appliedtorch.core.tracking.uri import DB_PORTS, uri_scheme
 from appliedtorch.core.utils import signals_held
+from appliedtorch.tracking.uri import DB_PORTS, uri_scheme
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,7 +9,7 @@ bf16 autocast can be worth it only where the hardware multiplies bf16 natively: 
 compute capability 8.0 or newer, and CPUs with AVX-512 BF16 or AMX (oneDNN then uses bf16
 dot-product instructions). Elsewhere oneDNN emulates bf16 with fp32 arithmetic plus conversions,
 many times slower than fp32 (docs/performance.md). Native does not mean faster for a given net:
-`appliedtorch.core.autotune` times both where bf16 is native.
+`appliedtorch.machine.autotune` times both where bf16 is native.
 """
 
 from __future__ import annotations

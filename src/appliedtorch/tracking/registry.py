@@ -22,8 +22,8 @@ from typing import Any
 
 from appliedtorch.core.errors import TrackingError
 from appliedtorch.core.redact import error_line, redact
-from appliedtorch.core.tracking.lineage import data_hash
-from appliedtorch.core.tracking.uri import open_store, resolve_tracking_uri
+from appliedtorch.tracking.lineage import data_hash
+from appliedtorch.tracking.uri import open_store, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 

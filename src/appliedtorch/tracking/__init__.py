@@ -10,13 +10,13 @@
 - `registry`: registration, the `champion` rule, loading a logged model without pickle.
 
 Every module imports mlflow inside the functions that need it, and the names below are
-re-exported for `from appliedtorch.core.tracking import stage_run`. Nothing that downloads data
+re-exported for `from appliedtorch.tracking import stage_run`. Nothing that downloads data
 imports this package (its stages do not depend on it in dvc.yaml).
 """
 
 from appliedtorch.core.redact import redact
-from appliedtorch.core.tracking.handle import StageRun, database_writes
-from appliedtorch.core.tracking.lineage import (
+from appliedtorch.tracking.handle import StageRun, database_writes
+from appliedtorch.tracking.lineage import (
     data_tags,
     dataset_inputs,
     dvc_md5,
@@ -25,14 +25,14 @@ from appliedtorch.core.tracking.lineage import (
     sweep_name,
     variant_name,
 )
-from appliedtorch.core.tracking.registry import (
+from appliedtorch.tracking.registry import (
     CHAMPION,
     load_logged_model,
     register_trained,
     register_version,
     should_promote,
 )
-from appliedtorch.core.tracking.run import (
+from appliedtorch.tracking.run import (
     EXPERIMENT_KIND_TAG,
     EXPERIMENT_TAGS,
     MODEL_TRAINING,
@@ -41,7 +41,7 @@ from appliedtorch.core.tracking.run import (
     mark_model_training,
     stage_run,
 )
-from appliedtorch.core.tracking.uri import (
+from appliedtorch.tracking.uri import (
     HTTP_DEFAULTS,
     bound_store_retries,
     check_db_server,

@@ -22,9 +22,10 @@ from typing import Any
 
 from appliedtorch.core.errors import AppliedTorchError, TrackingError
 from appliedtorch.core.redact import error_line, redact
-from appliedtorch.core.tracking.handle import StageRun, database_writes
-from appliedtorch.core.tracking.lineage import dataset_inputs, lineage_tags, params_md5
-from appliedtorch.core.tracking.uri import (
+from appliedtorch.core.utils import first_line
+from appliedtorch.tracking.handle import StageRun, database_writes
+from appliedtorch.tracking.lineage import dataset_inputs, lineage_tags, params_md5
+from appliedtorch.tracking.uri import (
     bound_store_retries,
     check_reachable,
     ensure_schema,
@@ -32,7 +33,6 @@ from appliedtorch.core.tracking.uri import (
     resolve_tracking_uri,
     sqlite_path,
 )
-from appliedtorch.core.utils import first_line
 
 log = logging.getLogger(__name__)
 

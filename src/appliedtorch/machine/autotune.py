@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from appliedtorch.core.hardware import machine_signature
 from appliedtorch.core.utils import write_json
+from appliedtorch.machine.hardware import machine_signature
 
 log = logging.getLogger(__name__)
 
