@@ -455,3 +455,33 @@ def test_signalled_training_is_one_line_and_ends_its_mlflow_run(
     assert run.info.status == "KILLED"
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert not (out / "models/mlp.pt").exists() and not (out / "reports/mlp/metrics.json").exists()
+
+
+def test_a_resumed_run_keeps_the_choice_auto_made(tmp_path, monkeypatch):
+    """A choice timed on a busy machine is not cached: the resumed run must not time again (it
+    could choose otherwise and end with other numbers than an uninterrupted run)."""
+    from appliedtorch.classify import tuning
+    from appliedtorch.machine import autotune
+
+    probes = []
+
+    def fake(question, candidates, **kwargs):
+        probes.append(sorted(candidates))
+        choice = sorted(candidates)[len(probes) % 2]  # another choice at every probe
+        return autotune.Tuned(choice, dict.fromkeys(candidates, 0.1), 0.5, False)
+
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
+    monkeypatch.setattr(tuning, "pick_fastest", fake)
+    section = MLP.model_copy(update={"bf16": "auto"})
+    data = make_data("mnist", 256, 64)
+    path = tmp_path / ".mlp.resume"
+    interrupted(data, section, ResumeState(path, "fp"), at_epoch=3)
+    chosen = ResumeState.open(path, "fp").tuning
+    assert len(probes) == 1 and chosen["probe"]["choice"] in probes[0]
+    resumed = train_classifier(data, section, resume=ResumeState.open(path, "fp"))
+    assert len(probes) == 1, "the resumed run timed the candidates again"
+    assert resumed.tuning.as_record() == chosen
+    assert (
+        resumed.tuning.record()["autotune"]
+        == tuning.Tuning.from_record(chosen).record()["autotune"]
+    )

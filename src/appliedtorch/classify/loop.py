@@ -33,7 +33,7 @@ from appliedtorch.classify.models import ARCHITECTURES, build_model
 from appliedtorch.classify.optim import make_optimizer, make_scheduler
 from appliedtorch.classify.progress import Progress
 from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
-from appliedtorch.classify.tuning import first_batch, tune
+from appliedtorch.classify.tuning import Tuning, first_batch, tune
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError
 from appliedtorch.core.utils import resolve_device, thread_count
 from appliedtorch.machine.hardware import flush_denormals
@@ -184,8 +184,10 @@ def train_classifier(
     model, net, optimizer, shuffle, augment = _build(section, model_args, dev, seed, world)
     train, test = _batches(data, section, batch_size, normalize, shuffle, augment, world)
     scheduler = make_scheduler(optimizer, section, len(train))
-    # bf16 and threads: explicit, or `auto` timed on a copy of the model (the run is unchanged)
-    tuning = tune(
+    # bf16 and threads: explicit, or `auto` timed on a copy of the model (the run is unchanged);
+    # a resumed run keeps the choice it started with, so it ends as an uninterrupted one would
+    kept = resume.tuning if resume is not None else None
+    tuning = (Tuning.from_record(kept) if kept else None) or tune(
         model,
         lambda m: make_optimizer(m, section, dev),
         first_batch(train),
@@ -208,7 +210,9 @@ def train_classifier(
                 callback(stats)
             if resume is not None:
                 history_dicts = [dataclasses.asdict(h) for h in history]
-                resume.save(epoch, model, optimizer, scheduler, streams, history_dicts)
+                resume.save(
+                    epoch, model, optimizer, scheduler, streams, history_dicts, tuning.as_record()
+                )
         # resumed after the last epoch: only the final evaluation is left
         evaluation = run.evaluation or run.evaluate()
     model.eval()

@@ -203,6 +203,12 @@ class ResumeState:
         return int(self.saved["epoch"]) if self.saved else 0
 
     @property
+    def tuning(self) -> dict[str, Any] | None:
+        """What `auto` chose for the saved run (`Tuning.as_record`), or None."""
+        saved = (self.saved or {}).get("tuning")
+        return saved if isinstance(saved, dict) else None
+
+    @property
     def history(self) -> list[dict[str, Any]]:
         """The finished epochs' statistics, as saved."""
         return list(self.saved["history"]) if self.saved else []
@@ -215,10 +221,12 @@ class ResumeState:
         scheduler: Any,
         generators: Mapping[str, torch.Generator],
         history: Sequence[dict[str, Any]],
+        tuning: dict[str, Any] | None = None,
     ) -> None:
         """Write everything training needs to continue after `epoch`, atomically: a kill leaves
         the previous state whole. Under torchrun every rank calls it (it gathers every rank's
-        random streams); rank 0 writes."""
+        random streams); rank 0 writes. `tuning`: what `auto` chose (bf16, threads), which
+        the resumed run keeps instead of timing again."""
         streams = self.world.gather_objects(_rng_state(generators))
         if not self.world.is_main:
             return
@@ -231,6 +239,7 @@ class ResumeState:
             "world_size": self.world.size,
             "rng": streams,  # one per rank, in rank order
             "history": list(history),
+            "tuning": tuning,
             "fingerprint": self.fingerprint,
             "run_id": self.run_id,
         }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
@@ -50,6 +51,26 @@ class Tuning:
     def compute_dtype(self) -> str:
         """'bfloat16' or 'float32' (the run's `compute_dtype` tag)."""
         return DTYPE_NAMES[self.bf16]
+
+    def as_record(self) -> dict[str, Any]:
+        """The choice and its probe as plain values (kept in a resume state)."""
+        probe = None if self.probe is None else dataclasses.asdict(self.probe)
+        return {"bf16": self.bf16, "threads": self.threads, "probe": probe}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Tuning | None:
+        """`as_record`'s values back as a Tuning; None when they are not such a record."""
+        try:
+            probe = record.get("probe")
+            tuned = Tuned(**probe) if isinstance(probe, dict) else None
+            threads = record["threads"]
+            if not isinstance(record["bf16"], bool) or not (
+                threads is None or type(threads) is int
+            ):
+                return None
+            return cls(record["bf16"], threads, tuned)
+        except (KeyError, TypeError):
+            return None
 
     def record(self) -> dict[str, str]:
         """For metrics.json: after a probe, `autotune`, one line with the choice and each
