@@ -54,11 +54,20 @@ MAX_SET_CHARS = 1000  # a -S value is one number, name or short list
 # width is the width of that net.
 COUPLED = (
     ("arch", "width", "hidden_layers", "hidden_size"),
-    ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
-     "scheduler", "warmup_epochs", "step_size", "gamma"),
-)  # fmt: skip
-# section -> (its training stage, the stage whose data it trains on)
-STAGES = {"mlp": ("train_mlp", "download@mnist"), "cnn": ("train_cnn", "download@cifar10")}
+    (
+        "optimizer",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "scheduler",
+        "warmup_epochs",
+        "step_size",
+        "gamma",
+    ),
+)
+# section -> its training stage (its data comes from download@<section's dataset>)
+STAGES = {"mlp": "train_mlp", "cnn": "train_cnn"}
 
 
 def read_recipe(path: str | Path, params: str | Path = "params.yaml") -> dict[str, Any]:
@@ -172,7 +181,7 @@ def compare_commands(
         extra = [*extra, *(f"{s}.seeds={seeds}" for s in sections)]
     overrides = parse_sets(extra)
     base = read_yaml(params_path)
-    stages = [STAGES[s][0] for s in sections]
+    stages = [STAGES[s] for s in sections]
     commands = []
     for variant, changes in table.items():
         # Each variant must be valid on its own, not only the whole recipe (the -S values are
@@ -186,10 +195,12 @@ def compare_commands(
         # results and a variant DVC ran before would come from its run-cache: neither would log
         # a run to the sweep.
         check_exp_name(f"{name}.{variant}")
-        commands.append(["dvc", "exp", "run", "--queue", "-f", "-s", "-n", f"{name}.{variant}",
-                         *sets, *stages])  # fmt: skip
+        commands.append(
+            ["dvc", "exp", "run", "--queue", "-f", "-s", "-n", f"{name}.{variant}", *sets, *stages]
+        )
     if check_data:  # after every variant is checked: a refusal above needs no repository
-        _check_committed_data([STAGES[s][1] for s in sections])
+        params = parse_params(base, params_path.name)
+        _check_committed_data([f"download@{getattr(params, s).dataset}" for s in sections])
     return commands
 
 
@@ -346,8 +357,14 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--params", type=Path, default=Path("params.yaml"))
     compare.add_argument("--name", help="sweep name (default: the recipe's file name + -cmp)")
     compare.add_argument("--only", help="comma-separated single changes to queue (default: all)")
-    compare.add_argument("-S", "--set", dest="extra", action="append", default=[],
-                         help="key=value applied to every variant (e.g. cnn.train_limit=1000)")  # fmt: skip
+    compare.add_argument(
+        "-S",
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        help="key=value applied to every variant (e.g. cnn.train_limit=1000)",
+    )
     compare.add_argument("--dry-run", action="store_true", help="print the commands only")
     compare.add_argument("--seeds", type=int, help="members per variant (sets <section>.seeds)")
     compare.add_argument(

@@ -32,8 +32,14 @@ def meta_net(section: str, cfg: Any, shape: tuple[int, int, int], classes: int) 
     c, h, w = shape
     with torch.device("meta"):
         if section == "mlp":
-            return MLP(c * h * w, cfg.hidden_size, classes, cfg.hidden_layers,
-                       residual=cfg.arch == "residual", batch_norm=cfg.batch_norm)  # fmt: skip
+            return MLP(
+                c * h * w,
+                cfg.hidden_size,
+                classes,
+                cfg.hidden_layers,
+                residual=cfg.arch == "residual",
+                batch_norm=cfg.batch_norm,
+            )
         if cfg.arch == "resnet":
             return ResNet(c, classes, width=cfg.width, batch_norm=cfg.batch_norm)
         return CNN(c, classes, image_size=h, width=cfg.width, batch_norm=cfg.batch_norm)
