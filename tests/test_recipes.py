@@ -89,15 +89,15 @@ def test_bad_recipe_is_one_line_naming_the_problem(tmp_path, text, message):
 
 
 def test_compare_checks_every_variant_with_the_extra_overrides():
-    # The recipe warms up for 2 epochs: with 2 epochs in all, every variant with the recipe's
-    # schedule is invalid, named before anything is queued.
+    # The recipe's Nesterov SGD needs momentum: with momentum 0, every variant with the recipe's
+    # optimizer is invalid, named before anything is queued.
     cmd = [sys.executable, "-m", "appliedtorch.recipes", "compare", str(RECIPE), "--dry-run",
-           "-S", "cnn.epochs=2"]  # fmt: skip
+           "-S", "cnn.momentum=0"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (
-        "error: params.yaml with variant recipe: cnn.warmup_epochs must be less than cnn.epochs "
-        "(got 2 >= 2)"
+        "error: params.yaml with variant recipe: cnn.nesterov needs cnn.optimizer: sgd with "
+        "cnn.momentum > 0 (got optimizer sgd, momentum 0)"
     )
 
 
@@ -269,9 +269,9 @@ def test_recipe_benchmark_runs_as_the_readme_says(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    tutorial, recipe = result["params.yaml"], result["cnn-fast"]
-    assert (tutorial["net"], len(tutorial["epoch_seconds"])) == ("cnn", 10)
-    assert (recipe["net"], len(recipe["epoch_seconds"])) == ("resnet", 8)
+    tutorial, recipe = result["variants"]["baseline"], result["variants"]["recipe"]
+    assert (tutorial["net"], len(tutorial["runs"][0]["epoch_seconds"])) == ("cnn", 10)
+    assert (recipe["net"], len(recipe["runs"][0]["epoch_seconds"])) == ("resnet", 7)
     assert recipe["train_mflop_per_image"] < tutorial["train_mflop_per_image"]
     assert all(0 <= r["test_accuracy"] <= 1 for r in (tutorial, recipe))
     assert result["machine"]["cpu"]["model"] in proc.stdout
