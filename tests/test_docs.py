@@ -245,7 +245,7 @@ def test_look_at_results(readme_ws, request):
     assert "reports/mlp/metrics.json" in out and "test_accuracy" in out, out
     page = (ws / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "vega-embed" in page
-    for plot in ("PINN_solution", "PINN_pointwise_error", "MNIST_MLP_loss"):
+    for plot in ("PINN_solution", "PINN_pointwise_error", "MLP_loss"):
         assert f'id = "{plot}"' in page, plot
 
 
@@ -426,6 +426,32 @@ def test_extension_examples(fresh_ws, request):
 
 
 @pytest.mark.slow
+def test_seeds_commands(fresh_ws, request):
+    ws, env = fresh_ws
+    seeds, compare = blocks_for(request)
+    run_block(substitute(seeds.text, {"mlp.seeds=5": "mlp.seeds=2"}), ws, env)
+    metrics = json.loads((ws / "reports/mlp/metrics.json").read_text())
+    low, high = metrics["test_accuracy_ci95_low"], metrics["test_accuracy_ci95_high"]
+    assert low <= metrics["test_accuracy_mean"] <= high
+    assert len((ws / "reports/mlp/members.csv").read_text().splitlines()) == 1 + 2
+
+    # The comparison cut to one change of the recipe (baseline, recipe and that change), and
+    # run as the text says: queue, start, and once the queue is done, the results.
+    queue_line, start_line, results_line = compare.text.strip().splitlines()
+    dry = run_block(queue_line + " --dry-run", ws, env)
+    change = next(v for v in re.findall(r"-cmp\.(\w+) ", dry) if v not in ("baseline", "recipe"))
+    run_block(substitute(queue_line, {"--seeds 3": f"--seeds 2 --only {change}"}), ws, env)
+    run_block(start_line, ws, env)
+    deadline = time.monotonic() + 600
+    while re.search(
+        r"\b(Queued|Running)\b", run([str(BIN / "dvc"), "queue", "status"], ws, env).stdout
+    ):
+        assert time.monotonic() < deadline, "the queue did not finish"
+        time.sleep(2)
+    out = run_block(results_line, ws, env)
+    assert re.search(rf"{change}\s+n=2 .*%.* p=", out), out
+
+
 def test_sweep(fresh_ws, request):
     ws, env = fresh_ws
     queue, compare = blocks_for(request)
@@ -439,4 +465,4 @@ def test_sweep(fresh_ws, request):
     out = run_block(compare.text, ws, env)
     assert "lr-grid-1" in out and "lr-grid-2" in out and "mlp.lr" in out, out
     page = (ws / "dvc_plots" / "index.html").read_text()
-    assert "cdn.jsdelivr" not in page and 'id = "MNIST_MLP_loss"' in page
+    assert "cdn.jsdelivr" not in page and 'id = "MLP_loss"' in page

@@ -61,14 +61,13 @@ def make_repo(ws: Path) -> None:
     (ws / "stages").mkdir()
     shutil.copy(REPO / "stages" / "download.py", ws / "stages")
     # The stage's code deps, as dvc.yaml lists them (the stage runs the installed package).
-    pkg = ws / "src" / "appliedtorch"
-    pkg.mkdir(parents=True)
-    shutil.copy(REPO / "src" / "appliedtorch" / "__init__.py", pkg)
-    for name in ("core", "data"):
-        shutil.copytree(
-            REPO / "src" / "appliedtorch" / name, pkg / name,
-            ignore=shutil.ignore_patterns("__pycache__"),
-        )  # fmt: skip
+    for dep in pipeline["stages"]["download"]["do"]["deps"]:
+        src, dst = REPO / dep, ws / dep
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ def test_math_demos_stage_logs_into_a_real_mlflow_server(
     assert run.data.metrics["gd.x"] == pytest.approx(2.25, abs=1e-9)
 
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert names == {"metrics.json", "gradient_descent.png", "fft_spectrum.png"}
+    assert names == {"metrics.json", "demos.json", "gradient_descent.png", "fft_spectrum.png"}
     got = mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id,
         artifact_path="metrics.json",

@@ -103,6 +103,14 @@ def make_clone_a(ws: Path, tracking_url: str) -> None:
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stages = {name: pipeline["stages"][name] for name in STAGES}
     stages["download"]["foreach"] = ["mnist"]
+    # Registration is its own stage (after the outputs land); here for the MLP alone.
+    register = pipeline["stages"]["register"]
+    register["cmd"] = (
+        "python stages/register.py --params params.yaml --classifier mlp reports/mlp/metrics.json"
+    )
+    register["deps"] = [d for d in register["deps"] if "cnn" not in d]
+    register["params"] = [p for p in register["params"] if p != "cnn"]
+    stages["register"] = register
     (ws / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in TINY.items():
@@ -115,7 +123,7 @@ def make_clone_a(ws: Path, tracking_url: str) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(REPO / "src", ws / "src", ignore=ignore)
     (ws / "stages").mkdir()
-    for stage in ("download.py", "train_mlp.py"):
+    for stage in ("download.py", "train_mlp.py", "register.py"):
         shutil.copy(REPO / "stages" / stage, ws / "stages" / stage)
 
 
