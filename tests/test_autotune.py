@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -125,6 +126,29 @@ def test_cached_choice_that_is_no_candidate_is_ignored(cache):
     cache.write_text(json.dumps(data))
     fast = Counted()
     assert pick({"slow": Counted(0.01), "fast": fast}).choice == "fast" and fast.calls > 0
+
+
+def test_cached_load_too_large_for_a_float_is_ignored(cache):
+    """A load average of 400 digits (valid JSON) is no reason for an OverflowError."""
+    pick({"slow": Counted(0.01), "fast": Counted()})
+    data = json.loads(cache.read_text())
+    for entry in data["entries"].values():
+        entry["load"] = 10**400
+    cache.write_text(json.dumps(data))
+    tuned = pick({"slow": Counted(0.01), "fast": Counted()})
+    assert tuned.cached and tuned.choice == "fast" and tuned.load is None
+
+
+def test_a_fifo_in_place_of_the_cache_is_not_waited_on(cache):
+    """Opening a FIFO for reading blocks until a writer comes: the cache is read only when it
+    is a regular file, else ignored (timed again), and the write replaces the FIFO."""
+    cache.parent.mkdir(parents=True)
+    os.mkfifo(cache)
+    start = time.monotonic()
+    assert autotune.read_cache(cache) == {}
+    tuned = pick({"slow": Counted(0.01), "fast": Counted()})
+    assert tuned.choice == "fast" and time.monotonic() - start < 10
+    assert autotune.read_cache(cache)  # replaced by a regular file
 
 
 def test_cache_dir_follows_xdg(monkeypatch, tmp_path):

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -96,7 +97,12 @@ def cache_key(question: str, device: torch.device, shape_key: str) -> str:
 def read_cache(path: Path) -> dict[str, dict[str, Any]]:
     """The cache's entries; {} for a missing, oversized, unreadable or malformed file."""
     try:
-        with path.open("rb") as f:
+        # O_NONBLOCK and the type check: a FIFO (or a device) named autotune.json would
+        # otherwise block or stream for ever; only a regular file is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError("not a regular file")
             raw = f.read(MAX_CACHE_BYTES + 1)
         if len(raw) > MAX_CACHE_BYTES:
             raise ValueError(f"larger than {MAX_CACHE_BYTES} bytes")
@@ -122,7 +128,8 @@ def cached_choice(entry: dict[str, Any] | None, names: list[str]) -> Tuned | Non
     if not all(isinstance(v, int | float) and 0 <= v < 1e6 for v in seconds.values()):
         return None
     load = entry.get("load")
-    load = float(load) if isinstance(load, int | float) else None
+    # A load average is a small float: a 400-digit integer would overflow float().
+    load = float(load) if isinstance(load, int | float) and abs(load) < 1e6 else None
     return Tuned(entry["choice"], {n: float(seconds[n]) for n in names}, 0.0, True, load)
 
 
