@@ -374,6 +374,10 @@ CASES = {
                                 r"'htp'" + HINT_URI, env={"MLFLOW_TRACKING_URI": "htp://localhost:5000"}),
     "tracking-in-memory": Case("pinn", r"tracking URI 'sqlite://' is not sqlite:///<path to the database "
                                r"file>" + HINT_URI, env={"MLFLOW_TRACKING_URI": "sqlite://"}),
+    # environment: a log level logging does not know (a traceback before run_stage's try)
+    "log-level-unknown": Case("math_demos", r"APPLIEDTORCH_LOG_LEVEL 'VERBOSE' is not a log level; set "
+                              r"it to DEBUG, INFO, WARNING, ERROR or CRITICAL, or unset it$",
+                              env={"APPLIEDTORCH_LOG_LEVEL": "verbose"}),
     # tracking: an unusable database or server, at once (MLflow retried for ~100 s); no password shown
     "tracking-db-is-directory": Case("math_demos", r"tracking database \S+/mlflow\.db is a directory, not "
                                      r"an sqlite file; move it away or set tracking\.uri",

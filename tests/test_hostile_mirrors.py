@@ -383,3 +383,23 @@ def test_directory_copy_caps_the_bytes_read_not_the_reported_size(
 def test_malformed_ipv6_source_is_one_line(ws: Path, monkeypatch, capsys) -> None:
     line = fails_fast(ws, "mnist", "http://[::1/", monkeypatch, capsys)
     assert "cannot read http://[::1/MD5SUMS for mnist (malformed URL (Invalid IPv6 URL))" in line
+
+
+class RedirectToMalformed(http.server.SimpleHTTPRequestHandler):
+    """Answers every request with a redirect to a URL urllib cannot parse."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", "http://[::1/MD5SUMS")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_redirect_to_a_malformed_url_is_one_line(ws: Path, monkeypatch, capsys) -> None:
+    """urllib follows the redirect and raises ValueError, which is no URLError or OSError."""
+    with serve(ws / "mirror", RedirectToMalformed) as url:
+        line = fails_fast(ws, "mnist", url, monkeypatch, capsys)
+    assert "/MD5SUMS for mnist (malformed URL (Invalid IPv6 URL))" in line, line

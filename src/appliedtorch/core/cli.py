@@ -34,7 +34,12 @@ class Terminated(KeyboardInterrupt):
 
 def setup_logging() -> None:
     """One compact format for every stage; APPLIEDTORCH_LOG_LEVEL=DEBUG for more."""
-    level = os.environ.get("APPLIEDTORCH_LOG_LEVEL", "INFO").upper()
+    level = os.environ.get("APPLIEDTORCH_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise AppliedTorchError(
+            f"APPLIEDTORCH_LOG_LEVEL {level[:40]!r} is not a log level; set it to DEBUG, INFO, "
+            "WARNING, ERROR or CRITICAL, or unset it"
+        )
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redact_record)  # no log line shows a password from a tracking URI
@@ -79,9 +84,9 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     SIGINT and SIGTERM end it with one line and exit code 130 or 143. Any other exception is a
     bug: one `error: internal error in <name>: ...` line naming a log file that holds the full
     traceback, exit code 1. `name` defaults to the running script's name."""
-    setup_logging()
     try:
         with signals_raise():
+            setup_logging()  # inside: a bad APPLIEDTORCH_LOG_LEVEL is one line too
             main()
     except AppliedTorchError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)

@@ -208,6 +208,8 @@ def _fetch_http(
         raise
     except urllib.error.HTTPError as exc:
         raise http_error(exc) from None
+    except ValueError as exc:  # a redirect to a malformed URL, e.g. http://[::1/x
+        raise FetchError(f"malformed URL ({brief(exc, 60)})", permanent=True) from None
     except (urllib.error.URLError, OSError, HTTPException) as exc:  # also timeouts, resets
         if dog.expired:
             raise dog.error() from None
