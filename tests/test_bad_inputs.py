@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,31 @@ def hostile_model(change: Callable[[dict], object]) -> Callable[[Path], None]:
         change(saved)
         torch.save(saved, ws / "evil.pt")
         Image.fromarray(np.zeros((28, 28), np.uint8)).save(ws / "digit.png")
+
+    return go
+
+
+def deflated(rel: str) -> Callable[[Path], None]:
+    """The zip at `rel` rewritten with every entry deflated (torch.load reads that too, so a
+    small file can inflate into gigabytes of tensors before any check)."""
+
+    def go(ws: Path) -> None:
+        path = ws / rel
+        with zipfile.ZipFile(path) as src:
+            entries = [(info, src.read(info)) for info in src.infolist()]
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+            for info, data in entries:
+                out.writestr(info.filename, data)
+
+    return go
+
+
+def fifo(rel: str) -> Callable[[Path], None]:
+    """A FIFO at `rel`: opening it for reading waits for a writer for ever."""
+
+    def go(ws: Path) -> None:
+        (ws / rel).unlink(missing_ok=True)
+        os.mkfifo(ws / rel)
 
     return go
 
@@ -439,6 +465,13 @@ CASES = {
                                   setup=hostile_model(lambda d: d.update(mean="0.5"))),
     "model-unknown-key": Case("predict", r"evil\.pt: unknown key 'loader'$",
                               setup=hostile_model(lambda d: d.update(loader="os.system"))),
+    "model-file-deflated": Case("predict", r"evil\.pt: '[^']+' is compressed, which torch\.save never "
+                                r"does \(it could inflate past the file's size\)",
+                                setup=both(hostile_model(lambda d: None), deflated("evil.pt"))),
+    "model-file-fifo": Case("predict", r"evil\.pt: not a regular file \(a FIFO, device or socket\)$",
+                            setup=both(hostile_model(lambda d: None), fifo("evil.pt"))),
+    "image-fifo": Case("predict", r"digit\.png: not a regular file \(a FIFO, device or socket\)$",
+                       setup=both(hostile_model(lambda d: None), fifo("digit.png"))),
     # the recipes command: every -S value and experiment name checked before anything is queued
     "recipes-alias-in-a-set": Case("recipes", r"-S cnn\.lr: YAML anchor &a at line 1: anchors and "
                                    r"aliases are not allowed", 2, setup=RECIPE, more=["-S", "cnn.lr=&a [*a]"]),

@@ -20,6 +20,8 @@ does for the same pixels. The model's metadata is checked before any network is 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ def load_model_file(path: str | Path) -> tuple[Any, ModelFile]:
     """The pixel classifier in a model file, in eval mode, and its checked metadata."""
     from appliedtorch.classify.models import PixelClassifier, build_network
 
+    check_container(path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -82,6 +85,36 @@ def load_model_file(path: str | Path) -> tuple[Any, ModelFile]:
     model = PixelClassifier(net, meta.mean, meta.std)
     model.load_state_dict(saved["state_dict"])  # shapes checked: cannot fail on them
     return model.eval(), meta
+
+
+def check_container(path: str | Path) -> None:
+    """Refuse, before torch.load reads it, a model file that is not a regular file (a FIFO would
+    block for ever) or a zip with a compressed entry: torch.save stores entries uncompressed, and
+    a deflated one can inflate a 1 MB file into gigabytes inside torch.load, before any check."""
+    import zipfile
+
+    if not regular_or_absent(path):
+        raise AppliedTorchError(f"{path}: not a regular file (a FIFO, device or socket)")
+    with contextlib.suppress(OSError, ValueError, zipfile.BadZipFile):  # torch.load says so
+        with zipfile.ZipFile(path) as archive:
+            packed = [i for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise AppliedTorchError(
+                f"{path}: '{packed[0].filename[:60]}' is compressed, which torch.save never "
+                "does (it could inflate past the file's size): not a model file a stage wrote"
+            )
+
+
+def regular_or_absent(path: str | Path) -> bool:
+    """False for an existing path that is neither a regular file nor a directory (a FIFO,
+    socket or device): opening one for reading can block for ever."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing or unreadable: the open that follows reports it
+        return True
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
 def _check_pixels(meta: dict[str, Any], name: str, kind: str) -> None:
@@ -111,6 +144,8 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[torch.Ten
     from PIL import Image
 
     channels, height, width = shape
+    if not regular_or_absent(path):
+        raise AppliedTorchError(f"{path}: not a regular file (a FIFO, device or socket)")
     try:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x its limit; here both are a refusal, and no
