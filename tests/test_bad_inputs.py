@@ -50,6 +50,7 @@ ARGS = {  # as in dvc.yaml, relative to the workspace
     "train_cnn": ["--data", "data/raw/cifar10", "--model", "models/cnn.pt",
                   "--reports", "reports/cnn"],
     "report": ["--reports", "reports", "--out", "reports/index.html"],
+    "register": ["--classifier", "mlp", "reports/mlp/metrics.json"],
     # commands, not stages: no --params of their own (recipes names it after its subcommand)
     "predict": ["--model", "evil.pt", "digit.png"],
     "recipes": ["compare", "recipe.yaml", "--params", "params.yaml", "--name", "sweep"],
@@ -479,6 +480,10 @@ CASES = {
                                          r"cnn\.lr itself$", 2, setup=RECIPE, more=["-S", "cnn.lr.x=1"]),
     "recipes-name-dvc-refuses": Case("recipes", r"experiment name 'my sweep' is not one DVC takes: ", 2,
                                      setup=RECIPE, args={"--name": "my sweep"}),
+    # the register stage: no run logged this metrics.json (and no progress bar before the line)
+    "register-no-such-run": Case("register", r"no finished MLflow run in experiment 'mnist-mlp' at "
+                                 r"\S+ logged reports/mlp/metrics\.json \(trained elsewhere",
+                                 setup=write("reports/mlp/metrics.json", '{"test_accuracy": 0.5}\n')),
     # the report: an output path that cannot be written, before the page is built
     "report-out-under-a-file": Case("report", r"cannot write a-file: a-file is a file, not a directory; ",
                                     setup=write("a-file", "in the way\n"),

@@ -136,4 +136,5 @@ def test_a_model_without_its_run_is_one_line(ws, tracking_uri, monkeypatch, caps
     code, err = register(monkeypatch, capsys)
     assert code == 1
     assert "no finished MLflow run in experiment 'mnist-mlp'" in one_error_line(err)
+    assert "Downloading artifacts" not in err  # MLflow's progress bars: not on a user's stderr
     assert mlflow.MlflowClient(tracking_uri).search_registered_models() == []

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from appliedtorch.core.errors import TrackingError
 from appliedtorch.core.redact import error_line, redact
@@ -105,7 +106,13 @@ def run_that_logged(
         order_by=["attributes.start_time DESC"],
         max_results=CANDIDATE_RUNS,
     )
-    with tempfile.TemporaryDirectory(prefix="appliedtorch-register-") as tmp:
+    # MLflow draws a progress bar per download on stderr, even when it is not a terminal: two
+    # lines before a stage's one `error:` line. These files are a few KB.
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    with (
+        tempfile.TemporaryDirectory(prefix="appliedtorch-register-") as tmp,
+        mock.patch.dict(os.environ, quiet),
+    ):
         for i, run in enumerate(runs):
             try:
                 path = client.download_artifacts(run.info.run_id, artifact, f"{tmp}/{i}")
