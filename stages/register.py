@@ -22,6 +22,7 @@ from pathlib import Path
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import run_params
+from appliedtorch.core.utils import read_regular
 from appliedtorch.params import load_params
 from appliedtorch.tracking.lineage import params_md5
 from appliedtorch.tracking.registry import register_trained
@@ -33,7 +34,7 @@ SECTIONS = ("mlp", "cnn")  # params sections of the classifiers (their runs' par
 def read_test_accuracy(metrics: Path) -> float:
     """metrics.json's `test_accuracy`; one line naming the file when it is unusable."""
     try:
-        value = json.loads(metrics.read_text(encoding="utf-8")).get("test_accuracy")
+        value = json.loads(read_regular(metrics, 1 << 20).decode("utf-8")).get("test_accuracy")
     except (OSError, ValueError, AttributeError, RecursionError) as exc:
         raise AppliedTorchError(f"{metrics}: not a readable metrics file ({exc})") from None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):

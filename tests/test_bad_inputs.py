@@ -473,6 +473,11 @@ CASES = {
                             setup=both(hostile_model(lambda d: None), fifo("evil.pt"))),
     "image-fifo": Case("predict", r"digit\.png: not a regular file \(a FIFO, device or socket\)$",
                        setup=both(hostile_model(lambda d: None), fifo("digit.png"))),
+    "params-fifo": Case("math_demos", r"params\.yaml: cannot read \(not a regular file: a FIFO, "
+                        r"device or socket\)$", 2,
+                        setup=fifo("params.yaml")),
+    "register-metrics-fifo": Case("register", r"reports/mlp/metrics\.json: not a readable metrics "
+                                  r"file", setup=fifo("reports/mlp/metrics.json")),
     # the recipes command: every -S value and experiment name checked before anything is queued
     "recipes-alias-in-a-set": Case("recipes", r"-S cnn\.lr: YAML anchor &a at line 1: anchors and "
                                    r"aliases are not allowed", 2, setup=RECIPE, more=["-S", "cnn.lr=&a [*a]"]),

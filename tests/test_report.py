@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import runpy
 import sys
@@ -298,3 +299,16 @@ def test_an_out_path_that_cannot_be_written_is_one_line_before_any_work(
     assert (tmp_path / "a-file").read_text() == "in the way\n" and not any(
         (tmp_path / "a-dir").iterdir()
     )
+
+
+def test_a_details_file_cannot_override_the_headline_or_hang_the_page(tmp_path, caplog):
+    reports = tmp_path / "reports"
+    # A per_class.json that claims another accuracy and real data: metrics.json wins.
+    details = {**MLP_PER_CLASS, "test_accuracy": 0.999, "data_source": "upstream"}
+    write_stage(reports, "mlp", MLP_METRICS, [], per_class=details)
+    write_stage(reports, "pinn", {"max_abs_error": 1e-8}, [])
+    os.mkfifo(reports / "pinn" / "phases.json")  # opening it to read would wait for ever
+    page = report.build_report(reports)
+    assert "93.12 %" in page and "99.90 %" not in page
+    assert page.count('id="synthetic-warning"') == 1
+    assert "phases.json is unreadable" in caplog.text and "not a regular file" in caplog.text

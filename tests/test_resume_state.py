@@ -3,12 +3,15 @@ layout. Each is discarded with one warning and training starts fresh (resume.py)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 
 import pytest
 import torch
 from torch import nn
 
+from appliedtorch.classify.results import EpochStats
 from appliedtorch.classify.resume import ResumeState
 
 
@@ -24,7 +27,10 @@ def objects(width: int) -> tuple[nn.Module, torch.optim.Optimizer, dict[str, tor
 def saved_state(tmp_path, width: int = 8, epoch: int = 2) -> ResumeState:
     state = ResumeState(tmp_path / ".mlp.resume", "fp")
     model, optimizer, streams = objects(width)
-    history = [{"epoch": e} for e in range(1, epoch + 1)]
+    history = [
+        dataclasses.asdict(EpochStats(e, 0.5, 0.6, 0.8, 1.0, 0.1, 1e-3))
+        for e in range(1, epoch + 1)
+    ]
     state.save(epoch, model, optimizer, None, streams, history)
     return state
 
@@ -76,6 +82,14 @@ def test_optimizer_state_of_other_shapes_is_discarded(tmp_path, caplog):
         (lambda s: s.update(epoch=0), "its epoch is 0"),
         (lambda s: s.update(history=[]), "one entry per epoch done"),
         (lambda s: s.pop("model"), "lacks the model or optimizer state"),
+        (lambda s: s["history"][0].pop("lr"), "history entries are not the epochs' statistics"),
+        (lambda s: s["history"][1].update(lr="x"), "history holds values that are not numbers"),
+        (lambda s: s["rng"][0].update(torch=[1, 2]), "its random streams cannot be set"),
+        (lambda s: s["rng"][0].update(python="x"), "its random streams cannot be set"),
+        (
+            lambda s: s["rng"][0]["generators"].update(shuffle=3),
+            "random streams are not generator states",
+        ),
     ],
 )
 def test_state_with_a_bad_layout_is_ignored(tmp_path, caplog, edit, why):
@@ -87,3 +101,22 @@ def test_state_with_a_bad_layout_is_ignored(tmp_path, caplog, edit, why):
         resume = ResumeState.open(state.path, "fp", epochs=5)
     assert resume.saved is None and resume.epochs_done == 0
     assert why in caplog.text and "training from scratch" in caplog.text
+
+
+def test_a_malformed_state_leaves_this_process_random_streams_as_they_were(tmp_path):
+    state = saved_state(tmp_path)
+    saved = torch.load(state.path, weights_only=True)
+    saved["rng"][0]["python"] = "x"  # set after torch's: the check must put torch's back
+    torch.save(saved, state.path)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    assert ResumeState.open(state.path, "fp").saved is None
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_fifo_in_place_of_the_state_is_ignored_not_waited_on(tmp_path, caplog):
+    path = tmp_path / ".mlp.resume"
+    os.mkfifo(path)
+    with caplog.at_level(logging.WARNING):
+        assert ResumeState.open(path, "fp").saved is None  # returns: nothing waits for a writer
+    assert "ignoring unreadable resume state" in caplog.text

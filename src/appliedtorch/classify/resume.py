@@ -30,6 +30,7 @@ knows the MLflow run id; it is in the state rank 0 writes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -42,8 +43,9 @@ import torch
 from torch import nn
 
 from appliedtorch.classify.distributed import SINGLE, World
+from appliedtorch.classify.results import EpochStats
 from appliedtorch.core.params import short
-from appliedtorch.core.utils import json_md5, save_torch
+from appliedtorch.core.utils import is_regular, json_md5, save_torch
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class ResumeState:
         if not self.path.exists():
             return None
         try:
+            if not is_regular(self.path):  # a FIFO would block torch.load for ever
+                raise OSError("not a regular file")
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file: start fresh, say so
             log.warning(
@@ -161,7 +165,15 @@ class ResumeState:
             return f"its history does not hold one entry per epoch done ({epoch})"
         if not all(isinstance(saved.get(k), dict) for k in ("model", "optimizer")):
             return "it lacks the model or optimizer state"
-        return None
+        fields = {f.name for f in dataclasses.fields(EpochStats)}
+        for entry in history:
+            if not isinstance(entry, dict) or set(entry) != fields:
+                return "its history entries are not the epochs' statistics"
+            if not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry.values()
+            ):
+                return "its history holds values that are not numbers"
+        return _rng_problem(saved["rng"])
 
     def fits(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
         """Why the saved model and optimizer state do not fit these objects (the model code
@@ -277,6 +289,26 @@ class ResumeState:
     def remove(self) -> None:
         """Delete the resume state once the run's outputs are written."""
         self.path.unlink(missing_ok=True)
+
+
+def _rng_problem(streams: Sequence[Any]) -> str | None:
+    """Why saved random streams cannot be set, or None: each process's torch, Python and NumPy
+    states are set for real (and this process's own put back after), its generators' states
+    must be byte tensors."""
+    current = _rng_state({})
+    try:
+        for rng in streams:
+            generators = rng["generators"]
+            if not isinstance(generators, dict) or not all(
+                isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in generators.values()
+            ):
+                return "its random streams are not generator states"
+            _set_rng_state({**rng, "cuda": []}, {})
+    except Exception as exc:  # noqa: BLE001 - any malformed part: the state cannot be resumed
+        return f"its random streams cannot be set ({type(exc).__name__})"
+    finally:
+        _set_rng_state(current, {})
+    return None
 
 
 def _rng_state(generators: Mapping[str, torch.Generator]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliedtorch.core.errors import ParamsError
-from appliedtorch.core.utils import flatten
+from appliedtorch.core.utils import flatten, read_regular
 
 # Upper bounds: every number must be one torch, numpy and the machine can take. A seed goes to
 # numpy (< 2^32) and into torch generators as seed * 1_000_003 + rank (< 2^64); a device index is
@@ -258,8 +258,7 @@ def read_yaml(path: str | os.PathLike) -> Any:
     path = Path(path)
     name = path.name
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_PARAMS_BYTES + 1)
+        data = read_regular(path, MAX_PARAMS_BYTES)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the repository root)") from None
     except OSError as exc:

@@ -22,6 +22,7 @@ import random
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -116,6 +117,28 @@ def file_md5(path: str | os.PathLike) -> str:
 def json_md5(obj: Any) -> str:
     """md5 of `obj` as canonical JSON (sorted keys; anything else as its str): a stable hash."""
     return hashlib.md5(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of the regular file `path` (the caller refuses more). A FIFO,
+    socket or device is an OSError at once: opening a FIFO for reading waits for a writer, for
+    ever, so it is opened without blocking and checked before anything is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file: a FIFO, device or socket")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """Whether `path` is a regular file (not a FIFO, socket or device that could block a read)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def error_digits(error: float) -> float:

@@ -24,7 +24,7 @@ from typing import Any
 
 import jinja2
 
-from appliedtorch.core.utils import flatten
+from appliedtorch.core.utils import flatten, read_regular
 from appliedtorch.report.chart import accuracy_chart
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,7 @@ MAX_METRICS_DEPTH = 8
 
 def read_metrics(path: Path) -> dict[str, Any]:
     """A stage's metrics.json as a dict; ValueError (or OSError) when it is not one."""
-    with path.open("rb") as f:
-        data = f.read(MAX_METRICS_BYTES + 1)
+    data = read_regular(path, MAX_METRICS_BYTES)
     if len(data) > MAX_METRICS_BYTES:
         raise ValueError(f"larger than {MAX_METRICS_BYTES >> 20} MB")
     metrics = json.loads(data)
@@ -240,13 +239,16 @@ def load_section(reports_dir: Path, section: StageSection) -> _Loaded:
     loaded = _Loaded(section)
     path = folder / "metrics.json"
     try:
-        loaded.metrics = read_metrics(path)
+        headline = read_metrics(path)
         # The details beside the headline numbers: a classifier's per_class.json, the PINN's
-        # phases.json, the demos' demos.json.
+        # phases.json, the demos' demos.json. metrics.json wins a key both hold (a details file
+        # must not hide, say, data_source: synthetic).
+        loaded.metrics = {}
         for details in DETAILS:
             with contextlib.suppress(FileNotFoundError):
                 path = folder / details
                 loaded.metrics |= read_metrics(path)
+        loaded.metrics |= headline
     except FileNotFoundError:
         loaded.problem = "not run yet"
     except (OSError, ValueError, RecursionError) as exc:

@@ -23,6 +23,7 @@ from unittest import mock
 
 from appliedtorch.core.errors import TrackingError
 from appliedtorch.core.redact import error_line, redact
+from appliedtorch.core.utils import read_regular
 from appliedtorch.tracking.lineage import data_hash
 from appliedtorch.tracking.uri import open_store, resolve_tracking_uri
 
@@ -99,7 +100,7 @@ def run_that_logged(
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    want = local.read_bytes()
+    want = read_regular(local, 16 << 20)
     runs = client.search_runs(
         [exp.experiment_id],
         filter_string=f"attributes.status = 'FINISHED' and tags.`params.md5` = '{params_md5}'",
