@@ -1,9 +1,9 @@
 """The whole params.yaml: each stage's section, assembled from the subpackage that uses it.
 
-    python -m appliedtorch.params params.yaml     # check a params file without running anything
+python -m appliedtorch.params params.yaml     # check a params file without running anything
 
-    >>> load_params("params.yaml").cnn.epochs
-    10
+>>> load_params("params.yaml").cnn.epochs
+10
 """
 
 from __future__ import annotations

@@ -38,9 +38,7 @@ def parse_args(arch: str, description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def train_stage(
-    arch: str, params: Path, data_dir: Path | None, model: Path, reports: Path
-) -> None:
+def train_stage(arch: str, params: Path, data_dir: Path | None, model: Path, reports: Path) -> None:
     """Train classifier `arch` ('mlp' or 'cnn') on its section's dataset, write its model file
     and reports, log one run."""
     p = load_params(params)

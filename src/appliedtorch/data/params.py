@@ -1,6 +1,6 @@
 """The `data` section of params.yaml: the datasets' source, network limits, synthetic sizes.
 
-    python -m appliedtorch.params params.yaml     # checks this section with the others
+python -m appliedtorch.params params.yaml     # checks this section with the others
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The `pinn` section of params.yaml: the net, the boundary treatment and the three solvers.
 
-    python -m appliedtorch.params params.yaml     # checks this section with the others
+python -m appliedtorch.params params.yaml     # checks this section with the others
 """
 
 from __future__ import annotations
