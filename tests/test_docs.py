@@ -323,7 +323,8 @@ def test_serve_after_quick_start(readme_ws, request):
     assert (ws / "digit.png").exists(), "README's predict block (run before) made digit.png"
     port = str(free_port())
     out = run_block(substitute(block.text, {"5001": port}), ws, env, timeout=180)
-    answer = json.loads(out.strip().splitlines()[-1])
+    (line,) = [ln for ln in out.splitlines() if ln.startswith('{"predictions"')]
+    answer = json.loads(line)
     (row,) = answer["predictions"]
     assert len(row) == 10 and abs(sum(row) - 1) < 1e-4, answer
 
