@@ -38,6 +38,7 @@ from appliedtorch.data.fetch import download
 from appliedtorch.data.limits import MAX_DOWNLOAD_BYTES, MAX_MEMBER_BYTES, Limits
 from appliedtorch.data.loading import load_dataset
 from helpers import REPO
+from helpers.data import need_fashion_mnist
 from helpers.servers import silent_server
 
 SIZES = {"mnist": (120, 40), "cifar10": (60, 20)}  # (train, test): tiny, still every batch
@@ -779,17 +780,10 @@ def test_table_holds_torchvisions_files_sums_and_classes() -> None:
     assert DATASETS_BY_NAME["mnist"].bases == tuple(torchvision.datasets.MNIST.mirrors)
 
 
-def need_debian_copy() -> None:
-    if not DEBIAN.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{DEBIAN} is missing: CI installs dataset-fashion-mnist")
-        pytest.skip(f"{DEBIAN} is missing (apt-get install dataset-fashion-mnist)")
-
-
 def test_fashion_mnist_from_the_os_copy_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    need_debian_copy()
+    need_fashion_mnist()
     unreachable = (f"http://127.0.0.1:{closed_port()}/",)  # never the network, even online
     fashion = dataclasses.replace(DATASETS_BY_NAME["fashion-mnist"], bases=unreachable)
     monkeypatch.setitem(DATASETS_BY_NAME, "fashion-mnist", fashion)
@@ -815,7 +809,7 @@ def test_fashion_mnist_from_the_os_copy_offline(
 def test_tampered_os_copy_is_refused_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    need_debian_copy()
+    need_fashion_mnist()
     os_root = tmp_path / "usr-share-datasets"
     copy = Path(shutil.copytree(DEBIAN, os_root / "fashion-mnist"))
     labels = copy / "t10k-labels-idx1-ubyte.gz"

@@ -38,6 +38,7 @@ import pytest
 import yaml
 
 from helpers import BIN, REPO
+from helpers.data import need_fashion_mnist
 from helpers.repo import copy_workspace, run
 from helpers.servers import free_port
 
@@ -298,11 +299,7 @@ def test_predict_after_quick_start(readme_ws, request):
 
 
 def test_real_images_offline(fresh_ws, request):
-    fashion = Path("/usr/share/datasets/fashion-mnist")
-    if not fashion.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{fashion} is missing: CI installs dataset-fashion-mnist")
-        pytest.skip(f"{fashion} is missing (apt-get install dataset-fashion-mnist)")
+    fashion = need_fashion_mnist()
     ws, env = fresh_ws
     (block,) = blocks_for(request)
     # README's state has data.source: upstream; the built workspace runs on synthetic data.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from helpers import BIN
+from helpers.data import need_fashion_mnist
 from helpers.repo import copy_workspace, make_workspace, run
 from helpers.servers import free_port
 
@@ -185,11 +185,7 @@ def test_an_edit_to_the_mlflow_code_reruns_no_download(tmp_path):
 def test_a_classifier_follows_its_dataset_param_through_dvc(workspace):
     """`-S mlp.dataset=fashion-mnist` adds its download stage and trains on it (real images from
     the OS copy with data.source upstream); switching back is served by the run-cache."""
-    fashion = Path("/usr/share/datasets/fashion-mnist")
-    if not fashion.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{fashion} is missing: CI installs dataset-fashion-mnist")
-        pytest.skip(f"{fashion} is missing (apt-get install dataset-fashion-mnist)")
+    fashion = need_fashion_mnist()
     ws, env = workspace
     before = sha256_tree(ws, "models", "reports/mlp")
     sets = ["-S", "mlp.dataset=fashion-mnist", "-S", "data.source=upstream"]

@@ -11,7 +11,6 @@ Thresholds are a margin below what was measured here (MLP 87.9 %, CNN 76.4 % on 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from appliedtorch.data.datasets import DATASETS_BY_NAME
 from appliedtorch.data.fetch import download
 from helpers import run_script
+from helpers.data import need_fashion_mnist
 
 FASHION = DATASETS_BY_NAME["fashion-mnist"]
 
@@ -26,10 +26,7 @@ FASHION = DATASETS_BY_NAME["fashion-mnist"]
 @pytest.fixture(scope="module")
 def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """data/raw/fashion-mnist from the OS copy, through the project's verified download."""
-    if not FASHION.os_dir.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{FASHION.os_dir} is missing: CI installs {FASHION.os_package}")
-        pytest.skip(f"{FASHION.os_dir} is missing (apt-get install {FASHION.os_package})")
+    need_fashion_mnist()
     out = tmp_path_factory.mktemp("real") / "data" / "raw" / "fashion-mnist"
     record = download("fashion-mnist", out, "upstream")
     assert record["source"].startswith("debian:"), record["source"]
