@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import types
 
 import pytest
 import torch
@@ -25,15 +26,39 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / autotune.CACHE_FILE
 
 
+class Clock:
+    """autotune's perf_counter in these tests: only the Counted candidates advance it, so on a
+    busy machine a no-op step that the scheduler holds up for milliseconds still takes 0 s."""
+
+    now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+CLOCK = Clock()
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    global CLOCK
+    CLOCK = Clock()
+    fake = types.SimpleNamespace(
+        perf_counter=CLOCK.perf_counter, strftime=time.strftime, gmtime=time.gmtime
+    )
+    monkeypatch.setattr(autotune, "time", fake)
+    return CLOCK
+
+
 class Counted:
-    """A candidate step that counts its calls and may sleep."""
+    """A candidate step that counts its calls and takes `seconds` of the test's clock."""
 
     def __init__(self, seconds: float = 0.0):
         self.seconds, self.calls = seconds, 0
 
     def __call__(self) -> None:
         self.calls += 1
-        time.sleep(self.seconds)
+        CLOCK.now += self.seconds
 
 
 def pick(candidates, shape_key="shape A", **kwargs):
