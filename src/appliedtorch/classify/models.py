@@ -285,18 +285,27 @@ def save_model(
     save_torch({"arch": arch, "model_args": model_args, "state_dict": state, **meta}, path)
 
 
-def load_model(path: str | os.PathLike) -> tuple[PixelClassifier, dict[str, Any]]:
-    """Rebuild the pixel classifier from a model file written by `save_model`; returns (model in
-    eval mode: uint8 pixels in, probabilities out, the file's contents)."""
-    path = Path(path)
+def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A model file's contents (tensors only: weights_only); one line when it is missing,
+    unreadable or not an appliedtorch model file."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise AppliedTorchError(f"{path}: model file not found (run the training stage)") from None
+    except IsADirectoryError:
+        raise AppliedTorchError(f"{path}: a directory, not a model file") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling problem means the file is unusable
         raise AppliedTorchError(f"{path}: not a readable model file ({first_line(exc)})") from None
     if not isinstance(saved, dict) or not {"arch", "model_args", "state_dict"} <= saved.keys():
         raise AppliedTorchError(f"{path}: not an appliedtorch model file (arch/model_args missing)")
+    return saved
+
+
+def load_model(path: str | os.PathLike) -> tuple[PixelClassifier, dict[str, Any]]:
+    """Rebuild the pixel classifier from a model file written by `save_model`; returns (model in
+    eval mode: uint8 pixels in, probabilities out, the file's contents)."""
+    path = Path(path)
+    saved = read_model_file(path)
     if saved.get("input_dtype") != "uint8":
         raise AppliedTorchError(
             f"{path}: an older model file (its network takes normalised floats, not pixels); "

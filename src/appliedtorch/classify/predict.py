@@ -34,7 +34,6 @@ import torch
 from appliedtorch.classify.metadata import ModelFile, check_metadata, check_model_file
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.core.utils import first_line
 
 
 @dataclass(frozen=True)
@@ -65,19 +64,10 @@ def load_classifier(uri: str) -> Classifier:
 
 def load_model_file(path: str | Path) -> tuple[Any, ModelFile]:
     """The pixel classifier in a model file, in eval mode, and its checked metadata."""
-    from appliedtorch.classify.models import PixelClassifier, build_network
+    from appliedtorch.classify.models import PixelClassifier, build_network, read_model_file
 
     check_container(path)
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise AppliedTorchError(f"{path}: model file not found (run the training stage)") from None
-    except IsADirectoryError:
-        raise AppliedTorchError(f"{path}: a directory, not a model file") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem means the file is unusable
-        raise AppliedTorchError(f"{path}: not a readable model file ({first_line(exc)})") from None
-    if not isinstance(saved, dict) or not {"arch", "model_args", "state_dict"} <= saved.keys():
-        raise AppliedTorchError(f"{path}: not an appliedtorch model file (arch/model_args missing)")
+    saved = read_model_file(path)
     _check_pixels(saved, str(path), "model file")
     meta = check_model_file(saved, str(path))
     args = meta.model_args.model_dump(exclude_unset=True)
