@@ -113,6 +113,34 @@ def test_normalizer_matches_torchvision_totensor_normalize():
     assert got.is_contiguous(memory_format=torch.channels_last)
 
 
+
+@pytest.mark.parametrize(("shape", "channels_last"), [((1, 28, 28), False), ((3, 32, 32), True)])
+def test_batches_normalised_once_are_the_batch_by_batch_bits(monkeypatch, shape, channels_last):
+    from appliedtorch.classify import batches as batches_module
+
+    images = torch.randint(0, 256, (203, *shape), dtype=torch.uint8)  # a short last batch
+    labels = torch.randint(0, 10, (203,))
+    mean, std = NORMALIZATION["cifar10" if shape[0] == 3 else "mnist"]
+    normalize = Normalizer(mean, std, channels_last=channels_last)
+
+    def epochs(**kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        shuffled = Batches(images, labels, 32, normalize, shuffle=torch.Generator().manual_seed(5))
+        in_order = Batches(images, labels, 64, normalize)
+        assert (shuffled.normalized is None) == kwargs["per_batch"]
+        return [*shuffled, *shuffled, *in_order]  # two shuffled epochs, then one in order
+
+    once = epochs(per_batch=False)
+    monkeypatch.setattr(batches_module, "NORMALIZE_ONCE_MAX_BYTES", 4 * images.numel() - 1)
+    per_batch = epochs(per_batch=True)
+    assert len(once) == len(per_batch) == 2 * 7 + 4
+    for (x, y), (x_ref, y_ref) in zip(once, per_batch, strict=True):
+        assert x.dtype == torch.float32 and torch.equal(x, x_ref) and torch.equal(y, y_ref)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert x.is_contiguous(memory_format=fmt)
+    # with augmentation every epoch draws new crops: nothing is normalised up front
+    augmented = Batches(images, labels, 32, normalize, augment=torch.Generator().manual_seed(1))
+    assert augmented.normalized is None
+
 def _identify(original: np.ndarray, augmented: np.ndarray, pad: int = 4) -> list[list[tuple]]:
     """For each image, every (dy, dx, flipped) that maps `original` onto `augmented`.
 
