@@ -1,0 +1,71 @@
+"""benchmarks/run.py on small data: what it prints and records is what it measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from appliedtorch.machine.hardware import cpu_description, native_bf16
+from helpers import REPO
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "benchmarks.json"
+    cmd = [sys.executable, "benchmarks/run.py", "--quick", "--only", "auto,mlp", "--reps", "2"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_the_table_names_the_cpu_and_its_flags(quick_run):
+    stdout, report = quick_run
+    cpu = cpu_description()
+    first = stdout.splitlines()[0]
+    assert first.startswith(f"CPU {cpu['model']}") and f"flags: {' '.join(cpu['flags'])}" in first
+    assert report["machine"]["cpu_model"]["flags"] == cpu["flags"]
+
+
+def test_auto_choices_are_printed_with_each_candidates_time(quick_run):
+    stdout, report = quick_run
+    for arch in ("mlp", "cnn"):
+        probe = report["results"]["auto"][arch]
+        assert probe["choice"] in probe["step_seconds"] and probe["probe_seconds"] > 0
+        fastest = min(probe["step_seconds"], key=probe["step_seconds"].get)
+        assert probe["choice"] == fastest
+        assert f"auto for {arch}: {probe['choice']} (per step: " in stdout
+
+
+def test_epochs_are_the_best_of_alternated_runs(quick_run):
+    _, report = quick_run
+    r = report["results"]["mlp_epoch"]
+    assert len(r["tutorial_runs"]) == 2 and r["tutorial_seconds"] == min(r["tutorial_runs"])
+    chosen = r["project_by_threads"][str(r["project_threads"])]
+    assert len(chosen["runs"]) == 2 and r["project_seconds"] == min(chosen["runs"])
+    assert r["ratio"] == pytest.approx(r["tutorial_seconds"] / r["project_seconds"])
+    assert r["project_threads"] == 1  # params.yaml's mlp.threads comes first
+    # the MLP's bf16 is false in params.yaml: honoured, never probed
+    assert r["bf16_setting"] is False and r["format"] == "fp32"
+    peak = r["project_arithmetic"]
+    assert peak["format"] == "fp32" and 0 < peak["percent_of_peak"] < 100
+    row = next(row for row in report["table"] if row[0].startswith("MLP epoch"))
+    assert row[3] == f"{r['ratio']:.1f}x" and row[5] == ("ok" if r["ratio"] >= 8 else "MISSED")
+
+
+def test_the_dtype_auto_did_not_choose_is_timed_where_bf16_is_native(quick_run):
+    _, report = quick_run
+    other = report["results"]["mlp_epoch"]["project_other"]
+    if not native_bf16(torch.device("cpu")):
+        assert other is None  # emulated bf16 is not a candidate: nothing to compare
+        return
+    assert other["format"] == "bf16" and len(other["runs"]) == 2
+    assert other["seconds"] == min(other["runs"])
+    project = report["results"]["mlp_epoch"]["project_seconds"]
+    assert other["auto_over_other"] == pytest.approx(project / other["seconds"])
+    assert any(row[0].startswith("  project, bf16 forced") for row in report["table"])
