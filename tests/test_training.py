@@ -171,6 +171,21 @@ def test_crop_flip_is_a_zero_filled_shift_and_maybe_a_flip():
     assert len({m[0][:2] for m in found}) > 60  # most of the 81 shifts occur
 
 
+def test_crop_flip_is_the_per_image_crop_of_its_draws():
+    # the same draws, made here as random_crop_flip makes them, cropped image by image
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(images, torch.Generator().manual_seed(4), padding=4)
+    g = torch.Generator().manual_seed(4)
+    top = torch.randint(0, 9, (64, 1), generator=g)
+    left = torch.randint(0, 9, (64, 1), generator=g)
+    flip = torch.rand((64, 1), generator=g) < 0.5
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(64):
+        t, lft = int(top[i]), int(left[i])
+        crop = padded[i, :, t : t + 32, lft : lft + 32]
+        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop), i
+
+
 def _shift_flip_sample(images: torch.Tensor, augmented: torch.Tensor) -> list[tuple]:
     found = _identify(images.numpy(), augmented.numpy())
     assert all(len(m) == 1 for m in found)
