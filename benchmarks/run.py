@@ -494,13 +494,15 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         if r.get("project_other"):
             v = r["project_other"]
             within = v["auto_over_other"] <= AUTO_TOLERANCE
+            # An explicit bf16 in params.yaml is checked the same way: is the default right here?
+            chooser = "auto" if r.get("bf16_setting") == "auto" else "params.yaml"
             rows.append(
                 (
-                    f"  project, {v['format']} forced (auto chose {r['format']})",
+                    f"  project, {v['format']} forced ({chooser}: {r['format']})",
                     "",
                     f"{_fmt_s(v['seconds'])} ({r['project_threads']} thr)",
                     f"{v['ratio']:.1f}x",
-                    f"auto <= {AUTO_TOLERANCE:g}x it",
+                    f"{chooser} <= {AUTO_TOLERANCE:g}x it",
                     f"{'ok' if within else 'MISSED'} ({v['auto_over_other']:.2f}x)",
                 )
             )

@@ -79,4 +79,9 @@ def test_the_dtype_auto_did_not_choose_is_timed_where_bf16_is_native(quick_run):
     assert other["seconds"] == min(other["runs"])
     project = report["results"]["mlp_epoch"]["project_seconds"]
     assert other["auto_over_other"] == pytest.approx(project / other["seconds"])
-    assert any(row[0].startswith("  project, bf16 forced") for row in report["table"])
+    (row,) = [row for row in report["table"] if row[0].startswith("  project, bf16 forced")]
+    assert row[0] == "  project, bf16 forced (params.yaml: fp32)"  # mlp.bf16 is false, not auto
+    assert (
+        row[5]
+        == f"{'ok' if other['auto_over_other'] <= 1.1 else 'MISSED'} ({other['auto_over_other']:.2f}x)"
+    )
