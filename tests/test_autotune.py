@@ -268,6 +268,45 @@ def test_auto_takes_the_measured_choice(monkeypatch):
     }
 
 
+def test_a_run_too_short_for_the_probe_is_not_probed(monkeypatch, caplog):
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
+    monkeypatch.setattr(tuning, "pick_fastest", lambda *a, **k: pytest.fail("probed"))
+    model, make_optimizer, batch = mlp_setup()
+    # 4 candidates x (2 warm-up + 3 x 2 timed) steps = 32: more than a tenth of 300 steps
+    with caplog.at_level("INFO", logger=tuning.__name__):
+        result = tuning.tune(
+            model, make_optimizer, batch, CPU, bf16="auto", threads="auto", run_steps=300
+        )
+    assert (result.bf16, result.threads, result.probe) == (False, None, None)
+    assert "300 training steps are too few for a probe of 32" in caplog.text
+    # an explicit part of the setting is kept as it is
+    result = tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads=1, run_steps=9)
+    assert (result.bf16, result.threads) == (False, 1)
+
+
+def test_a_run_long_enough_is_probed(monkeypatch):
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
+    model, make_optimizer, batch = mlp_setup()
+    # 2 candidates x (1 + 2 x 2) steps = 10, a tenth of 100
+    result = tuning.tune(
+        model, make_optimizer, batch, CPU, bf16="auto", threads=1, run_steps=100, **FAST
+    )
+    assert result.probe is not None and not result.probe.cached
+    assert set(result.probe.seconds) == {"float32", "bfloat16"}
+
+
+def test_a_short_run_takes_the_cached_choice_untimed(monkeypatch):
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
+    model, make_optimizer, batch = mlp_setup()
+    monkeypatch.setattr(autotune, "load_average", lambda: 0.0)  # quiet: the choice is cached
+    timed = tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads=1, **FAST)
+    assert timed.probe is not None and not timed.probe.cached
+    monkeypatch.setattr(autotune, "time_candidates", lambda *a, **k: pytest.fail("timed"))
+    short = tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads=1, run_steps=2)
+    assert short.probe is not None and short.probe.cached
+    assert (short.bf16, short.threads) == (timed.bf16, timed.threads)
+
+
 def state_of(model, optimizer):
     """Copies of everything a probe could change."""
     return (
@@ -348,6 +387,10 @@ def test_a_probed_run_gives_the_numbers_of_its_explicit_choice(monkeypatch):
     monkeypatch.setattr(tuning, "native_bf16", lambda device: True)  # fp32 and bf16 are timed
     data = synthetic_in_memory("mnist", 256, 64)
     common = {"epochs": 2, "batch_size": 32, "lr": 1e-3, "dropout": 0.2}
+    # 16 steps: too short for a probe of 4 x 8 steps, so fp32 on torch's threads, untimed
+    short = train_classifier(data, MLPParams(bf16="auto", threads="auto", **common), seed=3)
+    assert (short.bf16, short.threads, short.tuning.probe) == (False, None, None)
+    monkeypatch.setattr(tuning, "PROBE_SHARE", float("inf"))  # any run pays for the probe
     probed = train_classifier(data, MLPParams(bf16="auto", threads="auto", **common), seed=3)
     assert probed.tuning is not None and probed.tuning.probe is not None
     explicit = MLPParams(bf16=probed.bf16, threads=probed.threads, **common)

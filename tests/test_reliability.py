@@ -485,6 +485,7 @@ def test_a_resumed_run_keeps_the_choice_auto_made(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
     monkeypatch.setattr(tuning, "pick_fastest", fake)
+    monkeypatch.setattr(tuning, "PROBE_SHARE", float("inf"))  # a short run probes too
     section = MLP.model_copy(update={"bf16": "auto"})
     data = make_data("mnist", 256, 64)
     path = tmp_path / ".mlp.resume"

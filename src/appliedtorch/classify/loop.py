@@ -196,6 +196,7 @@ def train_classifier(
         threads=section.threads,
         label_smoothing=section.label_smoothing,
         world=world,
+        run_steps=section.epochs * len(train),
     )
     bf16 = tuning.bf16
     streams = {"shuffle": shuffle, "augment": augment}  # one generator in one process

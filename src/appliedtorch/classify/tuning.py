@@ -20,6 +20,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,11 +33,19 @@ from torch import nn
 from appliedtorch.classify.batches import Batches
 from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.core.utils import thread_count
-from appliedtorch.machine.autotune import Tuned, enabled, pick_fastest
+from appliedtorch.machine.autotune import Tuned, enabled, lookup, pick_fastest
 from appliedtorch.machine.hardware import native_bf16, resolve_bf16
+
+log = logging.getLogger(__name__)
 
 DTYPE_NAMES = {False: "float32", True: "bfloat16"}
 QUESTION = "classifier training step"
+# The most of a run's training steps the probe may take. A shorter run (a smoke test, a
+# `train_limit` trial) takes a cached decision, or fp32 on torch's threads, untimed: timing
+# would cost it more than the faster choice could save.
+PROBE_SHARE = 0.1
+# `autotune.time_candidates`' defaults: warm-up steps, rounds and steps a round, per candidate.
+PROBE_TIMING = {"warmup": 2, "rounds": 3, "steps": 2}
 
 
 @dataclass(frozen=True)
@@ -167,13 +176,15 @@ def tune(
     label_smoothing: float = 0.0,
     world: World = SINGLE,
     use_cache: bool = True,
+    run_steps: int | None = None,
     **timing: Any,
 ) -> Tuning:
     """Resolve `bf16` and `threads` (`auto` or explicit) for training `model` on `device`.
 
     Under torchrun every process probes and all take rank 0's choice (the same numerics on
     every rank). A choice timed on a CPU busier than its core count (load average) is not
-    cached. `timing` is passed to `autotune.time_candidates` (warmup, rounds, steps).
+    cached. A run of `run_steps` training steps too short for the probe (PROBE_SHARE) is not
+    probed. `timing` is passed to `autotune.time_candidates` (warmup, rounds, steps).
     """
     dtypes, counts = bf16_options(bf16, device), thread_options(threads, device)
     if len(dtypes) * len(counts) == 1:
@@ -183,6 +194,28 @@ def tune(
         options = {f"{c} threads": (dtypes[0], c) for c in counts}
     else:
         options = {candidate_name(b, c, both): (b, c) for b in dtypes for c in counts}
+    per_candidate = {**PROBE_TIMING, **timing}
+    probe_steps = len(options) * (
+        per_candidate["warmup"] + per_candidate["rounds"] * per_candidate["steps"]
+    )
+    if run_steps is not None and probe_steps > PROBE_SHARE * run_steps:
+        key = f"{shape_key(model, batch[0], make_optimizer(model))} candidates {sorted(options)}"
+        hit = lookup(QUESTION, list(options), device=device, shape_key=key) if use_cache else None
+        untimed = (
+            dtypes[0] if len(dtypes) == 1 else False,
+            counts[0] if len(counts) == 1 else None,
+        )
+        if hit is None:
+            log.info(
+                "bf16/threads auto: %s on %s threads, untimed: this run's %d training steps are "
+                "too few for a probe of %d",
+                DTYPE_NAMES[untimed[0]],
+                untimed[1] or "torch's default",
+                run_steps,
+                probe_steps,
+            )
+        choice = world.broadcast_object(options[hit.choice] if hit else untimed)
+        return Tuning(*choice, probe=hit if hit and options[hit.choice] == choice else None)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         probe_model = copy.deepcopy(model)
         probe_optimizer = make_optimizer(probe_model)
@@ -200,7 +233,7 @@ def tune(
             use_cache=use_cache,
             busy_load=float(os.cpu_count() or 1),
             sync=sync,
-            **timing,
+            **per_candidate,
         )
     choice = world.broadcast_object(tuned.choice)
     if choice != tuned.choice:  # rank 0 decided otherwise: its measurement is the one logged

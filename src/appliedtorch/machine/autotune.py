@@ -182,11 +182,10 @@ def pick_fastest(
         raise ValueError(f"{question}: no candidates to choose from")
     if len(names) == 1:
         return Tuned(names[0], {}, 0.0, False)
+    if use_cache and (hit := lookup(question, names, device=device, shape_key=shape_key)):
+        return hit
     path = cache_dir() / CACHE_FILE
     key = cache_key(question, device, shape_key)
-    if use_cache and (hit := cached_choice(read_cache(path).get(key), names)):
-        log.info("%s: %s (cached in %s)", question, hit.choice, path)
-        return hit
     start = time.perf_counter()
     seconds = time_candidates(candidates, **timing)
     choice = min(names, key=seconds.__getitem__)
@@ -208,6 +207,17 @@ def pick_fastest(
     if use_cache and not busy:
         remember(path, key, question, shape_key, tuned)
     return tuned
+
+
+def lookup(
+    question: str, names: list[str], *, device: torch.device, shape_key: str
+) -> Tuned | None:
+    """The cached decision among `names` for this machine and shape, or None: nothing is timed."""
+    path = cache_dir() / CACHE_FILE
+    hit = cached_choice(read_cache(path).get(cache_key(question, device, shape_key)), names)
+    if hit is not None:
+        log.info("%s: %s (cached in %s)", question, hit.choice, path)
+    return hit
 
 
 def load_average() -> float | None:
