@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest.mock
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ import yaml
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from appliedtorch.classify import tuning
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.loop import evaluate, model_args_for, model_name
 from appliedtorch.classify.models import build_model
@@ -177,11 +179,14 @@ def epoch_benchmark(
     # Untimed warm-up of every configuration: oneDNN creates (and JITs) its kernels per shape and
     # format on first use, and a GPU loads its kernels; that belongs to no epoch. The first run
     # is also where `auto` is decided (and cached), as in the stage: its choice is then timed.
+    # Its 3 batches would be too short a run to probe (tuning.PROBE_SHARE); the stage's run of
+    # thousands of steps is not, so the warm-up decides as that run does.
     warm = with_test_subset(data, 256)
     formats = {}
-    for threads in counts:
-        config = base.model_copy(update={"threads": threads})
-        formats[threads] = train_speed.project_epoch(warm, config, 3, device, seed)[3]
+    with unittest.mock.patch.object(tuning, "PROBE_SHARE", math.inf):
+        for threads in counts:
+            config = base.model_copy(update={"threads": threads})
+            formats[threads] = train_speed.project_epoch(warm, config, 3, device, seed)[3]
     bf16 = formats[chosen]
     other = not bf16 if native_bf16(resolve_device(device)) else None
     configs: dict[Any, ClassifierParams] = {

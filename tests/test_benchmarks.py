@@ -85,3 +85,31 @@ def test_the_dtype_auto_did_not_choose_is_timed_where_bf16_is_native(quick_run):
         row[5]
         == f"{'ok' if other['auto_over_other'] <= 1.1 else 'MISSED'} ({other['auto_over_other']:.2f}x)"
     )
+
+
+def test_the_epoch_benchmark_times_what_the_stages_probe_chose(monkeypatch):
+    """The warm-up run is 3 batches, too short to probe; the stage's run is not: the benchmark
+    must time the dtype the probe picks for the stage, not the untimed fp32 of a short run."""
+    from appliedtorch.classify import tuning
+    from appliedtorch.data.loading import synthetic_in_memory
+    from appliedtorch.machine import autotune
+    from appliedtorch.params import load_params
+    from benchmarks import run as bench
+
+    probes = []
+
+    def fake(question, candidates, **kwargs):
+        probes.append(sorted(candidates))
+        return autotune.Tuned("bfloat16", dict.fromkeys(candidates, 0.1), 0.5, False)
+
+    monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
+    monkeypatch.setattr(bench, "native_bf16", lambda device: True)
+    monkeypatch.setattr(tuning, "pick_fastest", fake)
+    base = bench.train_speed.timed_section(load_params(REPO / "params.yaml"), "cnn")
+    data = synthetic_in_memory("cifar10", 512, 64)
+    r = bench.epoch_benchmark("cnn", data, base, batches=2, reps=1, device="cpu", seed=0)
+    # probed once for each thread count warmed up (as the stage would: not cached in a test)
+    assert probes == [["bfloat16", "float32"]] * len(r["project_by_threads"])
+    assert r["bf16_setting"] == "auto" and r["format"] == "bf16"
+    assert r["project_other"]["format"] == "fp32" and len(r["project_other"]["runs"]) == 1
+    assert tuning.PROBE_SHARE == 0.1  # restored after the warm-up
