@@ -33,7 +33,7 @@ from torch import nn
 from appliedtorch.classify.batches import Batches
 from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.core.utils import thread_count
-from appliedtorch.machine.autotune import Tuned, enabled, lookup, pick_fastest
+from appliedtorch.machine.autotune import Tuned, enabled, lookup, pick_fastest, probe_steps
 from appliedtorch.machine.hardware import native_bf16, resolve_bf16
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,6 @@ QUESTION = "classifier training step"
 # `train_limit` trial) takes a cached decision, or fp32 on torch's threads, untimed: timing
 # would cost it more than the faster choice could save.
 PROBE_SHARE = 0.1
-# `autotune.time_candidates`' defaults: warm-up steps, rounds and steps a round, per candidate.
-PROBE_TIMING = {"warmup": 2, "rounds": 3, "steps": 2}
 
 
 @dataclass(frozen=True)
@@ -194,12 +192,10 @@ def tune(
         options = {f"{c} threads": (dtypes[0], c) for c in counts}
     else:
         options = {candidate_name(b, c, both): (b, c) for b in dtypes for c in counts}
-    per_candidate = {**PROBE_TIMING, **timing}
-    probe_steps = len(options) * (
-        per_candidate["warmup"] + per_candidate["rounds"] * per_candidate["steps"]
-    )
-    if run_steps is not None and probe_steps > PROBE_SHARE * run_steps:
-        key = f"{shape_key(model, batch[0], make_optimizer(model))} candidates {sorted(options)}"
+    # The cache's key: the net, the batch, the optimizer's kind and the candidates.
+    key = f"{shape_key(model, batch[0], make_optimizer(model))} candidates {sorted(options)}"
+    probe = probe_steps(len(options), **timing)
+    if run_steps is not None and probe > PROBE_SHARE * run_steps:
         hit = lookup(QUESTION, list(options), device=device, shape_key=key) if use_cache else None
         untimed = (
             dtypes[0] if len(dtypes) == 1 else False,
@@ -212,7 +208,7 @@ def tune(
                 DTYPE_NAMES[untimed[0]],
                 untimed[1] or "torch's default",
                 run_steps,
-                probe_steps,
+                probe,
             )
         choice = world.broadcast_object(options[hit.choice] if hit else untimed)
         return Tuning(*choice, probe=hit if hit and options[hit.choice] == choice else None)
@@ -224,7 +220,6 @@ def tune(
             step = training_step(probe_model, probe_optimizer, batch, b, label_smoothing)
             candidates[name] = _with_threads(step, c)
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-        key = f"{shape_key(model, batch[0], probe_optimizer)} candidates {sorted(options)}"
         tuned = pick_fastest(
             QUESTION,
             candidates,
@@ -233,7 +228,7 @@ def tune(
             use_cache=use_cache,
             busy_load=float(os.cpu_count() or 1),
             sync=sync,
-            **per_candidate,
+            **timing,
         )
     choice = world.broadcast_object(tuned.choice)
     if choice != tuned.choice:  # rank 0 decided otherwise: its measurement is the one logged

@@ -133,12 +133,23 @@ def cached_choice(entry: dict[str, Any] | None, names: list[str]) -> Tuned | Non
     return Tuned(entry["choice"], {n: float(seconds[n]) for n in names}, 0.0, True, load)
 
 
+# How `time_candidates` times each candidate unless told otherwise.
+TIMING = {"warmup": 2, "rounds": 3, "steps": 2}
+
+
+def probe_steps(candidates: int, **timing: Any) -> int:
+    """The steps `time_candidates` runs for `candidates` candidates with `timing` (warmup,
+    rounds, steps; TIMING's where not given)."""
+    t = {**TIMING, **timing}
+    return candidates * (t["warmup"] + t["rounds"] * t["steps"])
+
+
 def time_candidates(
     candidates: Mapping[str, Callable[[], object]],
     *,
-    warmup: int = 2,
-    rounds: int = 3,
-    steps: int = 2,
+    warmup: int = TIMING["warmup"],
+    rounds: int = TIMING["rounds"],
+    steps: int = TIMING["steps"],
     sync: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Median seconds per step of each candidate: `warmup` untimed steps each, then `rounds`
