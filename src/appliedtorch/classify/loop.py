@@ -36,7 +36,7 @@ from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.classify.tuning import Tuning, first_batch, tune
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError
 from appliedtorch.core.utils import resolve_device, thread_count
-from appliedtorch.machine.hardware import flush_denormals
+from appliedtorch.machine.hardware import flush_denormals, keep_freed_memory
 
 if TYPE_CHECKING:
     from appliedtorch.classify.params import ClassifierParams
@@ -178,6 +178,7 @@ def train_classifier(
         raise ValueError("the resume state belongs to another process group than `world`")
     dev = resolve_device(device)
     batch_size = _local_batch_size(section, world)  # a bad split fails before any work
+    keep_freed_memory(dev)  # for the probe's steps too
     mean, std = _normalization(data)
     normalize = Normalizer(mean, std, dev, section.channels_last)
     model_args = model_args_for(section, data)
