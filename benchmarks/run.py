@@ -18,8 +18,10 @@ them, the loops alternated; the rest: the median):
   (all cores), so the `threads` defaults can be checked on the machine that will run them.
 - `bf16: auto` is decided as in the stage (the probe in `train_classifier`, cached per machine);
   where bf16 is native, the other dtype is timed too, forced: `auto` must be within 10 % of it.
-- Everything runs with OMP_WAIT_POLICY=PASSIVE unless the environment sets it (appliedtorch sets
-  it, as in the stages; on the quiet machine it left the tutorial's loops unchanged).
+- Each loop runs as it would for its user: the project's in this process, set up as a stage is
+  (appliedtorch's OMP_WAIT_POLICY=PASSIVE unless the environment sets one, freed memory kept by
+  `train_classifier`); the tutorial's in a process of its own with torch's defaults
+  (`benchmarks/tutorial_loop.py`: OpenMP's default spinning, glibc's malloc as it comes).
 - **Evaluation pass** over the 10,000 test images: the tutorial's DataLoader loop (`torch.no_grad`,
   batches of the training batch size) against `appliedtorch.classify.loop.evaluate`.
 - **PINN**: params.yaml's recipe over 5 seeds (median max error and seconds) and the tutorial's
@@ -35,14 +37,19 @@ Timings on a shared machine mean little: the load average at start and end is re
 
 from __future__ import annotations
 
-# First, as in the stages: appliedtorch sets OMP_WAIT_POLICY before torch loads OpenMP.
+# ruff: noqa: E402 - the imports below follow the reading of the user's OMP_WAIT_POLICY
+import os  # isort: skip
+
+# The user's own setting, for the tutorial's loop (benchmarks/tutorial_loop.py), read before
+# appliedtorch sets its default; then, as in the stages, appliedtorch before torch loads OpenMP.
+USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 import appliedtorch  # noqa: F401  # isort: skip
 
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
-import os
 import platform
 import shutil
 import statistics
@@ -72,7 +79,7 @@ from appliedtorch.params import load_params
 from appliedtorch.pinn.params import PINNParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import auto  # noqa: E402 - the sibling benchmark scripts, reused
+import auto  # the sibling benchmark scripts, reused
 import flops  # noqa: E402
 import pinn_seeds  # noqa: E402
 import train_speed  # noqa: E402
@@ -162,9 +169,37 @@ def arithmetic(
     }
 
 
+def tutorial_in_own_process(
+    arch: str,
+    data: ImageData,
+    params: Path,
+    batches: int | None,
+    device: str,
+    seed: int,
+    accuracy: bool,
+) -> dict[str, Any]:
+    """One tutorial epoch in `benchmarks/tutorial_loop.py`, on the same synthetic data (made
+    again there from the same seed), under the user's environment as it was before appliedtorch
+    set its OpenMP default."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if USER_OMP_WAIT_POLICY is not None:
+        env["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
+    script = Path(__file__).resolve().parent / "tutorial_loop.py"
+    cmd = [sys.executable, str(script), arch, "--train", str(len(data.train_images))]
+    cmd += ["--test", str(len(data.test_images)), "--params", str(params), "--device", device]
+    cmd += ["--seed", str(seed), *(["--batches", str(batches)] if batches else [])]
+    cmd += ["--accuracy"] if accuracy else []
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"the tutorial's loop failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
 def epoch_benchmark(
     arch: str,
     data: ImageData,
+    params: Path,
     base: ClassifierParams,
     batches: int | None,
     reps: int,
@@ -201,10 +236,10 @@ def epoch_benchmark(
     tutorial_acc = project_acc = None
     for rep in range(reps):
         # Alternate the loops so a change in machine load hits them alike.
-        model, seconds, done = train_speed.tutorial_epoch(arch, data, base, batches, device, seed)
-        tutorial_runs.append(seconds / done * steps)
-        if rep == 0 and batches is None:
-            tutorial_acc = train_speed.accuracy(model, data)
+        measure = rep == 0 and batches is None
+        tut = tutorial_in_own_process(arch, data, params, batches, device, seed, measure)
+        tutorial_runs.append(tut["seconds"] / tut["batches"] * steps)
+        tutorial_acc = tut["accuracy"] if measure else tutorial_acc
         for key, config in configs.items():
             seconds, acc, done, _ = train_speed.project_epoch(timed, config, batches, device, seed)
             runs[key].append(seconds / done * steps)
@@ -229,7 +264,7 @@ def epoch_benchmark(
         "format": fmt,
         "bf16_setting": base.bf16,
         "tutorial_arithmetic": arithmetic(
-            arch, data, base, tutorial, torch.get_num_threads(), "fp32", device
+            arch, data, base, tutorial, tut["threads"], "fp32", device
         ),
         "project_arithmetic": arithmetic(arch, data, base, best[chosen], chosen, fmt, device),
         "project_other": project_other,
@@ -239,7 +274,8 @@ def epoch_benchmark(
         "batches_timed": batches or steps,
         "extrapolated": batches is not None and batches < steps,
         "reps": reps,
-        "tutorial_threads": torch.get_num_threads(),
+        "tutorial_threads": tut["threads"],
+        "tutorial_omp_wait_policy": tut["omp_wait_policy"],
         "tutorial_seconds": tutorial,
         "tutorial_runs": tutorial_runs,
         "tutorial_accuracy": tutorial_acc,
@@ -680,7 +716,7 @@ def main() -> None:
             print(f"{arch.upper()} epoch ...", flush=True)
             batches = cnn_batches if arch == "cnn" else None
             results[f"{arch}_epoch"] = epoch_benchmark(
-                arch, data, base, batches, reps, args.device, p.seed
+                arch, data, args.params, base, batches, reps, args.device, p.seed
             )
         if "eval" in only:
             print(f"{arch.upper()} evaluation ...", flush=True)

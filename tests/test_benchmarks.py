@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -24,9 +25,12 @@ def smoke_command() -> list[str]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "benchmarks.json"
+    # A user's shell: no OMP_WAIT_POLICY (appliedtorch set one in this process's environment).
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     proc = subprocess.run(
         [*smoke_command(), "--json", str(out)],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -51,6 +55,16 @@ def test_auto_choices_are_printed_with_each_candidates_time(quick_run):
         fastest = min(probe["step_seconds"], key=probe["step_seconds"].get)
         assert probe["choice"] == fastest
         assert f"auto for {arch}: {probe['choice']} (per step: " in stdout
+
+
+def test_each_loop_runs_as_its_user_runs_it(quick_run):
+    """The project's loop in a process set up as a stage (appliedtorch's OpenMP default), the
+    tutorial's in one with torch's defaults and the threads torch picks."""
+    _, report = quick_run
+    assert report["machine"]["omp_wait_policy"] == "PASSIVE"
+    r = report["results"]["mlp_epoch"]
+    assert r["tutorial_omp_wait_policy"] is None
+    assert r["tutorial_threads"] == report["machine"]["torch_default_threads"]
 
 
 def test_epochs_are_the_best_of_alternated_runs(quick_run):
@@ -107,7 +121,8 @@ def test_the_epoch_benchmark_times_what_the_stages_probe_chose(monkeypatch):
     monkeypatch.setattr(tuning, "pick_fastest", fake)
     base = bench.train_speed.timed_section(load_params(REPO / "params.yaml"), "cnn")
     data = synthetic_in_memory("cifar10", 512, 64)
-    r = bench.epoch_benchmark("cnn", data, base, batches=2, reps=1, device="cpu", seed=0)
+    params = REPO / "params.yaml"
+    r = bench.epoch_benchmark("cnn", data, params, base, batches=2, reps=1, device="cpu", seed=0)
     # probed once for each thread count warmed up (as the stage would: not cached in a test)
     assert probes == [["bfloat16", "float32"]] * len(r["project_by_threads"])
     assert r["bf16_setting"] == "auto" and r["format"] == "bf16"
