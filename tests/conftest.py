@@ -29,8 +29,10 @@ def autotune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     mp.undo()
 
 
-# The suite runs on two pytest-xdist workers (`-n 2`, pyproject.toml): most of its time is
-# subprocesses importing torch and MLflow, each on one core. A file's tests stay in one worker, so
+# The suite runs on three pytest-xdist workers (`-n 3`, pyproject.toml), one more than the 2
+# cores it is timed on: most of its time is subprocesses importing torch and MLflow, each on one
+# core, or waiting for servers and DVC queues, so a third worker shortens it (docs/performance.md
+# has the times). A file's tests stay in one worker, so
 # a module-scoped fixture is built once; the files that copy the session's built pipeline
 # (`built_pipeline`, a full `dvc repro`) share one worker, so that is built once too.
 BUILT_PIPELINE_FILES = frozenset(
