@@ -113,7 +113,6 @@ def test_normalizer_matches_torchvision_totensor_normalize():
     assert got.is_contiguous(memory_format=torch.channels_last)
 
 
-
 @pytest.mark.parametrize(("shape", "channels_last"), [((1, 28, 28), False), ((3, 32, 32), True)])
 def test_batches_normalised_once_are_the_batch_by_batch_bits(monkeypatch, shape, channels_last):
     from appliedtorch.classify import batches as batches_module
@@ -140,6 +139,21 @@ def test_batches_normalised_once_are_the_batch_by_batch_bits(monkeypatch, shape,
     # with augmentation every epoch draws new crops: nothing is normalised up front
     augmented = Batches(images, labels, 32, normalize, augment=torch.Generator().manual_seed(1))
     assert augmented.normalized is None
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_a_batchs_rows_are_what_indexing_gives(fmt):
+    """Batches gathers shuffled rows with index_select where that gives what `tensor[rows]`
+    gives: the same values and the same strides (channels_last kept), a slice still a view."""
+    from appliedtorch.classify.batches import _take
+
+    x = torch.randn(50, 3, 4, 4).contiguous(memory_format=fmt)
+    rows = torch.randperm(50, generator=torch.Generator().manual_seed(0))[:7]
+    for tensor in (x, (x * 50).to(torch.uint8), torch.arange(50)):
+        got, expected = _take(tensor, rows), tensor[rows]
+        assert torch.equal(got, expected) and got.stride() == expected.stride()
+    assert _take(x, slice(2, 5)).data_ptr() == x[2:5].data_ptr()
+
 
 def _identify(original: np.ndarray, augmented: np.ndarray, pad: int = 4) -> list[list[tuple]]:
     """For each image, every (dy, dx, flipped) that maps `original` onto `augmented`.

@@ -84,6 +84,24 @@ def random_crop_flip(
     return planes.gather(2, offsets.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
+def _take(tensor: torch.Tensor, at: slice | torch.Tensor) -> torch.Tensor:
+    """The rows `at` of `tensor`, as `tensor[at]` gives them: a view for a slice; for indices into
+    a row-major tensor, index_select, the same copy without advanced indexing's general machinery
+    (a share of the MLP's step). index_select returns row-major strides, so a tensor with others
+    (channels_last) is indexed as before, its batches keeping its strides."""
+    if isinstance(at, slice) or tensor.stride() != _row_major(tensor.shape):
+        return tensor[at]
+    return tensor.index_select(0, at)
+
+
+def _row_major(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
 class Batches:
     """This process's batches of uint8 `images` and their `labels`, normalised on the device.
 
@@ -147,13 +165,13 @@ class Batches:
             n = len(self.images)
             rows = self.world.shard(torch.randperm(n, generator=self.shuffle, device=self.device))
         for start in range(0, self.samples, self.batch_size):
-            idx = slice(start, start + self.batch_size)
+            at: slice | torch.Tensor = slice(start, start + self.batch_size)
             if rows is not None:
-                idx = rows[idx].to(self.device)
+                at = rows[at].to(self.device)
             if self.normalized is not None:
-                yield self.normalized[idx], self.labels[idx]  # (B, C, H, W) float32
+                yield _take(self.normalized, at), _take(self.labels, at)  # (B, C, H, W) float32
                 continue
-            images = self.images[idx]  # (B, C, H, W) uint8
+            images = _take(self.images, at)  # (B, C, H, W) uint8
             if self.augment is not None:
                 images = random_crop_flip(images, self.augment)
-            yield self.normalize(images), self.labels[idx]
+            yield self.normalize(images), _take(self.labels, at)
