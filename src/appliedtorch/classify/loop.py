@@ -30,7 +30,7 @@ from torch import nn
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.classify.models import ARCHITECTURES, build_model
-from appliedtorch.classify.optim import make_optimizer, make_scheduler
+from appliedtorch.classify.optim import LeanSteps, make_optimizer, make_scheduler
 from appliedtorch.classify.progress import Progress
 from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.classify.tuning import Tuning, first_batch, tune
@@ -112,13 +112,14 @@ def train_one_epoch(
     """One pass over the training batches; returns the mean training loss per sample. The
     scheduler, if any, steps after every batch (onecycle and warm-up need steps, not epochs)."""
     net.train()
+    steps = LeanSteps(optimizer)  # zero_grad and step, for less Python per call
     for images, labels in batches:
         with _autocast(images.device, bf16):
             logits = net(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
+        steps.zero_grad()
         loss.backward()
-        optimizer.step()
+        steps.step()
         if scheduler is not None:
             scheduler.step()
         losses.append(loss)

@@ -2,6 +2,7 @@
 
 optimizer = make_optimizer(model, params.cnn, device)
 scheduler = make_scheduler(optimizer, params.cnn, steps_per_epoch=len(train_batches))
+steps = LeanSteps(optimizer)  # steps.zero_grad(), steps.step(): the optimizer's, for less
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.optim.optimizer as torch_optimizer
 from torch import nn
+from torch.optim.adam import adam
 
 if TYPE_CHECKING:
     from appliedtorch.classify.params import ClassifierParams
@@ -80,3 +83,155 @@ def one_cycle(step: int, total: int, rise: int, div: float = 25.0, final_div: fl
     else:
         start, end, pct = 1.0, 1 / (div * final_div), (step - peak) / max(total - 1 - peak, 1)
     return end + (start - end) * (1 + math.cos(math.pi * min(pct, 1.0))) / 2
+
+
+class LeanSteps:
+    """`zero_grad(set_to_none=True)` and `step()` of `optimizer`, with the same arithmetic and
+    less Python per call where that is known to be safe.
+
+    On a small net torch's `Adam.step` (and AdamW's) spends more time in Python than in its fused
+    CPU kernel: the step wrapper (profiler label, hook lookups, grad-mode switches), then
+    `_init_group` rebuilding the state lists from dicts, then the dispatch to the kernel, at every
+    step. Here the first step of each `LeanSteps` is the optimizer's own (it creates the state);
+    after it the state lists are kept and each step makes the calls `Adam.step` would make, with
+    the same arguments on the same tensors: the same bits. Everything else takes
+    `optimizer.step()`: SGD, a GPU (where the whole step is better captured: graphed.py), step
+    hooks, a parameter without a gradient, a state replaced by `load_state_dict`.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.lean = _lean_possible(optimizer)
+        self.groups: list[tuple[dict[str, Any], list[list[torch.Tensor]]]] | None = None
+        self.state: Any = None
+
+    def zero_grad(self) -> None:
+        """`optimizer.zero_grad(set_to_none=True)`."""
+        if not self.lean:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        """`optimizer.step()`."""
+        optimizer = self.optimizer
+        if (
+            self.groups is None
+            or optimizer.state is not self.state
+            or len(self.groups) != len(optimizer.param_groups)
+            or _hooked(optimizer)
+        ):
+            optimizer.step()
+            self.groups = self._state_lists() if self.lean else None
+            return
+        grads = [[p.grad for p in lists[0]] for _, lists in self.groups]
+        if any(g is None for group_grads in grads for g in group_grads):
+            self.groups = None  # a parameter out of this step: torch's way, for every group
+            optimizer.step()
+            return
+        with torch.no_grad():
+            for (group, lists), group_grads in zip(self.groups, grads, strict=True):
+                _adam(group, lists, group_grads)
+
+    def _state_lists(self) -> list[tuple[dict[str, Any], list[list[torch.Tensor]]]] | None:
+        """Per group, the lists `Adam._init_group` builds, made once (None: some parameter has no
+        state yet, so the optimizer's own step must make it)."""
+        self.state = self.optimizer.state
+        groups = []
+        for group in self.optimizer.param_groups:
+            states = [self.state.get(p) for p in group["params"]]
+            if any(not s for s in states):
+                return None
+            lists: list[list[torch.Tensor]] = [
+                list(group["params"]),
+                [s["exp_avg"] for s in states],  # type: ignore[index]
+                [s["exp_avg_sq"] for s in states],  # type: ignore[index]
+                [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],  # type: ignore[index]
+                [s["step"] for s in states],  # type: ignore[index]
+            ]
+            groups.append((group, lists))
+        return groups
+
+
+def _adam(group: dict[str, Any], lists: list[list[torch.Tensor]], grads: list[Any]) -> None:
+    """One group's step, with the arguments `Adam.step` passes. Fused with plain-number settings
+    (make_optimizer's on the CPU), the two ops torch's fused path runs, called directly: its
+    Python dispatch around them was a tenth of the lean step."""
+    params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = lists
+    beta1, beta2 = group["betas"]
+    settings = (group["lr"], beta1, beta2, group["weight_decay"], group["eps"])
+    if group["fused"] and all(isinstance(v, float | int) for v in settings):
+        torch._foreach_add_(steps, 1)
+        kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        kernel(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            max_exp_avg_sqs,
+            steps,
+            amsgrad=group["amsgrad"],
+            lr=float(group["lr"]),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            weight_decay=float(group["weight_decay"]),
+            eps=float(group["eps"]),
+            maximize=group["maximize"],
+            grad_scale=None,
+            found_inf=None,
+        )
+        return
+    adam(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        steps,
+        amsgrad=group["amsgrad"],
+        has_complex=False,
+        beta1=beta1,
+        beta2=beta2,
+        lr=group["lr"],
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        maximize=group["maximize"],
+        foreach=group["foreach"],
+        capturable=group["capturable"],
+        differentiable=False,
+        fused=group["fused"],
+        grad_scale=None,
+        found_inf=None,
+        decoupled_weight_decay=group["decoupled_weight_decay"],
+    )
+
+
+def _lean_possible(optimizer: torch.optim.Optimizer) -> bool:
+    """Adam or AdamW exactly, on float32 CPU tensors (torch's fused path groups tensors by device
+    and dtype: here there is one group), not differentiable, no scaler attached."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return False
+    if any(hasattr(optimizer, name) for name in ("grad_scale", "found_inf")):
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return (
+        all(
+            not g["differentiable"] and "decoupled_weight_decay" in g
+            for g in optimizer.param_groups
+        )
+        and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+        and not _hooked(optimizer)
+    )
+
+
+def _hooked(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether any step hook is registered (or torch no longer keeps them where we look)."""
+    hooks = [
+        getattr(optimizer, "_optimizer_step_pre_hooks", None),
+        getattr(optimizer, "_optimizer_step_post_hooks", None),
+        getattr(torch_optimizer, "_global_optimizer_pre_hooks", None),
+        getattr(torch_optimizer, "_global_optimizer_post_hooks", None),
+    ]
+    return any(h is None or len(h) for h in hooks)

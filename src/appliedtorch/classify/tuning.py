@@ -32,6 +32,7 @@ from torch import nn
 
 from appliedtorch.classify.batches import Batches
 from appliedtorch.classify.distributed import SINGLE, World
+from appliedtorch.classify.optim import LeanSteps
 from appliedtorch.core.utils import thread_count
 from appliedtorch.machine.autotune import Tuned, enabled, lookup, pick_fastest, probe_steps
 from appliedtorch.machine.hardware import native_bf16, resolve_bf16
@@ -113,14 +114,16 @@ def training_step(
         else contextlib.nullcontext
     )
 
+    steps = LeanSteps(optimizer)
+
     def step() -> None:
         net.train()
         with autocast():
             logits = net(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
+        steps.zero_grad()
         loss.backward()
-        optimizer.step()
+        steps.step()
 
     return step
 
