@@ -125,3 +125,31 @@ def test_sgd_and_differentiable_adam_always_take_the_optimizers_step():
         torch.optim.Adam(net.parameters(), differentiable=True),
     ):
         assert not LeanSteps(optimizer).lean
+
+
+def test_the_training_loop_steps_leanly_after_each_epochs_first_step(monkeypatch):
+    from appliedtorch.classify.batches import Batches, Normalizer
+    from appliedtorch.classify.loop import StepLosses, train_one_epoch
+    from appliedtorch.classify.models import build_model
+    from appliedtorch.classify.optim import make_optimizer
+    from appliedtorch.classify.params import MLPParams
+
+    torch.manual_seed(0)
+    model = build_model("mlp", in_features=16, hidden_size=16, num_classes=4)
+    optimizer = make_optimizer(model, MLPParams(), torch.device("cpu"))
+    images = torch.randint(0, 256, (100, 1, 4, 4), dtype=torch.uint8)
+    batches = Batches(
+        images,
+        torch.randint(0, 4, (100,)),
+        32,
+        Normalizer((0.5,), (0.5,)),
+        shuffle=torch.Generator(),
+    )
+    calls = []
+    monkeypatch.setattr(
+        optimizer, "step", lambda: calls.append(1) or type(optimizer).step(optimizer)
+    )
+    for epoch in (1, 2):
+        train_one_epoch(model, batches, optimizer, StepLosses(batches, epoch, 1e-3, "mlp"))
+    assert len(calls) == 2  # one of each epoch's 4 steps; the other 3 lean
+    assert int(optimizer.state[model.fc1.weight]["step"]) == 8
