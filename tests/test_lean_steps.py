@@ -7,7 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from appliedtorch.classify.optim import LeanSteps
+from appliedtorch.classify.batches import Batches, Normalizer
+from appliedtorch.classify.loop import StepLosses, train_one_epoch
+from appliedtorch.classify.models import build_model
+from appliedtorch.classify.optim import LeanSteps, make_optimizer
+from appliedtorch.classify.params import MLPParams
 
 
 def _net() -> nn.Module:
@@ -128,12 +132,6 @@ def test_sgd_and_differentiable_adam_always_take_the_optimizers_step():
 
 
 def test_the_training_loop_steps_leanly_after_each_epochs_first_step(monkeypatch):
-    from appliedtorch.classify.batches import Batches, Normalizer
-    from appliedtorch.classify.loop import StepLosses, train_one_epoch
-    from appliedtorch.classify.models import build_model
-    from appliedtorch.classify.optim import make_optimizer
-    from appliedtorch.classify.params import MLPParams
-
     torch.manual_seed(0)
     model = build_model("mlp", in_features=16, hidden_size=16, num_classes=4)
     optimizer = make_optimizer(model, MLPParams(), torch.device("cpu"))
