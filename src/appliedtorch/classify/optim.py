@@ -102,7 +102,7 @@ class LeanSteps:
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = optimizer
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.lean = _lean_possible(optimizer)
+        self.lean = _lean_possible(optimizer, self.params)
         self.groups: list[tuple[dict[str, Any], list[list[torch.Tensor]]]] | None = None
         self.state: Any = None
 
@@ -160,44 +160,33 @@ def _adam(group: dict[str, Any], lists: list[list[torch.Tensor]], grads: list[An
     (make_optimizer's on the CPU), the two ops torch's fused path runs, called directly: its
     Python dispatch around them was a tenth of the lean step."""
     params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = lists
-    beta1, beta2 = group["betas"]
-    settings = (group["lr"], beta1, beta2, group["weight_decay"], group["eps"])
-    if group["fused"] and all(isinstance(v, float | int) for v in settings):
+    tensors = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+    lr, decay, eps = group["lr"], group["weight_decay"], group["eps"]
+    (beta1, beta2), amsgrad, maximize = group["betas"], group["amsgrad"], group["maximize"]
+    if group["fused"] and all(isinstance(v, float | int) for v in (lr, beta1, beta2, decay, eps)):
         torch._foreach_add_(steps, 1)
         kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
         kernel(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            max_exp_avg_sqs,
-            steps,
-            amsgrad=group["amsgrad"],
-            lr=float(group["lr"]),
+            *tensors,
+            lr=float(lr),
             beta1=float(beta1),
             beta2=float(beta2),
-            weight_decay=float(group["weight_decay"]),
-            eps=float(group["eps"]),
-            maximize=group["maximize"],
-            grad_scale=None,
-            found_inf=None,
+            weight_decay=float(decay),
+            eps=float(eps),
+            amsgrad=amsgrad,
+            maximize=maximize,
         )
         return
     adam(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        steps,
-        amsgrad=group["amsgrad"],
-        has_complex=False,
+        *tensors,
+        lr=lr,
         beta1=beta1,
         beta2=beta2,
-        lr=group["lr"],
-        weight_decay=group["weight_decay"],
-        eps=group["eps"],
-        maximize=group["maximize"],
+        weight_decay=decay,
+        eps=eps,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        has_complex=False,
         foreach=group["foreach"],
         capturable=group["capturable"],
         differentiable=False,
@@ -208,14 +197,13 @@ def _adam(group: dict[str, Any], lists: list[list[torch.Tensor]], grads: list[An
     )
 
 
-def _lean_possible(optimizer: torch.optim.Optimizer) -> bool:
+def _lean_possible(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> bool:
     """Adam or AdamW exactly, on float32 CPU tensors (torch's fused path groups tensors by device
     and dtype: here there is one group), not differentiable, no scaler attached."""
     if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
         return False
     if any(hasattr(optimizer, name) for name in ("grad_scale", "found_inf")):
         return False
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     return (
         all(
             not g["differentiable"] and "decoupled_weight_decay" in g
