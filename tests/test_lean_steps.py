@@ -71,6 +71,15 @@ def test_lean_steps_give_the_optimizers_own_numbers_to_the_bit(name):
     assert [g["lr"] for g in state["param_groups"]] == [g["lr"] for g in lean_state["param_groups"]]
 
 
+def _count_steps(monkeypatch, optimizer: torch.optim.Optimizer) -> list[int]:
+    """A list that grows by one at each call of `optimizer.step()` (torch's own step)."""
+    calls: list[int] = []
+    monkeypatch.setattr(
+        optimizer, "step", lambda: calls.append(1) or type(optimizer).step(optimizer)
+    )
+    return calls
+
+
 def _stepped(optimizer: torch.optim.Optimizer, net: nn.Module, stepper: LeanSteps) -> None:
     stepper.zero_grad()
     net(torch.ones(2, 12)).sum().backward()
@@ -81,10 +90,7 @@ def test_adam_on_the_cpu_is_stepped_leanly_after_its_first_step(monkeypatch):
     net = _net()
     optimizer = torch.optim.Adam(net.parameters(), fused=True)
     stepper = LeanSteps(optimizer)
-    calls = []
-    monkeypatch.setattr(
-        optimizer, "step", lambda: calls.append(1) or type(optimizer).step(optimizer)
-    )
+    calls = _count_steps(monkeypatch, optimizer)
     for _ in range(4):
         _stepped(optimizer, net, stepper)
     assert stepper.lean and len(calls) == 1  # the first step made the state; three were lean
@@ -95,10 +101,7 @@ def test_a_hook_a_reloaded_state_or_a_missing_gradient_takes_the_optimizers_step
     net = _net()
     optimizer = torch.optim.Adam(net.parameters(), fused=True)
     stepper = LeanSteps(optimizer)
-    calls = []
-    monkeypatch.setattr(
-        optimizer, "step", lambda: calls.append(1) or type(optimizer).step(optimizer)
-    )
+    calls = _count_steps(monkeypatch, optimizer)
     _stepped(optimizer, net, stepper)
     _stepped(optimizer, net, stepper)
     assert len(calls) == 1
@@ -143,10 +146,7 @@ def test_the_training_loop_steps_leanly_after_each_epochs_first_step(monkeypatch
         Normalizer((0.5,), (0.5,)),
         shuffle=torch.Generator(),
     )
-    calls = []
-    monkeypatch.setattr(
-        optimizer, "step", lambda: calls.append(1) or type(optimizer).step(optimizer)
-    )
+    calls = _count_steps(monkeypatch, optimizer)
     for epoch in (1, 2):
         train_one_epoch(model, batches, optimizer, StepLosses(batches, epoch, 1e-3, "mlp"))
     assert len(calls) == 2  # one of each epoch's 4 steps; the other 3 lean
