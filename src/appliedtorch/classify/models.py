@@ -83,15 +83,15 @@ class MLP(nn.Module):
                 for i in range(1, hidden_layers + 1)
             ],
             getattr(self, f"fc{hidden_layers + 1}"),
+            self.dropout if dropout else None,
         )
-        self.drop = bool(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden, out = self.order
+        hidden, out, dropout = self.order
         x = x.flatten(1)  # (B, 1, 28, 28) -> (B, 784)
         for i, (fc, bn) in enumerate(hidden):
             h = F.relu(fc(x) if bn is None else bn(fc(x)))  # (B, hidden)
-            h = self.dropout(h) if self.drop else h
+            h = h if dropout is None else dropout(h)
             x = x + h if self.residual and i > 0 else h  # (B, hidden)
         return out(x)  # (B, 10) logits
 
