@@ -41,7 +41,8 @@ import torch
 
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.models import build_model
-from appliedtorch.classify.tuning import first_batch, training_step, tune
+from appliedtorch.classify.steps import training_step
+from appliedtorch.classify.tuning import first_batch, tune
 from appliedtorch.core.utils import thread_count, write_json
 from appliedtorch.data.loading import ImageData, synthetic_in_memory
 from appliedtorch.machine.hardware import cpu_description, flush_denormals
@@ -158,9 +159,10 @@ def check(net: Net, batches: int, reps: int) -> dict[str, Any]:
             model = net.model()
             optimizer = net.optimizer(model)
             with thread_count(threads):
+                step = training_step(model, optimizer, bf16=bf16)
                 start = time.perf_counter()
                 for batch in data:
-                    training_step(model, optimizer, batch, bf16)()
+                    step(*batch)
                 seconds = (time.perf_counter() - start) / len(data)
             if rep:
                 name = f"{'bfloat16' if bf16 else 'float32'} {threads} threads"
@@ -173,12 +175,13 @@ def epoch_times(net: Net, epochs: int, flush: bool, threads: int) -> list[float]
     model = net.model()
     optimizer = net.optimizer(model)
     train = net.batches()
+    step = training_step(model, optimizer)
     times = []
     with thread_count(threads), flush_denormals("cpu", enabled=flush):
         for _ in range(epochs):
             start = time.perf_counter()
             for batch in train:
-                training_step(model, optimizer, batch, bf16=False)()
+                step(*batch)
             times.append(time.perf_counter() - start)
     return times
 

@@ -12,6 +12,7 @@ import torch
 
 from appliedtorch.classify import tuning
 from appliedtorch.classify.models import build_model
+from appliedtorch.classify.steps import training_step
 from appliedtorch.machine import autotune
 
 CPU = torch.device("cpu")
@@ -325,7 +326,7 @@ def test_probe_leaves_model_optimizer_and_rng_exactly_as_they_were(monkeypatch):
     monkeypatch.setattr(tuning, "native_bf16", lambda device: True)  # two dtypes are timed
     model, make_optimizer, batch = mlp_setup()
     optimizer = make_optimizer(model)
-    tuning.training_step(model, optimizer, batch, bf16=False)()  # Adam has state now
+    training_step(model, optimizer)(*batch)  # Adam has state now
     model.eval()
     before = state_of(model, optimizer)
     result = tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads="auto", **FAST)
@@ -351,9 +352,9 @@ def test_training_after_a_probe_is_unchanged(monkeypatch):
         optimizer = make_optimizer(model)
         if probe:
             tuning.tune(model, make_optimizer, batch, CPU, bf16="auto", threads=1, **FAST)
-        step = tuning.training_step(model, optimizer, batch, bf16=False)
+        step = training_step(model, optimizer)
         for _ in range(3):
-            step()  # dropout draws from the global generator
+            step(*batch)  # dropout draws from the global generator
         return model.state_dict()
 
     plain, probed = train(False), train(True)

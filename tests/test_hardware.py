@@ -195,7 +195,7 @@ def _train_mlp(flush: bool) -> tuple[float, int, torch.Tensor]:
     the default 0.9/0.999 do over a full MNIST epoch."""
     from appliedtorch.classify.batches import Batches, Normalizer
     from appliedtorch.classify.models import build_model
-    from appliedtorch.classify.tuning import training_step
+    from appliedtorch.classify.steps import training_step
     from appliedtorch.data.loading import synthetic_in_memory
 
     data = synthetic_in_memory("mnist", 2000, 500)
@@ -205,10 +205,11 @@ def _train_mlp(flush: bool) -> tuple[float, int, torch.Tensor]:
     normalize = Normalizer((0.5,), (0.5,))
     shuffle = torch.Generator().manual_seed(0)
     train = Batches(data.train_images, data.train_labels, 64, normalize, shuffle=shuffle)
+    step = training_step(model, optimizer)
     with hardware.flush_denormals("cpu", enabled=flush):
         for _ in range(3):
             for batch in train:
-                training_step(model, optimizer, batch, bf16=False)()
+                step(*batch)
         with torch.inference_mode():
             logits = model.eval()(normalize(data.test_images))
     accuracy = float((logits.argmax(1) == data.test_labels).double().mean())

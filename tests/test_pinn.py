@@ -31,7 +31,9 @@ SHORT = dict(
 
 def test_exact_solution_satisfies_the_ode_and_the_boundary_conditions():
     x = problem.grid(101, torch.float64)
-    assert_close(problem.residual(problem.exact_solution, x), torch.zeros_like(x), atol=1e-12, rtol=0)
+    assert_close(
+        problem.residual(problem.exact_solution, x), torch.zeros_like(x), atol=1e-12, rtol=0
+    )
     assert problem.boundary_loss(problem.exact_solution, torch.float64).item() < 1e-30
 
 

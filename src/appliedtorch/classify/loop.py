@@ -15,7 +15,6 @@ after each epoch.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import logging
@@ -30,9 +29,10 @@ from torch import nn
 from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.classify.models import ARCHITECTURES, build_model
-from appliedtorch.classify.optim import LeanSteps, make_optimizer, make_scheduler
+from appliedtorch.classify.optim import make_optimizer, make_scheduler
 from appliedtorch.classify.progress import Progress
 from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
+from appliedtorch.classify.steps import autocast, training_step
 from appliedtorch.classify.tuning import Tuning, first_batch, tune
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError
 from appliedtorch.core.utils import resolve_device, thread_count
@@ -112,17 +112,11 @@ def train_one_epoch(
     """One pass over the training batches; returns the mean training loss per sample. The
     scheduler, if any, steps after every batch (onecycle and warm-up need steps, not epochs)."""
     net.train()
-    steps = LeanSteps(optimizer)  # zero_grad and step, for less Python per call
+    step = training_step(net, optimizer, bf16=bf16, label_smoothing=label_smoothing)
     for images, labels in batches:
-        with _autocast(images.device, bf16):
-            logits = net(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-        steps.zero_grad()
-        loss.backward()
-        steps.step()
+        losses.append(step(images, labels))
         if scheduler is not None:
             scheduler.step()
-        losses.append(loss)
     return losses.mean()
 
 
@@ -136,7 +130,7 @@ def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> Evaluati
     loss_sum = torch.zeros((), dtype=torch.float64, device=batches.device)
     predictions, targets = [], []
     for images, labels in batches:
-        with _autocast(images.device, bf16):
+        with autocast(images.device, bf16):
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         predictions.append(logits.argmax(dim=1))
@@ -420,12 +414,6 @@ def _local_batch_size(config: ClassifierParams, world: World) -> int:
             f"({config.section}.batch_size {config.batch_size} on {world.size} processes)"
         )
     return config.batch_size // world.size
-
-
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _sync(device: torch.device) -> None:

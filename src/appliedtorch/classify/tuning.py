@@ -4,8 +4,8 @@
     ...               device, bf16="auto", threads="auto")
     >>> tuning.bf16, tuning.threads, tuning.record(), tuning.tags()  # the choice; what to log
 
-The candidates are real training steps (forward under the candidate's autocast, cross-entropy,
-backward, optimizer step, as `loop.train_one_epoch` does) timed by
+The candidates are real training steps (`steps.training_step`, the loop's, under the candidate's
+dtype) timed by
 `appliedtorch.machine.autotune.pick_fastest`, which caches the decision per machine. The probe
 trains a copy of the model with its own optimizer inside `torch.random.fork_rng`: the model, its
 optimizer and every random stream are as they were before, so a run gives the same numbers as
@@ -16,7 +16,6 @@ is many times slower, and timing that would only cost time.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -27,12 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from appliedtorch.classify.batches import Batches
 from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.classify.optim import LeanSteps
+from appliedtorch.classify.steps import training_step
 from appliedtorch.core.utils import thread_count
 from appliedtorch.machine.autotune import Tuned, enabled, lookup, pick_fastest, probe_steps
 from appliedtorch.machine.hardware import native_bf16, resolve_bf16
@@ -99,33 +97,21 @@ def first_batch(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
     return batches.normalize(batches.images[:n]), batches.labels[:n]
 
 
-def training_step(
+def _probe_step(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: tuple[torch.Tensor, torch.Tensor],
     bf16: bool,
-    label_smoothing: float = 0.0,
+    label_smoothing: float,
 ) -> Callable[[], None]:
-    """One training step on `batch`, as the loop takes it, with or without bf16 autocast."""
-    images, labels = batch
-    autocast = (
-        (lambda: torch.autocast(device_type=images.device.type, dtype=torch.bfloat16))
-        if bf16
-        else contextlib.nullcontext
-    )
+    """One training step on `batch`, the one the loop would take (`steps.training_step`)."""
+    step = training_step(net, optimizer, bf16=bf16, label_smoothing=label_smoothing)
 
-    steps = LeanSteps(optimizer)
-
-    def step() -> None:
+    def run() -> None:
         net.train()
-        with autocast():
-            logits = net(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-        steps.zero_grad()
-        loss.backward()
-        steps.step()
+        step(*batch)
 
-    return step
+    return run
 
 
 def bf16_options(setting: bool | str, device: torch.device) -> list[bool]:
@@ -220,7 +206,7 @@ def tune(
         probe_optimizer = make_optimizer(probe_model)
         candidates = {}
         for name, (b, c) in options.items():
-            step = training_step(probe_model, probe_optimizer, batch, b, label_smoothing)
+            step = _probe_step(probe_model, probe_optimizer, batch, b, label_smoothing)
             candidates[name] = _with_threads(step, c)
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
         tuned = pick_fastest(
