@@ -113,6 +113,22 @@ def test_normalizer_matches_torchvision_totensor_normalize():
     assert got.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalizer_gives_the_per_channel_multiply_adds_bits_at_any_size(channels_last):
+    """Its constants are kept at the batches' full size and layout: the values must be those of
+    the plain per-channel broadcast, for every image size in turn."""
+    mean, std = NORMALIZATION["cifar10"]
+    normalize = Normalizer(mean, std, channels_last=channels_last)
+    shift = -torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1)
+    scale = 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for size in ((32, 32), (17, 9), (32, 32)):
+        images = torch.randint(0, 256, (6, 3, *size), dtype=torch.uint8)
+        got = normalize(images)
+        assert torch.equal(got, torch.addcmul(shift, images.float(), scale))
+        assert got.shape == (6, 3, *size) and got.is_contiguous(memory_format=fmt)
+
+
 @pytest.mark.parametrize(("shape", "channels_last"), [((1, 28, 28), False), ((3, 32, 32), True)])
 def test_batches_normalised_once_are_the_batch_by_batch_bits(monkeypatch, shape, channels_last):
     from appliedtorch.classify import batches as batches_module
