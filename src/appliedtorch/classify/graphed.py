@@ -27,8 +27,9 @@ eagerly: the arithmetic of `loop.train_one_epoch`, one call per batch.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from appliedtorch.classify.steps import AutogradStep
 
 WARMUP_STEPS = 3  # eager steps before capture (PyTorch's whole-network example uses 3)
 
@@ -46,8 +47,8 @@ class GraphedStep:
         enabled: bool = True,
         warmup: int = WARMUP_STEPS,
     ):
-        self.net, self.optimizer = net, optimizer
-        self.bf16, self.label_smoothing, self.warmup = bf16, label_smoothing, warmup
+        self.net, self.optimizer, self.warmup = net, optimizer, warmup
+        self.autograd = AutogradStep(net, optimizer, bf16=bf16, label_smoothing=label_smoothing)
         device = next(net.parameters()).device
         distributed = isinstance(net, nn.parallel.DistributedDataParallel)
         self.graphed = enabled and device.type == "cuda" and not distributed
@@ -58,22 +59,10 @@ class GraphedStep:
             make_capturable(optimizer, device)
             self.side = torch.cuda.Stream(device)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Forward and loss (the autocast cache off: it must not outlive a capture)."""
-        with torch.autocast(
-            images.device.type, torch.bfloat16, enabled=self.bf16, cache_enabled=False
-        ):
-            logits = self.net(images)
-        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-
     def eager(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One step as `loop.train_one_epoch` takes it."""
+        """One step as `loop.train_one_epoch` takes it (autograd's)."""
         self.net.train()
-        loss = self.loss(images, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        return self.autograd(images, labels)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         shape = (images.shape, labels.shape)
@@ -106,7 +95,7 @@ class GraphedStep:
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates the grads
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            loss = self.loss(self.images, self.labels)
+            loss = self.autograd.loss(self.images, self.labels, cache=False)
             loss.backward()
             self.optimizer.step()
         self.static_loss = loss.detach()

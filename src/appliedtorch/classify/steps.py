@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
 from torch.nn.utils import parametrize
 
 from appliedtorch.classify.models import MLP
@@ -67,10 +68,14 @@ class AutogradStep:
         self.net, self.bf16, self.label_smoothing = net, bf16, label_smoothing
         self.steps = LeanSteps(optimizer)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with autocast(images.device, self.bf16):
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        """Forward and training loss (`cache`: autocast's weight-cast cache, see `autocast`)."""
+        with autocast(images.device, self.bf16, cache):
             logits = self.net(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = self.loss(images, labels)
         self.steps.zero_grad()
         loss.backward()
         self.steps.step()
@@ -147,17 +152,18 @@ class PlainMLPStep:
         return loss
 
 
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on `device`, or nothing."""
+def autocast(
+    device: torch.device, bf16: bool, cache: bool = True
+) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on `device`, or nothing. Without `cache`, no weight's cast is kept for
+    reuse within the region (a kept cast would point at a CUDA graph's memory after capture)."""
     if not bf16:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def _hooked(modules: list[nn.Module]) -> bool:
     """Whether any of `modules` (or every module, globally) has a hook or parametrisation."""
-    from torch.nn.modules import module as torch_module
-
     globals_ = [
         getattr(torch_module, name, None)
         for name in (
