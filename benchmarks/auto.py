@@ -22,7 +22,7 @@ Writes reports/auto.json.
 
 from __future__ import annotations
 
-# First, as in the stages: appliedtorch sets OMP_WAIT_POLICY before torch loads OpenMP.
+# First, as in the stages: appliedtorch decides how OpenMP threads wait before torch loads.
 import appliedtorch  # noqa: F401  # isort: skip
 
 import argparse

@@ -19,8 +19,8 @@ them, the loops alternated; the rest: the median):
 - `bf16: auto` is decided as in the stage (the probe in `train_classifier`, cached per machine);
   where bf16 is native, the other dtype is timed too, forced: `auto` must be within 10 % of it.
 - Each loop runs as it would for its user: the project's in this process, set up as a stage is
-  (appliedtorch's OMP_WAIT_POLICY=PASSIVE unless the environment sets one, freed memory kept by
-  `train_classifier`); the tutorial's in a process of its own with torch's defaults
+  (appliedtorch's OpenMP wait decided before torch loads: spin on a quiet machine, PASSIVE beside
+  runnable processes, the environment's own setting kept; freed memory kept by `train_classifier`); the tutorial's in a process of its own with torch's defaults
   (`benchmarks/tutorial_loop.py`: OpenMP's default spinning, glibc's malloc as it comes).
 - **Evaluation pass** over the 10,000 test images: the tutorial's DataLoader loop (`torch.no_grad`,
   batches of the training batch size) against `appliedtorch.classify.loop.evaluate`.
@@ -74,6 +74,7 @@ from appliedtorch.classify.models import build_model
 from appliedtorch.classify.params import ClassifierParams
 from appliedtorch.core.utils import resolve_device, thread_count, write_json
 from appliedtorch.data.loading import ImageData
+from appliedtorch.machine import openmp
 from appliedtorch.machine.hardware import cpu_description, cpu_peak_gflops, native_bf16
 from appliedtorch.params import load_params
 from appliedtorch.pinn.params import PINNParams
@@ -183,6 +184,7 @@ def tutorial_in_own_process(
     set its OpenMP default."""
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
+    env.pop(openmp.MARK, None)
     if USER_OMP_WAIT_POLICY is not None:
         env["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
     script = Path(__file__).resolve().parent / "tutorial_loop.py"
@@ -682,7 +684,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_default_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "openmp_wait": openmp.DECISION.tag(),
         "cpu_model": cpu_description(),
         "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
@@ -699,7 +701,7 @@ def main() -> None:
     print(
         f"torch {machine['torch']}, {machine['cpu_count']} CPUs ({machine['cpu_capability']}), "
         f"{machine['torch_default_threads']} default threads, "
-        f"OMP_WAIT_POLICY={machine['omp_wait_policy']}, load average "
+        f"OpenMP threads wait: {machine['openmp_wait']}, load average "
         f"{machine['load_average_start']:.2f}; {reps} repetitions: epochs best of them, "
         "alternated; evaluation and PINN medians"
     )

@@ -6,7 +6,14 @@ The helpers these build on are in tests/helpers/ (test modules import those, nev
 
 from __future__ import annotations
 
-import shutil
+import os
+
+# Three workers on two cores, and the stages they start beside them: never a quiet machine, so
+# idle OpenMP threads sleep in every process of the suite (appliedtorch.machine.openmp would
+# decide so at most starts; set here, before anything imports appliedtorch, it is decided once).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import shutil  # noqa: E402
 from collections.abc import Iterator
 from pathlib import Path
 

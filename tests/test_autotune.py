@@ -13,7 +13,7 @@ import torch
 from appliedtorch.classify import tuning
 from appliedtorch.classify.models import build_model
 from appliedtorch.classify.steps import training_step
-from appliedtorch.machine import autotune
+from appliedtorch.machine import autotune, openmp
 
 CPU = torch.device("cpu")
 FAST = {"warmup": 1, "rounds": 2, "steps": 2}  # 4 timed steps per candidate
@@ -264,6 +264,7 @@ def test_auto_takes_the_measured_choice(monkeypatch):
     assert result.tags() == {
         "compute_dtype": "bfloat16",
         "threads": "1",
+        "openmp_wait": openmp.DECISION.tag(),
         "autotune.choice": "bfloat16 1 threads",
         "autotune": line,
     }

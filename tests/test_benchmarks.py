@@ -25,7 +25,7 @@ def smoke_command() -> list[str]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "benchmarks.json"
-    # A user's shell: no OMP_WAIT_POLICY (appliedtorch set one in this process's environment).
+    # A user's shell: no OMP_WAIT_POLICY (the suite's conftest.py set one in its environment).
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     proc = subprocess.run(
         [*smoke_command(), "--json", str(out)],
@@ -61,7 +61,8 @@ def test_each_loop_runs_as_its_user_runs_it(quick_run):
     """The project's loop in a process set up as a stage (appliedtorch's OpenMP default), the
     tutorial's in one with torch's defaults and the threads torch picks."""
     _, report = quick_run
-    assert report["machine"]["omp_wait_policy"] == "PASSIVE"
+    # appliedtorch decided the wait from the run queue (machine/openmp.py); the tutorial kept none
+    assert report["machine"]["openmp_wait"].split(" (")[0] in ("spin", "passive")
     r = report["results"]["mlp_epoch"]
     assert r["tutorial_omp_wait_policy"] is None
     assert r["tutorial_threads"] == report["machine"]["torch_default_threads"]

@@ -1,11 +1,8 @@
 """appliedtorch: the PyTorch-for-applied-mathematicians tutorial as a reproducible pipeline."""
 
-import os
-
-# Idle OpenMP threads sleep instead of spinning, so training on every core does not slow down
-# when another process is busy (docs/performance.md has the figures). Set here, before torch
-# loads its OpenMP runtime (stages import appliedtorch first); OMP_WAIT_POLICY in the environment
-# wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How torch's idle OpenMP threads wait (spin on a quiet machine, sleep beside busy processes;
+# appliedtorch.machine.openmp) is decided here, before torch loads OpenMP: stages import
+# appliedtorch first. OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment wins.
+from appliedtorch.machine import openmp as _openmp  # noqa: F401
 
 __version__ = "0.1.0"

@@ -159,6 +159,6 @@ class CNNParams(ClassifierParams):
     flip_tta: bool = False  # evaluate on each image and its mirror, averaging the logits
     channels_last: bool = True
     bf16: BF16 = "auto"
-    # None (all cores): with OMP_WAIT_POLICY=PASSIVE (appliedtorch sets it) more threads were faster
-    # on a quiet CPU and no slower beside another busy process (figures: docs/performance.md)
+    # None (all cores): more threads were faster on a quiet CPU, and no slower beside another busy
+    # process, where appliedtorch lets idle threads sleep (figures: docs/performance.md)
     threads: Threads = None

@@ -32,6 +32,7 @@ from appliedtorch.classify.batches import Batches
 from appliedtorch.classify.distributed import SINGLE, World
 from appliedtorch.classify.steps import training_step
 from appliedtorch.core.utils import thread_count
+from appliedtorch.machine import openmp
 from appliedtorch.machine.autotune import Tuned, enabled, lookup, pick_fastest, probe_steps
 from appliedtorch.machine.hardware import native_bf16, resolve_bf16
 
@@ -84,8 +85,13 @@ class Tuning:
         return {} if self.probe is None else {"autotune": self.probe.summary()}
 
     def tags(self) -> dict[str, str]:
-        """For the run's tags: compute_dtype, threads and, after a probe, its choice and line."""
-        out = {"compute_dtype": self.compute_dtype, "threads": str(self.threads or "default")}
+        """For the run's tags: compute_dtype, threads, how idle OpenMP threads wait and, after
+        a probe, its choice and line."""
+        out = {
+            "compute_dtype": self.compute_dtype,
+            "threads": str(self.threads or "default"),
+            "openmp_wait": openmp.DECISION.tag(),
+        }
         if self.probe is not None:
             out |= {"autotune.choice": self.probe.choice, "autotune": self.probe.summary()}
         return out
