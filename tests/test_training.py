@@ -4,6 +4,7 @@ reports and model files are right, and both stages run end to end with an MLflow
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import mlflow
@@ -30,6 +31,7 @@ from appliedtorch.core.params import run_params
 from appliedtorch.core.utils import flatten, thread_count
 from appliedtorch.data.fetch import download
 from appliedtorch.data.loading import ImageData, load_dataset
+from appliedtorch.machine import openmp
 from appliedtorch.params import load_params
 from helpers import run_script
 from helpers.data import make_data
@@ -390,7 +392,7 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     assert metrics["test_accuracy"] == mlp_result.evaluation.accuracy
     assert metrics["test_samples"] == 300 and metrics["data_source"] == "synthetic"
     # metrics.json holds the headline numbers; every per-class value is in per_class.json.
-    assert len(metrics) <= 14 and not any(isinstance(v, dict) for v in metrics.values())
+    assert len(metrics) <= 15 and not any(isinstance(v, dict) for v in metrics.values())
     per_class = json.loads((tmp_path / "reports" / "per_class.json").read_text())
     assert set(per_class["per_class_accuracy"]) == set(mnist.classes)
     # Recall is per-class accuracy under its other name; precision and F1 come with it.
@@ -533,6 +535,9 @@ def test_stage_end_to_end(
     assert metrics["macro_f1"] == run.data.metrics["macro_f1"]
     assert not any(k.startswith("precision.") for k in run.data.metrics)
     assert run.data.tags["compute_dtype"] == metrics["compute_dtype"]
+    # how the stage's OpenMP threads waited: the suite's OMP_WAIT_POLICY, which it kept
+    expected = openmp.decide(dict(os.environ)).tag()
+    assert run.data.tags["openmp_wait"] == metrics["openmp_wait"] == expected
 
 
 def test_cnn_pools_before_relu_exactly_like_the_tutorial_order():

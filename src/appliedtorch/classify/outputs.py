@@ -31,6 +31,7 @@ from appliedtorch.classify.models import PixelClassifier, load_model, save_model
 from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.utils import atomic_path, flatten, output_set, thread_count
+from appliedtorch.machine import openmp
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,13 +144,15 @@ def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
         "eval_seconds": result.eval_seconds,
         "data_source": source,
         "compute_dtype": compute_dtype(result),
+        "openmp_wait": openmp.DECISION.tag(),  # spin or sleep: decided at start, worth 10-25 %
         **(result.tuning.record() if result.tuning else {}),  # what `auto` measured, if it did
     }
 
 
 def tuning_tags(result: TrainResult) -> dict[str, str]:
-    """The run's tags for the threads trained on and what `auto` chose (classify/tuning.py)."""
-    return result.tuning.tags() if result.tuning else {}
+    """The run's tags for the threads trained on, how idle ones waited and what `auto` chose
+    (classify/tuning.py)."""
+    return result.tuning.tags() if result.tuning else {"openmp_wait": openmp.DECISION.tag()}
 
 
 def compute_dtype(result: TrainResult) -> str:

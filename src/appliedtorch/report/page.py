@@ -63,6 +63,7 @@ _CLASSIFIER_HEADLINE = (
     "train_seconds",
     "mean_epoch_seconds",
     "compute_dtype",
+    "openmp_wait",
     "autotune",
 )
 
