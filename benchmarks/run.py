@@ -20,7 +20,8 @@ them, the loops alternated; the rest: the median):
   where bf16 is native, the other dtype is timed too, forced: `auto` must be within 10 % of it.
 - Each loop runs as it would for its user: the project's in this process, set up as a stage is
   (appliedtorch's OpenMP wait decided before torch loads: spin on a quiet machine, PASSIVE beside
-  runnable processes, the environment's own setting kept; freed memory kept by `train_classifier`); the tutorial's in a process of its own with torch's defaults
+  runnable processes, the environment's own setting kept; freed memory kept by
+  `train_classifier`); the tutorial's in a process of its own with torch's defaults
   (`benchmarks/tutorial_loop.py`: OpenMP's default spinning, glibc's malloc as it comes).
 - **Evaluation pass** over the 10,000 test images: the tutorial's DataLoader loop (`torch.no_grad`,
   batches of the training batch size) against `appliedtorch.classify.loop.evaluate`.

@@ -144,7 +144,7 @@ def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
         "eval_seconds": result.eval_seconds,
         "data_source": source,
         "compute_dtype": compute_dtype(result),
-        "openmp_wait": openmp.DECISION.tag(),  # spin or sleep: decided at start, worth 10-25 %
+        "openmp_wait": openmp.DECISION.tag(),  # spin or sleep, decided at start: it sets the pace
         **(result.tuning.record() if result.tuning else {}),  # what `auto` measured, if it did
     }
 

@@ -91,9 +91,8 @@ def decide(
     mark = environ.pop(MARK, None)
     if mark == "passive" and environ.get(POLICY) == "PASSIVE":
         del environ[POLICY]  # a parent appliedtorch's, not the user's: decide again here
-    user = [f"{k}={environ[k]}" for k in (POLICY, SPIN_COUNT) if k in environ]
-    if user:
-        return Decision("yours", ", ".join(user))
+    if user := _settings(environ):
+        return Decision("yours", user)
     available = cpus() if available is None else available
     threads = torch_threads(environ, available)
     others = runnable()
@@ -115,9 +114,14 @@ def decide(
 def settle() -> Decision:
     """This process's decision, made once, before torch loads (`appliedtorch` calls it)."""
     if "torch" in sys.modules:  # its OpenMP already read the environment: nothing to decide
-        found = ", ".join(f"{k}={os.environ[k]}" for k in (POLICY, SPIN_COUNT) if k in os.environ)
-        return Decision("preset", f"torch was imported first, with {found or 'neither set'}")
+        found = _settings(os.environ) or "neither set"
+        return Decision("preset", f"torch was imported first, with {found}")
     return decide(os.environ)
+
+
+def _settings(environ: MutableMapping[str, str]) -> str:
+    """The wait settings `environ` gives libgomp, as `NAME=value, ...` ('' for none)."""
+    return ", ".join(f"{k}={environ[k]}" for k in (POLICY, SPIN_COUNT) if k in environ)
 
 
 DECISION = settle()
