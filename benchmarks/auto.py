@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
-from appliedtorch.classify.models import build_model
-from appliedtorch.classify.steps import training_step
-from appliedtorch.classify.tuning import first_batch, tune
+from appliedtorch.classify.nets.models import build_model
+from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Normalizer
+from appliedtorch.classify.training.steps import training_step
+from appliedtorch.classify.training.tuning import first_batch, tune
 from appliedtorch.core.utils import thread_count, write_json
 from appliedtorch.data.loading import ImageData, synthetic_in_memory
 from appliedtorch.machine.hardware import cpu_description, flush_denormals

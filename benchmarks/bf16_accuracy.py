@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from appliedtorch.classify.loop import train_classifier
+from appliedtorch.classify.training.loop import train_classifier
 from appliedtorch.data.loading import synthetic_in_memory
 from appliedtorch.machine.hardware import cpu_description
 from appliedtorch.params import load_params

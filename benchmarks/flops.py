@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from appliedtorch.classify.models import build_model
+from appliedtorch.classify.nets.models import build_model
 
 
 def train_flops_per_sample(arch: str, model_args: dict, input_shape: tuple[int, ...]) -> float:

@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from appliedtorch.classify.loop import model_args_for, model_name, train_classifier
 from appliedtorch.classify.params import CNNParams
+from appliedtorch.classify.training.loop import model_args_for, model_name, train_classifier
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError, ParamsError
 from appliedtorch.core.params import read_yaml
 from appliedtorch.data.datasets import DATASETS

@@ -24,7 +24,7 @@ them, the loops alternated; the rest: the median):
   `train_classifier`); the tutorial's in a process of its own with torch's defaults
   (`benchmarks/tutorial_loop.py`: OpenMP's default spinning, glibc's malloc as it comes).
 - **Evaluation pass** over the 10,000 test images: the tutorial's DataLoader loop (`torch.no_grad`,
-  batches of the training batch size) against `appliedtorch.classify.loop.evaluate`.
+  batches of the training batch size) against `appliedtorch.classify.training.loop.evaluate`.
 - **PINN**: params.yaml's recipe over 5 seeds (median max error and seconds) and the tutorial's
   recipe once (`pinn_seeds.run_once`).
 - **What `auto` chooses** (`auto.probe`): `bf16: auto` and `threads: auto` probed on each default
@@ -68,11 +68,11 @@ import yaml
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from appliedtorch.classify import tuning
-from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
-from appliedtorch.classify.loop import evaluate, model_args_for, model_name
-from appliedtorch.classify.models import build_model
+from appliedtorch.classify.nets.models import build_model
 from appliedtorch.classify.params import ClassifierParams
+from appliedtorch.classify.training import tuning
+from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Normalizer
+from appliedtorch.classify.training.loop import evaluate, model_args_for, model_name
 from appliedtorch.core.utils import resolve_device, thread_count, write_json
 from appliedtorch.data.loading import ImageData
 from appliedtorch.machine import openmp
@@ -325,7 +325,7 @@ def tutorial_evaluation(model: torch.nn.Module, data: ImageData, batch_size: int
 
 
 def project_evaluation(model: torch.nn.Module, data: ImageData, config: ClassifierParams) -> float:
-    """`appliedtorch.classify.loop.evaluate` as the training loop calls it; seconds."""
+    """`appliedtorch.classify.training.loop.evaluate` as the training loop calls it; seconds."""
     mean, std = NORMALIZATION[data.name]
     normalizer = Normalizer(mean, std, "cpu", config.channels_last)
     test = Batches(data.test_images, data.test_labels, config.eval_batch_size, normalizer)
@@ -685,7 +685,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_default_threads": torch.get_num_threads(),
-        "openmp_wait": openmp.DECISION.tag(),
+        "openmp_wait": openmp.decision().tag(),
         "cpu_model": cpu_description(),
         "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,

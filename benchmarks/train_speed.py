@@ -8,7 +8,7 @@
 The tutorial's loop is what its sections 10-12 do: a Dataset that hands each sample to PIL and
 torchvision transforms (ToTensor, Normalize; for CIFAR-10 RandomCrop(32, padding=4) and
 RandomHorizontalFlip first) through a DataLoader (batch 64 / 128, shuffle, no worker processes),
-and plain Adam. The project's loop is `appliedtorch.classify.loop.train_classifier` with the
+and plain Adam. The project's loop is `appliedtorch.classify.training.loop.train_classifier` with the
 params.yaml settings (and each `--variant` override). Both start from the same seed; each is
 timed for the training pass alone, then evaluated on the same test set with the same code.
 With `--batches N` both loops stop after N batches and the epoch time is extrapolated from them.
@@ -34,10 +34,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
-from appliedtorch.classify.loop import evaluate, model_args_for, train_classifier
-from appliedtorch.classify.models import build_model
+from appliedtorch.classify.nets.models import build_model
 from appliedtorch.classify.params import ClassifierParams
+from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Normalizer
+from appliedtorch.classify.training.loop import evaluate, model_args_for, train_classifier
 from appliedtorch.data.loading import ImageData, synthetic_in_memory
 from appliedtorch.params import Params, load_params
 

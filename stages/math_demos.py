@@ -9,6 +9,10 @@ one MLflow run in experiment `math-demos`.
 
 from __future__ import annotations
 
+from appliedtorch.machine import openmp
+
+openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
+
 import argparse
 import logging
 from pathlib import Path

@@ -8,6 +8,10 @@ Writes models/pinn.pt (state dict + config, checked by reloading it) and reports
 
 from __future__ import annotations
 
+from appliedtorch.machine import openmp
+
+openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
+
 import argparse
 import logging
 from pathlib import Path

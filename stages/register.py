@@ -13,6 +13,10 @@ with `mlp.dataset: fashion-mnist`), and alias `champion` moves by the project's 
 
 from __future__ import annotations
 
+from appliedtorch.machine import openmp
+
+openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
+
 import argparse
 import json
 import logging

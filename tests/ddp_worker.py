@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from appliedtorch.classify import distributed
-from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
-from appliedtorch.classify.loop import evaluate, train_classifier
+from appliedtorch.classify.runs import distributed
+from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Normalizer
+from appliedtorch.classify.training.loop import evaluate, train_classifier
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`auto` means measured: machine/autotune.py (timing, cache) and classify/tuning.py (the probe)."""
+"""`auto` means measured: machine/autotune.py (timing, cache) and classify/training/tuning.py (the probe)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import types
 import pytest
 import torch
 
-from appliedtorch.classify import tuning
-from appliedtorch.classify.models import build_model
-from appliedtorch.classify.steps import training_step
+from appliedtorch.classify.nets.models import build_model
+from appliedtorch.classify.training import tuning
+from appliedtorch.classify.training.steps import training_step
 from appliedtorch.machine import autotune, openmp
 
 CPU = torch.device("cpu")
@@ -264,7 +264,7 @@ def test_auto_takes_the_measured_choice(monkeypatch):
     assert result.tags() == {
         "compute_dtype": "bfloat16",
         "threads": "1",
-        "openmp_wait": openmp.DECISION.tag(),
+        "openmp_wait": openmp.decision().tag(),
         "autotune.choice": "bfloat16 1 threads",
         "autotune": line,
     }
@@ -364,7 +364,7 @@ def test_training_after_a_probe_is_unchanged(monkeypatch):
 
 
 def test_first_batch_draws_no_random_numbers():
-    from appliedtorch.classify.batches import Batches, Normalizer
+    from appliedtorch.classify.training.batches import Batches, Normalizer
 
     images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
     labels = torch.arange(10)
@@ -381,9 +381,13 @@ def test_first_batch_draws_no_random_numbers():
 
 
 def test_a_probed_run_gives_the_numbers_of_its_explicit_choice(monkeypatch):
-    from appliedtorch.classify.loop import train_classifier
-    from appliedtorch.classify.outputs import summary_metrics, tuning_tags
+    from appliedtorch.classify.artifacts.outputs import (
+        run_description,
+        summary_metrics,
+        tuning_tags,
+    )
     from appliedtorch.classify.params import MLPParams
+    from appliedtorch.classify.training.loop import train_classifier
     from appliedtorch.data.loading import synthetic_in_memory
 
     monkeypatch.setattr(tuning, "native_bf16", lambda device: True)  # fp32 and bf16 are timed
@@ -401,10 +405,11 @@ def test_a_probed_run_gives_the_numbers_of_its_explicit_choice(monkeypatch):
     for key, tensor in plain.model.state_dict().items():
         assert torch.equal(probed.model.state_dict()[key], tensor), key
     assert [h.train_loss for h in probed.history] == [h.train_loss for h in plain.history]
-    line = summary_metrics(probed, "synthetic")["autotune"]
+    line = run_description(probed, "synthetic")["autotune"]
     assert line.startswith(probed.tuning.probe.choice + " ")  # the fastest first
     assert all(name in line for name in probed.tuning.probe.seconds)
-    assert "autotune" not in summary_metrics(plain, "synthetic")
+    assert "autotune" not in run_description(plain, "synthetic")
+    assert "autotune" not in summary_metrics(probed)  # a description, not a metric
     tags = tuning_tags(probed)
     assert tags["autotune.choice"] == probed.tuning.probe.choice
     assert tags["compute_dtype"] == ("bfloat16" if probed.bf16 else "float32")

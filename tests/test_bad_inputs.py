@@ -41,13 +41,15 @@ from appliedtorch.data import synthetic
 from appliedtorch.data.fetch import download
 from helpers import REPO, merge
 from helpers.models import tiny_model_file
+from helpers.stage_runs import stage_script
 
 ARGS = {  # as in dvc.yaml, relative to the workspace
     "download": ["--dataset", "mnist", "--out", "data/raw/mnist"],
     "math_demos": ["--reports", "reports/math"],
     "pinn": ["--model", "models/pinn.pt", "--reports", "reports/pinn"],
-    "train_mlp": ["--data", "data/raw/mnist", "--model", "models/mlp.pt", "--reports", "reports/mlp"],
-    "train_cnn": ["--data", "data/raw/cifar10", "--model", "models/cnn.pt",
+    "train_mlp": ["--section", "mlp", "--data", "data/raw/mnist", "--model", "models/mlp.pt",
+                  "--reports", "reports/mlp"],
+    "train_cnn": ["--section", "cnn", "--data", "data/raw/cifar10", "--model", "models/cnn.pt",
                   "--reports", "reports/cnn"],
     "report": ["--reports", "reports", "--out", "reports/index.html"],
     "register": ["--classifier", "mlp", "reports/mlp/metrics.json"],
@@ -55,7 +57,7 @@ ARGS = {  # as in dvc.yaml, relative to the workspace
     "predict": ["--model", "evil.pt", "digit.png"],
     "recipes": ["compare", "recipe.yaml", "--params", "params.yaml", "--name", "sweep"],
 }  # fmt: skip
-MODULES = {"predict": "appliedtorch.classify.predict", "recipes": "appliedtorch.recipes"}
+MODULES = {"predict": "appliedtorch.classify.inference.predict", "recipes": "appliedtorch.recipes"}
 TINY = {
     "device": "cpu",
     "data": {"source": "synthetic", "synthetic": {"mnist_train": 40, "mnist_test": 20}},
@@ -567,14 +569,15 @@ def test_bad_input(name: str, template: Path, tmp_path: Path, monkeypatch, capsy
             monkeypatch.delenv(key, raising=False)
         else:
             monkeypatch.setenv(key, value)
-    monkeypatch.setattr(sys, "argv", [f"{case.stage}.py", *argv])
+    script = stage_script(case.stage)[0]
+    monkeypatch.setattr(sys, "argv", [script.name, *argv])
     capsys.readouterr()
     start = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:
         if case.stage in MODULES:
             runpy.run_module(MODULES[case.stage], run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(str(REPO / "stages" / f"{case.stage}.py"), run_name="__main__")
+            runpy.run_path(str(script), run_name="__main__")
     seconds = time.monotonic() - start
     check_error(case, exit_info.value.code, capsys.readouterr().err)
     assert snapshot(ws) == before  # nothing written, replaced, half-written or left behind
@@ -594,7 +597,7 @@ def test_real_process(template: Path, tmp_path: Path) -> None:
         k: v for k, v in env.items() if v is not None
     }
     proc = subprocess.run(
-        [sys.executable, str(REPO / "stages" / f"{case.stage}.py"), *argv],
+        [sys.executable, str(stage_script(case.stage)[0]), *argv],
         cwd=ws,
         env=full_env,
         capture_output=True,

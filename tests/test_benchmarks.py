@@ -105,7 +105,7 @@ def test_the_dtype_auto_did_not_choose_is_timed_where_bf16_is_native(quick_run):
 def test_the_epoch_benchmark_times_what_the_stages_probe_chose(monkeypatch):
     """The warm-up run is 3 batches, too short to probe; the stage's run is not: the benchmark
     must time the dtype the probe picks for the stage, not the untimed fp32 of a short run."""
-    from appliedtorch.classify import tuning
+    from appliedtorch.classify.training import tuning
     from appliedtorch.data.loading import synthetic_in_memory
     from appliedtorch.machine import autotune
     from appliedtorch.params import load_params

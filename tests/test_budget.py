@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from appliedtorch.classify import budget as classify_budget
+from appliedtorch.classify.nets import budget as classify_budget
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.demos import budget as demos_budget
 from appliedtorch.machine import budget

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from appliedtorch.classify.batches import Batches, Normalizer
-from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.classify.loop import train_classifier
 from appliedtorch.classify.params import CNNParams, MLPParams
-from appliedtorch.classify.resume import resume_path
+from appliedtorch.classify.runs.distributed import SINGLE, World
+from appliedtorch.classify.runs.resume import resume_path
+from appliedtorch.classify.training.batches import Batches, Normalizer
+from appliedtorch.classify.training.loop import train_classifier
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.data.fetch import download
 from appliedtorch.data.loading import ImageData, load_dataset, synthetic_in_memory
@@ -191,7 +191,7 @@ def test_train_mlp_stage_under_torchrun(tmp_path, tracking_uri, params_file):
     params = params_file({"device": "cpu", "mlp": {"epochs": 2, "train_limit": 1024}})
     model, reports = tmp_path / "models" / "mlp.pt", tmp_path / "reports" / "mlp"
     proc = torchrun(
-        REPO / "stages" / "train_mlp.py",
+        REPO / "stages" / "train.py", "--section", "mlp",
         "--params", params, "--data", data_dir, "--model", model, "--reports", reports,
         cwd=tmp_path,
     )  # fmt: skip
@@ -245,7 +245,7 @@ def test_sigkilled_torchrun_training_resumes_to_the_same_model_and_run(
         out.mkdir(exist_ok=True)
         if not (out / "mlflow.db").exists():
             (out / "mlflow.db").write_bytes(mlflow_template_db.read_bytes())
-        cmd = [*TORCHRUN, REPO / "stages" / "train_cnn.py", "--params", params, "--data",
+        cmd = [*TORCHRUN, REPO / "stages" / "train.py", "--section", "cnn", "--params", params, "--data",
                data_dir, "--model", out / "models/cnn.pt", "--reports", out / "reports/cnn"]  # fmt: skip
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
         return subprocess.Popen(

@@ -308,9 +308,9 @@ def test_real_images_offline(fresh_ws, request):
     source = json.loads((ws / "data/raw/fashion-mnist/source.json").read_text())
     assert source["source"] == f"debian:{fashion}"
     for arch in ("mlp", "cnn"):
-        metrics = json.loads((ws / "reports" / arch / "metrics.json").read_text())
         per_class = json.loads((ws / "reports" / arch / "per_class.json").read_text())
-        assert metrics["data_source"] == source["source"], arch
+        described = json.loads((ws / "reports" / arch / "run.json").read_text())
+        assert described["data_source"] == source["source"], arch
         assert "Ankle boot" in per_class["recall"], arch
 
 

@@ -71,7 +71,7 @@ ALL = DOWNLOADS | TRAINING | {"pinn", "math_demos", "report", "register"}
 EDITS = {  # file edited (under src/appliedtorch): (stages whose deps change, stages that rerun)
     "pinn/solver.py": ({"pinn"}, {"pinn", "report"}),
     "demos/checks.py": ({"math_demos"}, {"math_demos", "report"}),
-    "classify/loop.py": (TRAINING, TRAINING | {"report", "register"}),
+    "classify/training/loop.py": (TRAINING, TRAINING | {"report", "register"}),
     "report/page.py": ({"report"}, {"report"}),
     "data/fetch.py": (DOWNLOADS, ALL - {"pinn", "math_demos"}),
     "data/loading.py": (DOWNLOADS | TRAINING, ALL - {"pinn", "math_demos"}),
@@ -195,9 +195,9 @@ def test_a_classifier_follows_its_dataset_param_through_dvc(workspace):
     assert "download@mnist" not in log and "download@cifar10" not in log, log
     source = json.loads((ws / "data/raw/fashion-mnist/source.json").read_text())
     assert source["source"] == f"debian:{fashion}"
-    metrics = json.loads((ws / "reports/mlp/metrics.json").read_text())
     per_class = json.loads((ws / "reports/mlp/per_class.json").read_text())
-    assert metrics["data_source"] == source["source"]
+    described = json.loads((ws / "reports/mlp/run.json").read_text())
+    assert described["data_source"] == source["source"]
     assert {"T-shirt/top", "Ankle boot"} <= set(per_class["recall"])
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     assert any(d["path"] == "data/raw/fashion-mnist" for d in lock["train_mlp"]["deps"])

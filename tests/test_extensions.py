@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from appliedtorch.classify.loop import model_args_for, model_name, train_classifier
-from appliedtorch.classify.models import CNN, MLP, ResNet, load_model
-from appliedtorch.classify.optim import make_optimizer, make_scheduler
-from appliedtorch.classify.outputs import save_verified_model
+from appliedtorch.classify.artifacts.outputs import save_verified_model
+from appliedtorch.classify.nets.models import CNN, MLP, ResNet, load_model
 from appliedtorch.classify.params import CNNParams, MLPParams
+from appliedtorch.classify.training.loop import model_args_for, model_name, train_classifier
+from appliedtorch.classify.training.optim import make_optimizer, make_scheduler
 from appliedtorch.core.errors import ParamsError
 from appliedtorch.data.loading import synthetic_in_memory
 from appliedtorch.params import load_params, parse_params
@@ -188,7 +188,7 @@ def test_label_smoothing_changes_the_training_loss_not_the_test_loss():
     assert plain.evaluation.accuracy > 0.75 and smooth.evaluation.accuracy > 0.75
     assert smooth.history[-1].train_loss > plain.history[-1].train_loss + 0.5
     # The test loss is plain cross-entropy of the trained model's logits.
-    from appliedtorch.classify.batches import NORMALIZATION, Normalizer
+    from appliedtorch.classify.training.batches import NORMALIZATION, Normalizer
 
     x = Normalizer(*NORMALIZATION["mnist"], CPU, False)(mnist.test_images)
     with torch.no_grad():
@@ -267,7 +267,7 @@ def test_batch_norm_never_trains_on_a_single_sample():
     config = MLPParams(epochs=1, batch_size=32, lr=1e-3, threads=1)
     result = train_classifier(mnist, config.model_copy(update=dict(batch_norm=True)))
     assert result.train_samples == 65 and math.isfinite(result.history[0].train_loss)
-    from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
+    from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Normalizer
 
     normalize = Normalizer(*NORMALIZATION["mnist"], CPU, False)
     sizes = [len(y) for _, y in Batches(mnist.train_images, mnist.train_labels, 32, normalize,

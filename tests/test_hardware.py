@@ -124,7 +124,7 @@ def test_threads_param_rejects_others_in_one_line(params_file, value):
 
 
 def test_training_resolves_auto_by_the_flags_with_timing_off(monkeypatch):
-    from appliedtorch.classify.loop import train_classifier
+    from appliedtorch.classify.training.loop import train_classifier
     from appliedtorch.data.loading import synthetic_in_memory
 
     monkeypatch.setenv("APPLIEDTORCH_AUTOTUNE", "0")  # timed `auto`: tests/test_autotune.py
@@ -193,9 +193,9 @@ def _train_mlp(flush: bool) -> tuple[float, int, torch.Tensor]:
     and Adam's moments, last layer's weights). Adam's betas of 0.5 make the moments of gradients
     that turn zero (a unit that stops firing) decay into denormals within these 96 steps, as
     the default 0.9/0.999 do over a full MNIST epoch."""
-    from appliedtorch.classify.batches import Batches, Normalizer
-    from appliedtorch.classify.models import build_model
-    from appliedtorch.classify.steps import training_step
+    from appliedtorch.classify.nets.models import build_model
+    from appliedtorch.classify.training.batches import Batches, Normalizer
+    from appliedtorch.classify.training.steps import training_step
     from appliedtorch.data.loading import synthetic_in_memory
 
     data = synthetic_in_memory("mnist", 2000, 500)
@@ -237,7 +237,7 @@ _STEPS = """
 import resource, sys
 import torch
 import torch.nn.functional as F
-from appliedtorch.classify.models import CNN
+from appliedtorch.classify.nets.models import CNN
 from appliedtorch.machine.hardware import keep_freed_memory
 
 if sys.argv[1] == "kept":
@@ -282,7 +282,7 @@ def test_freed_memory_is_reused_by_the_next_step():
 
 
 def test_training_keeps_freed_memory(monkeypatch):
-    from appliedtorch.classify import loop
+    from appliedtorch.classify.training import loop
     from appliedtorch.data.loading import synthetic_in_memory
 
     seen = []

@@ -1,4 +1,4 @@
-"""`LeanSteps` (classify/optim.py): the optimizer's zero_grad and step, to the bit, for less."""
+"""`LeanSteps` (classify/training/fast.py): the optimizer's zero_grad and step, to the bit, for less."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from appliedtorch.classify.batches import Batches, Normalizer
-from appliedtorch.classify.loop import StepLosses, train_one_epoch
-from appliedtorch.classify.models import build_model
-from appliedtorch.classify.optim import LeanSteps, make_optimizer
+from appliedtorch.classify.nets.models import build_model
 from appliedtorch.classify.params import MLPParams
+from appliedtorch.classify.training.batches import Batches, Normalizer
+from appliedtorch.classify.training.fast import LeanSteps
+from appliedtorch.classify.training.loop import StepLosses, train_one_epoch
+from appliedtorch.classify.training.optim import make_optimizer
 
 
 def _net() -> nn.Module:

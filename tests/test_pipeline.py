@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 from helpers import BIN
-from helpers.deps import deps_cover, stage_deps
+from helpers.deps import deps_cover, schema_only, script_deps, stage_deps, stage_script
 from helpers.repo import copy_workspace, run
 
 pytestmark = pytest.mark.slow  # every test reads the session's full `dvc repro`
 
-STAGES = ("download", "train_mlp", "train_cnn", "pinn", "math_demos", "register", "report")
+SCRIPTS = ("datasets", "download", "train", "pinn", "math_demos", "register", "report")
 SUBPACKAGES = ("core", "machine", "tracking", "data", "classify", "pinn", "demos", "report")
 EXPERIMENTS = {
     "math-demos": "math_demos",
@@ -56,7 +56,9 @@ def locked_md5(ws: Path, dataset: str) -> str:
 
 def test_every_stage_ran_and_loaded_only_files_its_deps_cover(built_pipeline):
     ws, _ = built_pipeline
-    deps = stage_deps(ws / "dvc.yaml")
+    deps = script_deps(ws / "dvc.yaml")
+    for stage, stage_dep_list in stage_deps(ws / "dvc.yaml").items():  # + schema-only files
+        deps[stage_script(stage_dep_list)] += sorted(schema_only(stage, ws / "dvc.yaml"))
     seen, problems = set(), {}
     for record in sorted((ws.parent / "loaded").glob("*.json")):
         entry = json.loads(record.read_text())
@@ -66,7 +68,7 @@ def test_every_stage_ran_and_loaded_only_files_its_deps_cover(built_pipeline):
         if missing := [f for f in entry["files"] if not deps_cover(deps[script], f)]:
             problems[script] = missing
     assert problems == {}, f"files loaded while running but not in the stage's deps: {problems}"
-    assert seen == {f"stages/{name}.py" for name in STAGES}, seen
+    assert seen == {f"stages/{name}.py" for name in SCRIPTS}, seen
 
 
 def test_python_wrote_bytecode_beside_the_code_it_ran(built_pipeline):

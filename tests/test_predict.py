@@ -91,7 +91,7 @@ def run_mlp(root: Path, uri: str, data_dir: Path, **mlp) -> subprocess.Completed
     path.write_text(yaml.safe_dump(params))
     env = {"MLFLOW_TRACKING_URI": uri}
     proc = run_script(
-        "stages/train_mlp.py",
+        "stages/train.py", "--section", "mlp",
         "--params", path, "--data", data_dir, "--model", root / "models" / "mlp.pt",
         "--reports", root / "reports" / "mlp", cwd=root, env=env,
     )  # fmt: skip
@@ -185,7 +185,7 @@ def test_predict_errors_are_one_line(trained, tmp_path, monkeypatch):
 
 
 def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
-    from appliedtorch.classify.predict import read_image
+    from appliedtorch.classify.inference.predict import read_image
 
     levels = np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) % 256  # every 8-bit level
     path = tmp_path / "deep.png"
@@ -199,7 +199,7 @@ def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
 
 
 def test_32_bit_integer_mode_is_read_as_16_bit_range():
-    from appliedtorch.classify.predict import _to_8bit
+    from appliedtorch.classify.inference.predict import _to_8bit
 
     values = np.array([[0, 257, 65535, 70000]], dtype=np.int32)
     assert np.asarray(_to_8bit(Image.fromarray(values, "I"))).tolist() == [[0, 1, 255, 255]]
@@ -208,7 +208,7 @@ def test_32_bit_integer_mode_is_read_as_16_bit_range():
 def test_palette_and_alpha_transparency_become_black(tmp_path):
     import warnings
 
-    from appliedtorch.classify.predict import read_image
+    from appliedtorch.classify.inference.predict import read_image
 
     index = np.zeros((28, 28), np.uint8)
     index[:, 14:] = 1  # right half: palette entry 1 (white)
@@ -235,7 +235,7 @@ def test_palette_and_alpha_transparency_become_black(tmp_path):
 
 @pytest.mark.parametrize("limit", [500, 100])  # 784 pixels: PIL warns (1x-2x) / raises (> 2x)
 def test_image_over_the_pixel_limit_is_refused(limit, tmp_path, monkeypatch):
-    from appliedtorch.classify.predict import read_image
+    from appliedtorch.classify.inference.predict import read_image
     from appliedtorch.core.errors import AppliedTorchError
 
     path = tmp_path / "big.png"
@@ -265,7 +265,7 @@ UNREADABLE = {
 
 @pytest.mark.parametrize("case", UNREADABLE)
 def test_unreadable_image_is_one_line_naming_the_file(case, tmp_path, capsys):
-    from appliedtorch.classify.predict import read_image
+    from appliedtorch.classify.inference.predict import read_image
     from appliedtorch.core.cli import run_stage
 
     make, message = UNREADABLE[case]
@@ -372,7 +372,7 @@ def test_served_champion_classifies_png_pixels_like_predict(trained, tmp_path, m
 
 def predict_here(argv: list, capsys) -> tuple[int, str, str]:
     """appliedtorch-predict in this process: exit code, stdout, stderr."""
-    from appliedtorch.classify.predict import main
+    from appliedtorch.classify.inference.predict import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
@@ -508,7 +508,7 @@ def test_model_file_metadata_is_checked_before_building(case, tmp_path, capsys, 
     import re
     import time
 
-    from appliedtorch.classify import models
+    from appliedtorch.classify.nets import models
     from helpers.models import tiny_model_file
 
     saved = tiny_model_file(tmp_path / "mlp.pt", "mlp")

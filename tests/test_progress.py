@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from appliedtorch.classify import progress as progress_module
-from appliedtorch.classify.progress import Progress
+from appliedtorch.classify.training import progress as progress_module
+from appliedtorch.classify.training.progress import Progress
 
 
 class Clock:
@@ -46,7 +46,7 @@ LINE = re.compile(r"epoch 2/5: step (\d+)/10, loss 0\.1234, (\d+) images/s, ETA 
 
 
 def test_lines_come_every_few_seconds_when_stderr_is_not_a_terminal(caplog, clock):
-    caplog.set_level(logging.INFO, logger="appliedtorch.classify.loop")
+    caplog.set_level(logging.INFO, logger="appliedtorch.classify.training.loop")
     progress = Progress(SlowBatches(2.0, clock), epoch=2, epochs=5, every=5.0)
     progress.set_postfix(loss="0.1234")
     assert list(progress) == list(range(10))  # every batch, in order
@@ -59,7 +59,7 @@ def test_lines_come_every_few_seconds_when_stderr_is_not_a_terminal(caplog, cloc
 
 
 def test_no_lines_for_a_quick_epoch_or_when_not_shown(caplog, clock):
-    caplog.set_level(logging.INFO, logger="appliedtorch.classify.loop")
+    caplog.set_level(logging.INFO, logger="appliedtorch.classify.training.loop")
     assert len(list(Progress(SlowBatches(0.5, clock), epoch=1, epochs=1))) == 10  # 5 s: none
     assert (
         len(list(Progress(SlowBatches(2.0, clock), epoch=1, epochs=1, show=False, every=0))) == 10

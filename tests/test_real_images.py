@@ -34,15 +34,17 @@ def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train(kind: str, fashion_dir: Path, tmp_path: Path, params_file, section: dict) -> dict:
-    """Run stages/train_<kind>.py on the real images; its metrics.json and per_class.json."""
+    """Run `stages/train.py --section <kind>` on the real images; its metrics.json, with
+    per_class.json and run.json under "per_class" and "run"."""
     params = params_file({kind: {"dataset": "fashion-mnist", **section}})
     model, reports = tmp_path / "models" / f"{kind}.pt", tmp_path / "reports" / kind
     args = ["--params", params, "--data", fashion_dir, "--model", model, "--reports", reports]
-    proc = run_script(f"stages/train_{kind}.py", *args, cwd=tmp_path)
+    proc = run_script("stages/train.py", "--section", kind, *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert model.exists()
     metrics = json.loads((reports / "metrics.json").read_text())
     metrics["per_class"] = json.loads((reports / "per_class.json").read_text())
+    metrics["run"] = json.loads((reports / "run.json").read_text())
     return metrics
 
 
@@ -50,7 +52,7 @@ def train(kind: str, fashion_dir: Path, tmp_path: Path, params_file, section: di
 def test_tutorial_mlp_learns_real_fashion_mnist(fashion_dir, tmp_path, tracking_uri, params_file):
     metrics = train("mlp", fashion_dir, tmp_path, params_file, {})  # the tutorial's 5 epochs
     assert metrics["train_samples"] == 60000 and metrics["test_samples"] == 10000
-    assert metrics["data_source"] == f"debian:{FASHION.os_dir}"
+    assert metrics["run"]["data_source"] == f"debian:{FASHION.os_dir}"
     assert metrics["test_accuracy"] >= 0.86, metrics["test_accuracy"]
     assert list(metrics["per_class"]["f1"]) == sorted(FASHION.classes)
     # Shirts look like T-shirts, coats and pullovers: the hardest class on real images.

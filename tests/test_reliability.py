@@ -20,9 +20,9 @@ import pytest
 import torch
 import yaml
 
-from appliedtorch.classify.loop import train_classifier
 from appliedtorch.classify.params import MLPParams
-from appliedtorch.classify.resume import ResumeState, fingerprint, resume_path
+from appliedtorch.classify.runs.resume import ResumeState, fingerprint, resume_path
+from appliedtorch.classify.training.loop import train_classifier
 from appliedtorch.core.errors import TrackingError
 from appliedtorch.data.fetch import download
 from appliedtorch.tracking import resolve_tracking_uri
@@ -473,7 +473,7 @@ def test_signalled_training_is_one_line_and_ends_its_mlflow_run(
 def test_a_resumed_run_keeps_the_choice_auto_made(tmp_path, monkeypatch):
     """A choice timed on a busy machine is not cached: the resumed run must not time again (it
     could choose otherwise and end with other numbers than an uninterrupted run)."""
-    from appliedtorch.classify import tuning
+    from appliedtorch.classify.training import tuning
     from appliedtorch.machine import autotune
 
     probes = []

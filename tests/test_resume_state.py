@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from appliedtorch.classify.results import EpochStats
-from appliedtorch.classify.resume import ResumeState
+from appliedtorch.classify.runs.resume import ResumeState
+from appliedtorch.classify.training.results import EpochStats
 
 
 def objects(width: int) -> tuple[nn.Module, torch.optim.Optimizer, dict[str, torch.Generator]]:

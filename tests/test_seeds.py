@@ -15,18 +15,22 @@ import torch
 import yaml
 from scipy import stats
 
-from appliedtorch.classify.distributed import SINGLE
-from appliedtorch.classify.ensemble import (
+from appliedtorch.classify.artifacts.outputs import (
+    pixel_classifier,
+    save_verified_model,
+    summary_metrics,
+)
+from appliedtorch.classify.nets.models import Ensemble, PixelClassifier, load_model
+from appliedtorch.classify.params import MLPParams
+from appliedtorch.classify.runs.distributed import SINGLE
+from appliedtorch.classify.runs.ensemble import (
     MemberStates,
     member_resume_path,
     seed_summary,
     statistics,
     train_seeds,
 )
-from appliedtorch.classify.loop import train_classifier
-from appliedtorch.classify.models import Ensemble, PixelClassifier, load_model
-from appliedtorch.classify.outputs import pixel_classifier, save_verified_model, summary_metrics
-from appliedtorch.classify.params import MLPParams
+from appliedtorch.classify.training.loop import train_classifier
 from appliedtorch.core.errors import ParamsError
 from appliedtorch.data.fetch import download
 from appliedtorch.data.loading import load_dataset
@@ -71,7 +75,7 @@ def test_seeds_1_is_the_single_net_with_no_new_metrics(mnist):
     assert a.members == [] and numbers(a) == numbers(b)
     assert torch.equal(a.evaluation.predictions, b.evaluation.predictions)
     assert seed_summary(a) == {}
-    assert list(summary_metrics(a, "synthetic")) == list(summary_metrics(b, "synthetic"))
+    assert list(summary_metrics(a)) == list(summary_metrics(b))
 
 
 def test_ensemble_probabilities_are_the_members_mean(trio, mnist):
@@ -164,7 +168,7 @@ def test_seeds_under_torchrun_are_refused_in_one_line_before_any_work(tmp_path, 
     params = params_file({"device": "cpu", "mlp": {"seeds": 3}})
     model = tmp_path / "models" / "mlp.pt"
     proc = run_script(
-        "stages/train_mlp.py", "--params", params, "--data", tmp_path / "none",
+        "stages/train.py", "--section", "mlp", "--params", params, "--data", tmp_path / "none",
         "--model", model, "--reports", tmp_path / "reports", cwd=tmp_path,
         env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"},
     )  # fmt: skip
@@ -183,7 +187,7 @@ def test_stage_with_three_seeds_end_to_end(tmp_path, tracking_uri, params_file):
     params = params_file({"device": "cpu", "mlp": {"seeds": 3, "epochs": 1}})
     model, reports = tmp_path / "models" / "mlp.pt", tmp_path / "reports" / "mlp"
     proc = run_script(
-        "stages/train_mlp.py", "--params", params, "--data", data_dir, "--model", model,
+        "stages/train.py", "--section", "mlp", "--params", params, "--data", data_dir, "--model", model,
         "--reports", reports, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -230,7 +234,7 @@ def test_stage_with_three_seeds_end_to_end(tmp_path, tracking_uri, params_file):
     assert out.returncode == 0, out.stderr
     _, label, probability = out.stdout.strip().split("\t")
     with torch.inference_mode():
-        from appliedtorch.classify.predict import read_image
+        from appliedtorch.classify.inference.predict import read_image
 
         probs = load_model(model)[0](read_image(png, (1, 28, 28)).unsqueeze(0))[0]
     assert label == saved["classes"][int(probs.argmax())]
@@ -309,8 +313,8 @@ def test_compare_results_give_mean_ci_and_welchs_p(monkeypatch, capsys):
 
 
 def test_members_share_one_dataclass_shape():
-    from appliedtorch.classify.ensemble import MemberEpoch
-    from appliedtorch.classify.results import EpochStats
+    from appliedtorch.classify.runs.ensemble import MemberEpoch
+    from appliedtorch.classify.training.results import EpochStats
 
     e = MemberEpoch(**dataclasses.asdict(EpochStats(1, 0.5, 0.4, 0.9, 1.0, 0.1, 1e-3)), member=2)
     assert e.metrics()["member_2/test_accuracy"] == 0.9 and len(e.metrics()) == 5

@@ -13,7 +13,6 @@ imports mlflow, and the download stages load none of it.
 
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import os
@@ -23,7 +22,17 @@ from pathlib import Path
 import pytest
 
 from helpers import PYTHON, REPO
-from helpers.deps import deps_cover, stage_deps
+from helpers.deps import (
+    code_closure,
+    code_entries,
+    deps_cover,
+    imported_modules,
+    required_code,
+    schema_only,
+    script_deps,
+    stage_deps,
+    stage_script,
+)
 
 SRC = REPO / "src" / "appliedtorch"
 STAGE_SCRIPTS = sorted(p.stem for p in (REPO / "stages").glob("*.py"))
@@ -78,12 +87,21 @@ def import_report(script: str) -> dict:
 
 
 def test_every_stage_script_is_a_dvc_stage():
-    assert sorted(Path(s).stem for s in stage_deps()) == STAGE_SCRIPTS
+    assert sorted(Path(s).stem for s in script_deps()) == STAGE_SCRIPTS
 
 
-@pytest.mark.parametrize("script", sorted(stage_deps()))
-def test_stage_imports_only_what_its_deps_cover(script):
-    deps = stage_deps()[script]
+def test_stages_that_share_a_script_depend_on_the_same_code():
+    by_script: dict[str, set[tuple[str, ...]]] = {}
+    for deps in stage_deps().values():
+        by_script.setdefault(stage_script(deps), set()).add(tuple(code_entries(deps)))
+    assert {k: v for k, v in by_script.items() if len(v) > 1} == {}
+
+
+@pytest.mark.parametrize("stage", sorted(stage_deps()))
+def test_stage_imports_only_what_its_deps_cover(stage):
+    deps = stage_deps()[stage]
+    script = stage_script(deps)
+    deps = deps + sorted(schema_only(stage))  # loaded to check the rest of params.yaml
     loaded = loaded_on_import(script)
     # Loaded from this repository, not from an installed copy elsewhere: else nothing is checked.
     assert "src/appliedtorch/__init__.py" in loaded, loaded
@@ -97,34 +115,8 @@ def test_deps_cover():
     assert deps_cover(deps, "src/appliedtorch/core/params.py")
     assert deps_cover(deps, "stages/pinn.py")
     assert not deps_cover(deps, "src/appliedtorch/core_extra/x.py")
-    assert not deps_cover(deps, "src/appliedtorch/classify/loop.py")
+    assert not deps_cover(deps, "src/appliedtorch/classify/training/loop.py")
     assert uncovered(["src/appliedtorch/demos/checks.py"], deps)
-
-
-def imported_modules(path: Path, root: Path = REPO / "src", type_checking: bool = True) -> set[str]:
-    """Absolute names of every module `path` (under `root`) imports, at top level or in functions;
-    with `type_checking=False`, not those under `if TYPE_CHECKING:` (never imported when run)."""
-    package = ".".join(path.relative_to(root).with_suffix("").parts)
-    if path.name != "__init__.py":
-        package = package.rsplit(".", 1)[0]
-    names: set[str] = set()
-    tree = ast.parse(path.read_text(), str(path))
-    if not type_checking:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                node.body = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            names.add(base)
-            # `from appliedtorch import pinn` imports the subpackage appliedtorch.pinn
-            names.update(f"{base}.{a.name}" for a in node.names)
-    return names
 
 
 LIBRARY = sorted(SRC.rglob("*.py"))
@@ -177,30 +169,6 @@ def test_import_checks_see_lazy_and_relative_imports(tmp_path):
     assert {"appliedtorch.pinn", "appliedtorch.core.utils", "train_mlp"} <= names
 
 
-def module_file(name: str, root: Path = REPO / "src") -> Path | None:
-    """The file of module `name` under `root` (a package's __init__.py), or None."""
-    base = root.joinpath(*name.split("."))
-    return next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
-
-
-def code_closure(script: str) -> set[str]:
-    """Every project file importing `script` can load, lazy imports included: its imports
-    followed through the project, with each imported module's parent packages."""
-    todo, seen = [REPO / script], set()
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        root = REPO / "src" if path.is_relative_to(REPO / "src") else path.parent
-        for name in imported_modules(path, root=root, type_checking=False):
-            parts = name.split(".")
-            if parts[0] != "appliedtorch":
-                continue
-            todo += [f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i])))]
-    return {p.relative_to(REPO).as_posix() for p in seen}
-
-
 def code_deps(deps: list[str]) -> set[str]:
     """The Python files a stage's deps name under stages/ and src/, a folder as its modules."""
     out = set()
@@ -217,21 +185,21 @@ def code_deps(deps: list[str]) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("script", sorted(stage_deps()))
-def test_stage_code_deps_are_exactly_what_it_imports(script):
-    imported, named = code_closure(script), code_deps(stage_deps()[script])
+@pytest.mark.parametrize("stage", sorted(stage_deps()))
+def test_stage_code_deps_are_exactly_what_it_imports(stage):
+    imported, named = required_code(stage), code_deps(stage_deps()[stage])
     assert "src/appliedtorch/params.py" in imported  # the walk follows the project's imports
     missing, extra = sorted(imported - named), sorted(named - imported)
     assert (missing, extra) == ([], []), (
-        f"dvc.yaml, {script}'s deps: add {missing}, remove {extra} "
+        f"dvc.yaml, {stage}'s deps: add {missing}, remove {extra} "
         "(a folder dep stands for all its modules: list files when the stage loads only some)"
     )
 
 
 def test_code_closure_follows_lazy_imports_and_skips_type_checking():
-    closure = code_closure("stages/train_mlp.py")
+    closure = code_closure("stages/train.py")
     assert "src/appliedtorch/core/plots.py" in closure  # imported inside a function only
-    assert "src/appliedtorch/classify/predict.py" not in closure
+    assert "src/appliedtorch/classify/inference/predict.py" not in closure
 
 
 def mlflow_importers() -> list[str]:
@@ -250,7 +218,18 @@ def test_only_tracking_imports_mlflow():
 
 
 def test_download_stage_needs_no_mlflow_code():
-    deps = stage_deps()["stages/download.py"]
+    deps = stage_deps()["download"]
     assert not deps_cover(deps, "src/appliedtorch/tracking/__init__.py")
     assert [f for f in mlflow_importers() if deps_cover(deps, f)] == []
     assert not import_report("stages/download.py")["mlflow"]
+
+
+def test_a_schema_edit_in_one_section_reruns_only_the_stages_that_read_it():
+    """Every stage checks the whole params file, but pinn/params.py is the dep of the stages that
+    read `pinn` (pinn, report) and of no download or training stage."""
+    readers = sorted(s for s, deps in stage_deps().items() if "src/appliedtorch/pinn" in deps or
+                     deps_cover(deps, "src/appliedtorch/pinn/params.py"))  # fmt: skip
+    assert readers == ["pinn", "report"] or readers == ["pinn"], readers
+    assert "src/appliedtorch/pinn/params.py" in schema_only("train_mlp")
+    assert "src/appliedtorch/pinn/params.py" in loaded_on_import("stages/train.py")
+    assert "src/appliedtorch/classify/params.py" in required_code("train_mlp")

@@ -1,4 +1,4 @@
-"""The training step (classify/steps.py): the plain MLP's hand-written backward is autograd's, to
+"""The training step (classify/training/steps.py): the plain MLP's hand-written backward is autograd's, to
 the bit, and every net or setting it does not cover takes autograd's step."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from appliedtorch.classify import steps, tuning
-from appliedtorch.classify.batches import Batches, Normalizer
-from appliedtorch.classify.loop import StepLosses, train_one_epoch
-from appliedtorch.classify.models import CNN, MLP
-from appliedtorch.classify.optim import make_optimizer
+from appliedtorch.classify.nets.models import CNN, MLP
 from appliedtorch.classify.params import MLPParams
-from appliedtorch.classify.steps import AutogradStep, PlainMLPStep, training_step
+from appliedtorch.classify.training import fast, steps, tuning
+from appliedtorch.classify.training.batches import Batches, Normalizer
+from appliedtorch.classify.training.fast import PlainMLPStep
+from appliedtorch.classify.training.loop import StepLosses, train_one_epoch
+from appliedtorch.classify.training.optim import make_optimizer
+from appliedtorch.classify.training.steps import AutogradStep, training_step
 from appliedtorch.machine import autotune
 
 SHAPES = {
@@ -190,3 +191,14 @@ def test_the_loop_and_the_probe_step_the_plain_mlp_by_hand(monkeypatch, tmp_path
     choice = tuning.tune(net, make, batch, torch.device("cpu"), bf16="auto", threads=1, **timing)
     assert choice.probe is not None and len(choice.probe.seconds) == 2
     assert calls == [8] * 5  # fp32's warm-up and timed steps
+
+
+def test_the_switch_turns_every_private_path_off(monkeypatch):
+    """APPLIEDTORCH_FAST_STEPS=0: torch's public autograd step and `optimizer.step()` only."""
+    net = MLP()
+    optimizer = torch.optim.Adam(net.parameters())
+    assert type(training_step(net, optimizer)) is PlainMLPStep
+    monkeypatch.setenv(fast.SWITCH, "0")
+    step = training_step(net, optimizer)
+    assert type(step) is AutogradStep
+    assert not step.steps.lean

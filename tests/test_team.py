@@ -123,7 +123,7 @@ def make_clone_a(ws: Path, tracking_url: str) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(REPO / "src", ws / "src", ignore=ignore)
     (ws / "stages").mkdir()
-    for stage in ("download.py", "train_mlp.py", "register.py"):
+    for stage in ("download.py", "datasets.py", "train.py", "register.py"):
         shutil.copy(REPO / "stages" / stage, ws / "stages" / stage)
 
 
@@ -191,7 +191,7 @@ def test_two_clones_share_data_models_and_runs(tmp_path: Path, team_servers) -> 
     digit = b / "digit.png"
     Image.fromarray(mnist.test_images[0].squeeze(0).numpy()).save(digit)
     # `appliedtorch-predict`, run as a module so that it is clone B's code whatever the venv holds.
-    predict = [sys.executable, "-m", "appliedtorch.classify.predict"]
+    predict = [sys.executable, "-m", "appliedtorch.classify.inference.predict"]
     env_predict = {**env_b, "MLFLOW_TRACKING_URI": tracking_url}
     champion_uri = "models:/mnist-mlp@champion"
     from_server = sh([*predict, "--model", champion_uri, str(digit)], b, env_predict, True)

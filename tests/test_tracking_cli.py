@@ -74,7 +74,9 @@ def test_an_expected_error_keeps_its_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("argv0", "name"),
     [
-        ("stages/train_mlp.py", "train_mlp"),
+        ("stages/train.py --section mlp", "train_mlp"),
+        ("stages/train.py --section=cnn", "train_cnn"),
+        ("stages/datasets.py --used data/used", "datasets"),
         ("/repo/stages/download.py", "download"),
         ("/venv/bin/appliedtorch-predict", "appliedtorch-predict"),
         ("/repo/src/appliedtorch/params.py", "appliedtorch.params"),
@@ -83,7 +85,7 @@ def test_an_expected_error_keeps_its_one_line(tmp_path):
     ],
 )
 def test_command_name(monkeypatch, argv0, name):
-    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.setattr(sys, "argv", argv0.split(" ") if argv0 else [argv0])
     assert command_name() == name
 
 

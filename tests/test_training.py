@@ -14,18 +14,23 @@ import torch
 from scipy.stats import chisquare
 from torchvision import transforms
 
-from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer, random_crop_flip
-from appliedtorch.classify.loop import evaluate, train_classifier
-from appliedtorch.classify.models import CNN, MLP, PixelClassifier, load_model
-from appliedtorch.classify.outputs import (
+from appliedtorch.classify.artifacts.outputs import (
     classification_metrics,
     evaluate_pixels,
     final_metrics,
     save_verified_model,
     write_reports,
 )
+from appliedtorch.classify.nets.models import CNN, MLP, PixelClassifier, load_model
 from appliedtorch.classify.params import CNNParams, MLPParams
-from appliedtorch.classify.results import Evaluation
+from appliedtorch.classify.training.batches import (
+    NORMALIZATION,
+    Batches,
+    Normalizer,
+    random_crop_flip,
+)
+from appliedtorch.classify.training.loop import evaluate, train_classifier
+from appliedtorch.classify.training.results import Evaluation
 from appliedtorch.core.errors import DivergenceError
 from appliedtorch.core.params import run_params
 from appliedtorch.core.utils import flatten, thread_count
@@ -133,7 +138,7 @@ def test_normalizer_gives_the_per_channel_multiply_adds_bits_at_any_size(channel
 
 @pytest.mark.parametrize(("shape", "channels_last"), [((1, 28, 28), False), ((3, 32, 32), True)])
 def test_batches_normalised_once_are_the_batch_by_batch_bits(monkeypatch, shape, channels_last):
-    from appliedtorch.classify import batches as batches_module
+    from appliedtorch.classify.training import batches as batches_module
 
     images = torch.randint(0, 256, (203, *shape), dtype=torch.uint8)  # a short last batch
     labels = torch.randint(0, 10, (203,))
@@ -163,7 +168,7 @@ def test_batches_normalised_once_are_the_batch_by_batch_bits(monkeypatch, shape,
 def test_a_batchs_rows_are_what_indexing_gives(fmt):
     """Batches gathers shuffled rows with index_select where that gives what `tensor[rows]`
     gives: the same values and the same strides (channels_last kept), a slice still a view."""
-    from appliedtorch.classify.batches import _take
+    from appliedtorch.classify.training.batches import _take
 
     x = torch.randn(50, 3, 4, 4).contiguous(memory_format=fmt)
     rows = torch.randperm(50, generator=torch.Generator().manual_seed(0))[:7]
@@ -390,7 +395,11 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
     assert metrics == json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert metrics["test_accuracy"] == mlp_result.evaluation.accuracy
-    assert metrics["test_samples"] == 300 and metrics["data_source"] == "synthetic"
+    assert metrics["test_samples"] == 300
+    described = json.loads((tmp_path / "reports" / "run.json").read_text())
+    assert described["data_source"] == "synthetic"
+    # numbers only: a table of them (dvc metrics show) has no string column
+    assert all(isinstance(v, (int, float)) for v in metrics.values()), metrics
     # metrics.json holds the headline numbers; every per-class value is in per_class.json.
     assert len(metrics) <= 15 and not any(isinstance(v, dict) for v in metrics.values())
     per_class = json.loads((tmp_path / "reports" / "per_class.json").read_text())
@@ -433,7 +442,7 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
 def test_a_model_file_that_predicts_otherwise_is_not_left_behind(
     mlp_result, mnist, tmp_path, monkeypatch
 ):
-    from appliedtorch.classify import outputs
+    from appliedtorch.classify.artifacts import outputs
     from appliedtorch.core.errors import AppliedTorchError
 
     real = outputs.load_model
@@ -534,10 +543,12 @@ def test_stage_end_to_end(
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert metrics["macro_f1"] == run.data.metrics["macro_f1"]
     assert not any(k.startswith("precision.") for k in run.data.metrics)
-    assert run.data.tags["compute_dtype"] == metrics["compute_dtype"]
+    described = json.loads((reports / "run.json").read_text())
+    assert run.data.tags["compute_dtype"] == described["compute_dtype"]
     # how the stage's OpenMP threads waited: the suite's OMP_WAIT_POLICY, which it kept
     expected = openmp.decide(dict(os.environ)).tag()
-    assert run.data.tags["openmp_wait"] == metrics["openmp_wait"] == expected
+    assert run.data.tags["openmp_wait"] == described["openmp_wait"] == expected
+    assert "openmp_wait" not in metrics  # it describes the run: not a DVC metric
 
 
 def test_cnn_pools_before_relu_exactly_like_the_tutorial_order():

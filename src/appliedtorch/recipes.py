@@ -14,7 +14,7 @@ one-liner). `compare` queues one DVC experiment per variant, named `<name>.<vari
 recipe makes, alone (keys that only make sense together, such as an optimizer and its learning
 rate, change together). Their MLflow runs carry the tags `sweep=<name>` and `variant=<variant>`.
 
-`--seeds N` sets `<section>.seeds=N` on every variant: each trains N members (classify/ensemble.py)
+`--seeds N` sets `<section>.seeds=N` on every variant: each trains N members (classify/runs/ensemble.py)
 and its metrics.json holds their mean, sample sd and 95 % CI. `--results`, once the queue has
 run, prints each variant's test accuracy as mean ± CI half-width with Welch's t-test p-value
 against the baseline (unequal variances: `scipy.stats.ttest_ind_from_stats`, the same test as

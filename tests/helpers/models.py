@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from appliedtorch.classify.models import CNN, MLP, PixelClassifier, save_model
+from appliedtorch.classify.nets.models import CNN, MLP, PixelClassifier, save_model
 
 SHAPES = {"mlp": (1, 28, 28), "cnn": (3, 32, 32)}
 

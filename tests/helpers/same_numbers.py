@@ -47,7 +47,9 @@ TINY = {
 
 STAGES = {
     "mlp": [
-        "stages/train_mlp.py",
+        "stages/train.py",
+        "--section",
+        "mlp",
         "--data",
         "{w}/data/mnist",
         "--model",
@@ -56,7 +58,9 @@ STAGES = {
         "{w}/reports/mlp",
     ],
     "cnn": [
-        "stages/train_cnn.py",
+        "stages/train.py",
+        "--section",
+        "cnn",
         "--data",
         "{w}/data/cifar10",
         "--model",

@@ -24,13 +24,25 @@ def leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.endswith(".tmp") or ".outputs." in p.name]
 
 
+# DVC stages run by a script with a section: `train_mlp` is `stages/train.py --section mlp`.
+SECTION_STAGES = {"train_mlp": ("train", "mlp"), "train_cnn": ("train", "cnn")}
+
+
+def stage_script(stage: str) -> tuple[Path, list[str]]:
+    """The script that runs DVC stage `stage` and the arguments that pick it."""
+    script, section = SECTION_STAGES.get(stage, (stage, None))
+    return REPO / "stages" / f"{script}.py", ["--section", section] if section else []
+
+
 def run_stage_here(stage: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    """Run stages/<stage>.py as __main__ in this process with params.yaml of the cwd; return
-    its exit code and stderr."""
-    monkeypatch.setattr(sys, "argv", [f"{stage}.py", "--params", "params.yaml", *argv])
+    """Run DVC stage `stage`'s script as __main__ in this process with params.yaml of the cwd;
+    return its exit code and stderr."""
+    script, picks = stage_script(stage)
+    argv = [*picks, "--params", "params.yaml", *argv]
+    monkeypatch.setattr(sys, "argv", [script.name, *argv])
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
-        runpy.run_path(str(REPO / "stages" / f"{stage}.py"), run_name="__main__")
+        runpy.run_path(str(script), run_name="__main__")
     return info.value.code, capsys.readouterr().err
 
 

@@ -22,7 +22,7 @@ from appliedtorch.core.params import (
 from appliedtorch.data.datasets import DATASETS
 
 MAX_WEIGHTS = 2**28  # hidden-to-hidden weights of the MLP: 1 GB in float32
-MAX_SEEDS = 64  # ensemble members: each is a whole training run (classify/ensemble.py)
+MAX_SEEDS = 64  # ensemble members: each is a whole training run (classify/runs/ensemble.py)
 
 # Any dataset of the table (appliedtorch.data.datasets) trains either classifier.
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
@@ -33,7 +33,7 @@ BF16 = Literal["auto"] | bool
 
 
 def _thread_count(value: Any) -> Any:
-    """CPU threads while training: a count, auto (timed at the start: classify/tuning.py) or
+    """CPU threads while training: a count, auto (timed at the start: classify/training/tuning.py) or
     None (torch's default, all cores); checked here so a bad value gets one plain line."""
     if value is None or value == "auto" or (type(value) is int and 0 < value <= MAX_THREADS):
         return value
@@ -51,7 +51,7 @@ class ClassifierParams(Section):
     section: ClassVar[str] = ""  # the params.yaml section, for messages across keys
 
     # Members trained in one run, member k with seed + k: metrics.json gets their mean, sd and 95 %
-    # CI, and the model is their ensemble (classify/ensemble.py). 1: one net, as the tutorial.
+    # CI, and the model is their ensemble (classify/runs/ensemble.py). 1: one net, as the tutorial.
     seeds: int = Field(1, ge=1, le=MAX_SEEDS)
     epochs: int = Field(5, gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)

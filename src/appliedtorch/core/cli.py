@@ -6,7 +6,7 @@ temporary files are removed), then one `error:` line and exit code 128 + the sig
 An exception nobody expected (a bug) is one `error: internal error in <stage>: ...` line too,
 naming a log file that holds its traceback:
 
-    python stages/train_mlp.py --params params.yaml ...   # any stage's main() runs in run_stage
+    python stages/train.py --params params.yaml --section mlp ...   # any stage's main() runs in run_stage
 """
 
 from __future__ import annotations
@@ -106,13 +106,19 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
 
 
 def command_name() -> str:
-    """The running command's name: `train_mlp` for stages/train_mlp.py, `appliedtorch-predict`,
-    `appliedtorch.params` for `python -m appliedtorch.params`."""
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("appliedtorch")
+    """The running command's name: `train_mlp` for `stages/train.py --section mlp` (a stage run
+    for one section is named `<script>_<section>`), `pinn` for stages/pinn.py,
+    `appliedtorch-predict`, `appliedtorch.params` for `python -m appliedtorch.params`."""
+    argv = sys.argv if sys.argv and sys.argv[0] else ["appliedtorch"]
+    script = Path(argv[0])
     if script.suffix == ".py" and script.parent.name != "stages" and "appliedtorch" in script.parts:
         parts = script.with_suffix("").parts
         return ".".join(parts[len(parts) - parts[::-1].index("appliedtorch") - 1 :])
-    return script.stem or "appliedtorch"
+    section = next((a.split("=", 1)[1] for a in argv if a.startswith("--section=")), None)
+    if "--section" in argv[:-1]:
+        section = argv[argv.index("--section") + 1]
+    stem = script.stem or "appliedtorch"
+    return f"{stem}_{section}" if section and section.isidentifier() else stem
 
 
 def internal_error(stage: str, exc: BaseException) -> str:

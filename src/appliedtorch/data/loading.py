@@ -66,6 +66,11 @@ def load_dataset(name: str, root: str | os.PathLike) -> ImageData:
     if not root.is_dir():
         raise DataError(f"{root}: dataset {name} not found; {redo(name)}")
     record = _read_record(root, name)
+    if record.get("used") is False:  # the download stage's marker: no section named it then
+        raise DataError(
+            f"{root}: {name} was not downloaded, as no classifier named it; "
+            f"`dvc exp run -S mlp.dataset={name}` (or cnn.dataset) downloads it and trains on it"
+        )
     if record.get("dataset", name) != name:
         raise DataError(
             f"{root} holds {record['dataset']}, not {name}; pass the {name} directory "

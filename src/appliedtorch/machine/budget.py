@@ -4,7 +4,7 @@ that ask for more, before any work is done or memory allocated.
     device = check_device("mps")        # AppliedTorchError on a machine without Apple's GPU
     check_memory(Need("cnn.width 1024 with cnn.arch resnet", {"weights": 8e9}), device)
 
-Each stage estimates its own need (`appliedtorch.classify.budget`, `appliedtorch.pinn.budget`,
+Each stage estimates its own need (`appliedtorch.classify.nets.budget`, `appliedtorch.pinn.budget`,
 `appliedtorch.demos.budget`) as named parts in bytes; this module knows no stage. An estimate is
 refused when it exceeds what the device has free: RAM available to this process (the kernel's
 MemAvailable, within a cgroup's limit) or the GPU's free memory. Estimates count the big

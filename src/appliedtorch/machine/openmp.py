@@ -1,5 +1,6 @@
-"""How torch's idle OpenMP threads wait, decided when appliedtorch is imported, before torch
-loads its OpenMP runtime (libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, as it loads).
+"""How torch's idle OpenMP threads wait, decided by each entry point (stage, CLI, benchmark) as
+its first statement, before torch loads its OpenMP runtime (libgomp reads OMP_WAIT_POLICY and
+GOMP_SPINCOUNT once, as it loads). Importing this module decides nothing.
 
 - **spin** (libgomp's default, the one every torch user gets: a thread spins about 3 ms before it
   sleeps), when the run queue leaves a core for each of torch's threads: no other process wants
@@ -12,8 +13,11 @@ The decision holds for the whole process: libgomp cannot change it later, so a p
 becomes busy after its start keeps spinning (docs/performance.md measures both sides; set
 `OMP_WAIT_POLICY=PASSIVE` for runs you start side by side). It changes no number, only the time.
 
-    >>> from appliedtorch.machine import openmp
-    >>> openmp.DECISION.tag()  # e.g. 'spin (no other runnable process; 2 threads on 2 CPUs)'
+    from appliedtorch.machine import openmp
+
+    openmp.settle()  # first, before anything imports torch
+    ...
+    openmp.decision().tag()  # e.g. 'spin (no other runnable process; 2 threads on 2 CPUs)'
 """
 
 from __future__ import annotations
@@ -111,17 +115,29 @@ def decide(
     return Decision(policy, why)
 
 
+_decided: Decision | None = None
+
+
 def settle() -> Decision:
-    """This process's decision, made once, before torch loads (`appliedtorch` calls it)."""
-    if "torch" in sys.modules:  # its OpenMP already read the environment: nothing to decide
-        found = _settings(os.environ) or "neither set"
-        return Decision("preset", f"torch was imported first, with {found}")
-    return decide(os.environ)
+    """Decide this process's wait, once; entry points call it before anything imports torch."""
+    global _decided
+    if _decided is None:
+        if "torch" in sys.modules:  # its OpenMP already read the environment: nothing to decide
+            found = _settings(os.environ) or "neither set"
+            _decided = Decision("preset", f"torch was imported first, with {found}")
+        else:
+            _decided = decide(os.environ)
+    return _decided
+
+
+def decision() -> Decision:
+    """What `settle` decided; a process whose entry point never called it (a notebook, a
+    library user) runs with the environment it was given, which is what this says."""
+    if _decided is not None:
+        return _decided
+    return Decision("unset", _settings(os.environ) or "not decided by appliedtorch")
 
 
 def _settings(environ: MutableMapping[str, str]) -> str:
     """The wait settings `environ` gives libgomp, as `NAME=value, ...` ('' for none)."""
     return ", ".join(f"{k}={environ[k]}" for k in (POLICY, SPIN_COUNT) if k in environ)
-
-
-DECISION = settle()

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from appliedtorch.classify.distributed import SINGLE, World
+from appliedtorch.classify.runs.distributed import SINGLE, World
 from appliedtorch.data.datasets import DATASETS_BY_NAME
 
 # The largest float32 copy of a dataset that `Batches` normalises once, up front (4 bytes a pixel:

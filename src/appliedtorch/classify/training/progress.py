@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-log = logging.getLogger("appliedtorch.classify.loop")
+log = logging.getLogger("appliedtorch.classify.training.loop")
 
 LINE_EVERY_SECONDS = 10.0
 

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from appliedtorch.classify.distributed import World
+from appliedtorch.classify.runs.distributed import World
 
 if TYPE_CHECKING:
     from appliedtorch.classify.params import ClassifierParams
-    from appliedtorch.classify.tuning import Tuning
+    from appliedtorch.classify.training.tuning import Tuning
 
 
 @dataclass

@@ -189,7 +189,7 @@ def check_model_file(saved: Any, name: str) -> ModelFile:
 def check_state_dict(state: Any, meta: ModelFile, name: str) -> None:
     """The saved weights must be exactly the tensors of the described network (built on the
     `meta` device: shapes without memory), so building it allocates no more than the file holds."""
-    from appliedtorch.classify.models import PixelClassifier, build_network
+    from appliedtorch.classify.nets.models import PixelClassifier, build_network
 
     if not isinstance(state, dict) or not 0 < len(state) <= MAX_TENSORS:
         raise AppliedTorchError(

@@ -1,6 +1,6 @@
 """`mlp.seeds` / `cnn.seeds`: several members in one run, their statistics, and their ensemble.
 
-    python stages/train_mlp.py --params params.yaml   # with mlp.seeds: 5 in params.yaml
+    python stages/train.py --section mlp ...   # with mlp.seeds: 5 in params.yaml
     result = train_seeds(data, params.mlp, seed=42)   # params.mlp.seeds members
     result.evaluation.accuracy                        # the ensemble's (mean probabilities)
     [m.evaluation.accuracy for m in result.members]   # each member's
@@ -30,12 +30,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliedtorch.classify.batches import Batches, Normalizer
-from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.classify.loop import evaluate, train_classifier
-from appliedtorch.classify.models import Ensemble
-from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
-from appliedtorch.classify.resume import ResumeState, resume_path
+from appliedtorch.classify.nets.models import Ensemble
+from appliedtorch.classify.runs.distributed import SINGLE, World
+from appliedtorch.classify.runs.resume import ResumeState, resume_path
+from appliedtorch.classify.training.batches import Batches, Normalizer
+from appliedtorch.classify.training.loop import evaluate, train_classifier
+from appliedtorch.classify.training.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.utils import thread_count
 from appliedtorch.machine.hardware import flush_denormals

@@ -14,7 +14,7 @@ are converted to the model's input shape: grayscale 28x28 for MNIST (white digit
 MNIST), RGB 32x32 for CIFAR-10. All three are the same model, a `PixelClassifier`: it takes those
 uint8 pixels, normalises them as in training and returns probabilities, as `mlflow models serve`
 does for the same pixels. The model's metadata is checked before any network is built
-(`appliedtorch.classify.metadata`): a model file is data from outside, like an image.
+(`appliedtorch.classify.inference.metadata`): a model file is data from outside, like an image.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from appliedtorch.classify.metadata import ModelFile, check_metadata, check_model_file
+from appliedtorch.classify.inference.metadata import ModelFile, check_metadata, check_model_file
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError
 
@@ -64,7 +64,7 @@ def load_classifier(uri: str) -> Classifier:
 
 def load_model_file(path: str | Path) -> tuple[Any, ModelFile]:
     """The pixel classifier in a model file, in eval mode, and its checked metadata."""
-    from appliedtorch.classify.models import PixelClassifier, build_network, read_model_file
+    from appliedtorch.classify.nets.models import PixelClassifier, build_network, read_model_file
 
     check_container(path)
     saved = read_model_file(path)

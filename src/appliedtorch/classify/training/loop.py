@@ -7,7 +7,7 @@
 
 The classifier is configured by its params section (`params.mlp` or `params.cnn`) and nothing
 else; the nets' own defaults are their constructors'. The data stays on the training device and
-`Batches` (see `appliedtorch.classify.batches`) owns shuffling, sharding, augmentation and
+`Batches` (see `appliedtorch.classify.training.batches`) owns shuffling, sharding, augmentation and
 normalisation, so an epoch is `for images, labels in batches:` as in pytorch/examples' `train()`.
 The loop knows nothing about MLflow: it returns a history and calls `callback(epoch_stats)`
 after each epoch.
@@ -26,21 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from appliedtorch.classify.batches import NORMALIZATION, Batches, Normalizer
-from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.classify.models import ARCHITECTURES, build_model
-from appliedtorch.classify.optim import make_optimizer, make_scheduler
-from appliedtorch.classify.progress import Progress
-from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
-from appliedtorch.classify.steps import autocast, training_step
-from appliedtorch.classify.tuning import Tuning, first_batch, tune
+from appliedtorch.classify.nets.models import ARCHITECTURES, build_model
+from appliedtorch.classify.runs.distributed import SINGLE, World
+from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Normalizer
+from appliedtorch.classify.training.optim import make_optimizer, make_scheduler
+from appliedtorch.classify.training.progress import Progress
+from appliedtorch.classify.training.results import EpochStats, Evaluation, TrainResult
+from appliedtorch.classify.training.steps import autocast, training_step
+from appliedtorch.classify.training.tuning import Tuning, first_batch, tune
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError
 from appliedtorch.core.utils import resolve_device, thread_count
 from appliedtorch.machine.hardware import flush_denormals, keep_freed_memory
 
 if TYPE_CHECKING:
     from appliedtorch.classify.params import ClassifierParams
-    from appliedtorch.classify.resume import ResumeState
+    from appliedtorch.classify.runs.resume import ResumeState
     from appliedtorch.data.loading import ImageData
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ depth, width, batch norm, dropout, flip test-time augmentation), a small ResNet,
 
 Training feeds the networks normalised float batches; what is saved, logged and served is the
 network inside a `PixelClassifier`, which takes the uint8 pixels of an image file as they come.
-No training logic lives here (see `appliedtorch.classify.loop`).
+No training logic lives here (see `appliedtorch.classify.training.loop`).
 """
 
 from __future__ import annotations

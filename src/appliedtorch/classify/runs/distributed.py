@@ -1,7 +1,7 @@
 """Generic collectives for data-parallel training under torchrun; the identity in one process.
 
-    torchrun --standalone --nproc_per_node=2 stages/train_mlp.py --params params.yaml \
-        --data data/raw/mnist --model models/mlp.pt --reports reports/mlp
+    torchrun --standalone --nproc_per_node=2 stages/train.py --params params.yaml \
+        --section mlp --model models/mlp.pt --reports reports/mlp
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; `launch` joins the process group they describe
 (gloo on the CPU, nccl on CUDA, one GPU per local rank) and returns a `World`. Without them it
@@ -11,7 +11,7 @@ A `World` knows nothing about models' metrics or params: it shards index sequenc
 `strided_batches`), wraps a model in DistributedDataParallel and combines plain numbers and
 tensors across processes (`sum`, `max`, `any`, `all_gather`), and moves picklable objects
 between rank 0 and the others (`gather_objects`, `broadcast_object`). What to shard and how to combine
-an evaluation is decided where those live (`appliedtorch.classify.batches`, `.loop`).
+an evaluation is decided where those live (`appliedtorch.classify.training.batches`, `.loop`).
 This module imports no other project module.
 """
 

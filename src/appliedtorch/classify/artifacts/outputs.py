@@ -1,5 +1,5 @@
 """What a classifier run leaves behind: the model file (verified by reloading), metrics.json (the
-headline numbers), per_class.json, history.csv, confusion.json, members.csv, four figures, and what MLflow
+headline numbers), run.json (what describes the run), per_class.json, history.csv, confusion.json, members.csv, four figures, and what MLflow
 gets (the model for export, its input example and metadata, the final metrics).
 
 The model file and the logged model are a `PixelClassifier`: uint8 pixels in, probabilities out.
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from appliedtorch.classify.ensemble import member_frame, member_metrics, seed_summary
-from appliedtorch.classify.loop import model_name
-from appliedtorch.classify.models import PixelClassifier, load_model, save_model
-from appliedtorch.classify.results import EpochStats, Evaluation, TrainResult
+from appliedtorch.classify.nets.models import PixelClassifier, load_model, save_model
+from appliedtorch.classify.runs.ensemble import member_frame, member_metrics, seed_summary
+from appliedtorch.classify.training.loop import model_name
+from appliedtorch.classify.training.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.utils import atomic_path, flatten, output_set, thread_count
 from appliedtorch.machine import openmp
@@ -125,9 +125,10 @@ def history_frame(history: Sequence[EpochStats]) -> pd.DataFrame:
     return pd.DataFrame([{c: getattr(h, c) for c in cols} for h in history], columns=cols)
 
 
-def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
-    """metrics.json: the headline numbers a user compares across runs (per-class values are in
-    `per_class_metrics`); only the `*_seconds` values may differ between seeded CPU runs."""
+def summary_metrics(result: TrainResult) -> dict[str, Any]:
+    """metrics.json: the headline numbers a user compares across runs, numbers only (per-class
+    values are in `per_class_metrics`, descriptions in `run_description`); only the `*_seconds`
+    values may differ between seeded CPU runs."""
     ev = result.evaluation
     macro = {k: v for k, v in classification_metrics(ev, result.classes).items() if "macro" in k}
     return {
@@ -142,17 +143,25 @@ def summary_metrics(result: TrainResult, source: str) -> dict[str, Any]:
         "train_seconds": result.train_seconds,
         "mean_epoch_seconds": result.train_seconds / max(len(result.history), 1),
         "eval_seconds": result.eval_seconds,
+    }
+
+
+def run_description(result: TrainResult, source: str) -> dict[str, str]:
+    """run.json: what describes the run rather than its result (the data's source, the dtype
+    trained in, how idle OpenMP threads waited, what `auto` measured), beside metrics.json
+    and never in it, so the DVC metric holds only numbers that repeat with the seed."""
+    return {
         "data_source": source,
         "compute_dtype": compute_dtype(result),
-        "openmp_wait": openmp.DECISION.tag(),  # spin or sleep, decided at start: it sets the pace
-        **(result.tuning.record() if result.tuning else {}),  # what `auto` measured, if it did
+        "openmp_wait": openmp.decision().tag(),  # spin or sleep, decided at start: the pace
+        **(result.tuning.record() if result.tuning else {}),
     }
 
 
 def tuning_tags(result: TrainResult) -> dict[str, str]:
     """The run's tags for the threads trained on, how idle ones waited and what `auto` chose
-    (classify/tuning.py)."""
-    return result.tuning.tags() if result.tuning else {"openmp_wait": openmp.DECISION.tag()}
+    (classify/training/tuning.py)."""
+    return result.tuning.tags() if result.tuning else {"openmp_wait": openmp.decision().tag()}
 
 
 def compute_dtype(result: TrainResult) -> str:
@@ -211,7 +220,7 @@ def write_reports(
     """Write metrics.json, history.csv, confusion.json and the four figures.
 
     Returns the metrics and the paths written."""
-    from appliedtorch.classify import figures as plots
+    from appliedtorch.classify.artifacts import figures as plots
     from appliedtorch.core.plots import save_figure
     from appliedtorch.core.utils import write_json, write_text
 
@@ -239,9 +248,11 @@ def write_reports(
     }
     for name, fig in figures.items():
         save_figure(fig, out / name)
-    metrics = summary_metrics(result, data.source)
+    write_json(out / "run.json", run_description(result, data.source))
+    metrics = summary_metrics(result)
     write_json(out / "metrics.json", metrics)  # last: it marks a complete run
-    names = ["metrics.json", "per_class.json", "history.csv", "confusion.json", *figures]
+    names = ["metrics.json", "run.json", "per_class.json", "history.csv", "confusion.json"]
+    names += list(figures)
     return metrics, [out / name for name in names]
 
 
@@ -300,7 +311,7 @@ def write_outputs(
         run.log_metrics(final_metrics(metrics, () if result.members else EPOCH_METRICS))
         for k, values in enumerate(member_metrics(result)):
             run.log_metrics(values, step=k)  # member_test_accuracy, ... with step = member
-        run.log_artifacts(paths)  # the staged files, named as in reports/<arch>
+        run.log_artifacts(paths)  # the staged files, named as in reports/<section>
         run.set_tags({"compute_dtype": compute_dtype(result), **tuning_tags(result)})
         run.log_model(
             portable_model(result),

@@ -27,7 +27,7 @@ DATASET = {"mlp": "mnist", "cnn": "cifar10"}  # the stage's dataset unless its s
 
 def meta_net(section: str, cfg: Any, shape: tuple[int, int, int], classes: int) -> nn.Module:
     """The section's network on the meta device, with the arguments training builds it with."""
-    from appliedtorch.classify.models import CNN, MLP, ResNet
+    from appliedtorch.classify.nets.models import CNN, MLP, ResNet
 
     c, h, w = shape
     with torch.device("meta"):

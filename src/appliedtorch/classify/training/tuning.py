@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from appliedtorch.classify.batches import Batches
-from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.classify.steps import training_step
+from appliedtorch.classify.runs.distributed import SINGLE, World
+from appliedtorch.classify.training.batches import Batches
+from appliedtorch.classify.training.steps import training_step
 from appliedtorch.core.utils import thread_count
 from appliedtorch.machine import openmp
 from appliedtorch.machine.autotune import Tuned, enabled, lookup, pick_fastest, probe_steps
@@ -90,7 +90,7 @@ class Tuning:
         out = {
             "compute_dtype": self.compute_dtype,
             "threads": str(self.threads or "default"),
-            "openmp_wait": openmp.DECISION.tag(),
+            "openmp_wait": openmp.decision().tag(),
         }
         if self.probe is not None:
             out |= {"autotune.choice": self.probe.choice, "autotune": self.probe.summary()}

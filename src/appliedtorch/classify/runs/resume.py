@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from appliedtorch.classify.distributed import SINGLE, World
-from appliedtorch.classify.results import EpochStats
+from appliedtorch.classify.runs.distributed import SINGLE, World
+from appliedtorch.classify.training.results import EpochStats
 from appliedtorch.core.params import short
 from appliedtorch.core.utils import is_regular, json_md5, save_torch
 
