@@ -462,8 +462,8 @@ CASES = {
     "model-input-shape-huge": Case("predict", r"evil\.pt: input_shape must be 1 or 3 channels of at most "
                                    r"512x512 pixels \(got 3x100000x100000\)$",
                                    setup=hostile_model(lambda d: d.update(input_shape=[3, 10**5, 10**5]))),
-    "model-arch-wrong-type": Case("predict", r"evil\.pt: arch must be 'mlp', 'cnn' or 'resnet' \(got 7\)$",
-                                  setup=hostile_model(lambda d: d.update(arch=7))),
+    "model-net-wrong-type": Case("predict", r"evil\.pt: net must be 'mlp', 'cnn' or 'resnet' \(got 7\)$",
+                                 setup=hostile_model(lambda d: d.update(net=7))),
     "model-mean-wrong-type": Case("predict", r"evil\.pt: mean must be a list \(got '0\.5'\)$",
                                   setup=hostile_model(lambda d: d.update(mean="0.5"))),
     "model-unknown-key": Case("predict", r"evil\.pt: unknown key 'loader'$",

@@ -15,7 +15,7 @@ from torch import nn
 from appliedtorch.classify.artifacts.outputs import save_verified_model
 from appliedtorch.classify.nets.models import CNN, MLP, ResNet, load_model
 from appliedtorch.classify.params import CNNParams, MLPParams
-from appliedtorch.classify.training.loop import model_args_for, model_name, train_classifier
+from appliedtorch.classify.training.loop import model_args_for, net_name, train_classifier
 from appliedtorch.classify.training.optim import make_optimizer, make_scheduler
 from appliedtorch.core.errors import ParamsError
 from appliedtorch.data.loading import synthetic_in_memory
@@ -41,7 +41,7 @@ def test_defaults_build_the_tutorials_nets_and_model_args(cifar):
     assert model_args_for(mlp, mnist) == {"in_features": 784, "hidden_size": 128, "num_classes": 10}
     assert model_args_for(cnn, cifar) == {"in_channels": 3, "num_classes": 10, "dropout": 0.5,
                                           "image_size": 32}  # fmt: skip
-    assert (model_name(mlp), model_name(cnn)) == ("mlp", "cnn")
+    assert (net_name(mlp), net_name(cnn)) == ("mlp", "cnn")
     assert list(MLP().state_dict()) == [f"fc{i}.{w}" for i in (1, 2, 3) for w in ("weight", "bias")]
     assert list(CNN().state_dict()) == [
         f"{layer}.{w}" for layer in ("conv1", "conv2", "conv3", "fc1", "fc2")
@@ -206,7 +206,7 @@ def test_recipe_like_run_saves_a_model_that_predicts_the_same_with_tta(cifar, tm
     )  # raises if predictions differ
     assert reloaded.accuracy == result.evaluation.accuracy
     model, saved = load_model(tmp_path / "cnn.pt")
-    assert saved["arch"] == "resnet" and saved["model_args"]["flip_tta"] is True
+    assert saved["net"] == "resnet" and saved["model_args"]["flip_tta"] is True
     assert isinstance(model.net, ResNet) and model.net.flip_tta
 
 

@@ -441,7 +441,7 @@ def grey_png(path: Path, size: int = 28) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("arch", "image", "warning"),
+    ("net_name", "image", "warning"),
     [
         ("cnn", lambda p: grey_png(p), "is 1x28x28 grey; the model expects 3x32x32 colour: "
                                        "converted to colour and resized"),
@@ -453,11 +453,11 @@ def grey_png(path: Path, size: int = 28) -> Path:
         ("cnn", lambda p: Image.new("RGB", (32, 32), (1, 2, 3)).save(p), None),
     ],
 )  # fmt: skip
-def test_an_image_of_another_kind_is_converted_with_a_warning(arch, image, warning, tmp_path,
+def test_an_image_of_another_kind_is_converted_with_a_warning(net_name, image, warning, tmp_path,
                                                               capsys):  # fmt: skip
     from helpers.models import tiny_model_file
 
-    tiny_model_file(tmp_path / "m.pt", arch)
+    tiny_model_file(tmp_path / "m.pt", net_name)
     path = tmp_path / "x.png"
     image(path)
     code, out, err = predict_here(["--model", tmp_path / "m.pt", path], capsys)
@@ -473,8 +473,8 @@ def test_an_image_of_another_kind_is_converted_with_a_warning(arch, image, warni
 HUGE = {"hidden_size": 65536, "hidden_layers": 256}  # ~1.1e12 weights: 4 TB if it were built
 METADATA = {  # edit of a valid model file -> the one line it must give
     "unknown-key": (lambda d: d.update(note="hi"), "unknown key 'note'"),
-    "arch-not-a-string": (lambda d: d.update(arch=["mlp"]), r"arch must be 'mlp', 'cnn' or 'resnet' \(got \['mlp'\]\)"),
-    "arch-unknown": (lambda d: d.update(arch="vit"), "arch must be 'mlp', 'cnn' or 'resnet' .got 'vit'."),
+    "net-not-a-string": (lambda d: d.update(net=["mlp"]), r"net must be 'mlp', 'cnn' or 'resnet' \(got \['mlp'\]\)"),
+    "net-unknown": (lambda d: d.update(net="vit"), "net must be 'mlp', 'cnn' or 'resnet' .got 'vit'."),
     "model-args-unknown": (lambda d: d["model_args"].update(act="gelu"), "unknown key 'model_args.act'"),
     "model-args-too-wide": (lambda d: d["model_args"].update(hidden_size=10**6),
                             r"model_args\.hidden_size must be <= 65536 \(got 1000000\)"),

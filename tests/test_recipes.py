@@ -211,7 +211,7 @@ def test_recipe_one_liner_and_comparison_sweep_offline(tmp_path, mlflow_template
     import torch
 
     saved = torch.load(ws / "models/cnn.pt", weights_only=True)
-    assert saved["arch"] == "resnet" and saved["model_args"]["flip_tta"] is True
+    assert saved["net"] == "resnet" and saved["model_args"]["flip_tta"] is True
     run(["git", "checkout", "--", "params.yaml"], ws, env)
 
     # 2. The comparison sweep, three variants, queued with one command.

@@ -102,7 +102,7 @@ def test_model_file_holds_the_ensemble_and_reloads_with_weights_only(trio, mnist
     again = save_verified_model(trio, mnist, path)
     assert torch.equal(again.predictions, trio.evaluation.predictions)
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    assert saved["members"] == 3 and saved["arch"] == "mlp"
+    assert saved["members"] == 3 and saved["net"] == "mlp"
     model, _ = load_model(path)
     assert isinstance(model.net, Ensemble) and len(model.net.members) == 3
     with torch.inference_mode():

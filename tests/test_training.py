@@ -364,7 +364,7 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     # normalised batches as in training, gives the training-time evaluation exactly.
     model, saved = load_model(model_path)
     assert isinstance(model, PixelClassifier) and not model.training
-    assert saved["arch"] == "mlp" and saved["classes"] == mnist.classes
+    assert saved["net"] == "mlp" and saved["classes"] == mnist.classes
     assert saved["input_dtype"] == "uint8" and saved["output"] == "probabilities"
     assert model.mean.tolist() == saved["mean"] == [0.5]
     test = Batches(
@@ -384,6 +384,7 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     names = {p.name for p in paths}
     assert names == {
         "metrics.json",
+        "run.json",
         "per_class.json",
         "history.csv",
         "confusion.json",
@@ -492,7 +493,7 @@ def test_stage_end_to_end(
     assert min_accuracy <= metrics["test_accuracy"] <= 1 and metrics["epochs"] == 2
     assert metrics["train_samples"] == section["train_limit"]
     _, saved = load_model(model)
-    assert saved["arch"] == arch and saved["test_accuracy"] == metrics["test_accuracy"]
+    assert saved["net"] == arch and saved["test_accuracy"] == metrics["test_accuracy"]
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)

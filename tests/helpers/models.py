@@ -15,11 +15,11 @@ from appliedtorch.classify.nets.models import CNN, MLP, PixelClassifier, save_mo
 SHAPES = {"mlp": (1, 28, 28), "cnn": (3, 32, 32)}
 
 
-def tiny_model_file(path: Path, arch: str = "mlp") -> dict[str, Any]:
-    """Write an untrained `arch` ('mlp' or 'cnn') model file at `path`; return what it holds."""
-    c, h, w = SHAPES[arch]
+def tiny_model_file(path: Path, net_name: str = "mlp") -> dict[str, Any]:
+    """Write an untrained `net_name` (mlp or cnn) model file at `path`; return what it holds."""
+    c, h, w = SHAPES[net_name]
     torch.manual_seed(0)
-    if arch == "mlp":
+    if net_name == "mlp":
         args = {"in_features": c * h * w, "hidden_size": 16, "num_classes": 10}
         net = MLP(**args)
     else:
@@ -36,5 +36,5 @@ def tiny_model_file(path: Path, arch: str = "mlp") -> dict[str, Any]:
         "input_dtype": "uint8",
         "output": "probabilities",
     }
-    save_model(path, PixelClassifier(net, meta["mean"], meta["std"]), arch, args, **meta)
+    save_model(path, PixelClassifier(net, meta["mean"], meta["std"]), net_name, args, **meta)
     return torch.load(path, weights_only=True)

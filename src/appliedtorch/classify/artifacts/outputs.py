@@ -27,7 +27,7 @@ from torch import nn
 
 from appliedtorch.classify.nets.models import PixelClassifier, load_model, save_model
 from appliedtorch.classify.runs.ensemble import member_frame, member_metrics, seed_summary
-from appliedtorch.classify.training.loop import model_name
+from appliedtorch.classify.training.loop import net_name
 from appliedtorch.classify.training.results import EpochStats, Evaluation, TrainResult
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.utils import atomic_path, flatten, output_set, thread_count
@@ -52,28 +52,28 @@ def save_verified_model(result: TrainResult, data: ImageData, path: str | Path) 
     the training-time evaluation did (the tutorial's "loaded model accuracy", made a check
     instead of a printout). Returns the reloaded classifier's evaluation.
     """
-    section = result.section
+    config = result.config
     device = next(result.model.parameters()).device
-    limit = section.train_limit
+    limit = config.train_limit
     trained = result.evaluation
     with atomic_path(path) as tmp:
         metadata = model_metadata(result, data)
         save_model(
             tmp,
             pixel_classifier(result),
-            model_name(section),
+            net_name(config),
             result.model_args,
             **metadata,
             test_accuracy=trained.accuracy,
         )
         reloaded, _ = load_model(tmp)
         reloaded = reloaded.to(device)
-        if section.channels_last:  # as trained: the same kernels give the same bits
+        if config.channels_last:  # as trained: the same kernels give the same bits
             reloaded = reloaded.to(memory_format=torch.channels_last)
             reloaded.memory_format = torch.channels_last
         with thread_count(result.threads):  # the thread count can change the last bits of a sum
             images, labels = data.test_images[:limit], data.test_labels[:limit]
-            again = evaluate_pixels(reloaded, images, labels, section.eval_batch_size, result.bf16)
+            again = evaluate_pixels(reloaded, images, labels, config.eval_batch_size, result.bf16)
         differ = int((again.predictions != trained.predictions).sum())
         # The same predictions on the CPU; a GPU may pick other kernels: accuracy within 1/1000.
         cpu = device.type == "cpu"
@@ -89,7 +89,7 @@ def save_verified_model(result: TrainResult, data: ImageData, path: str | Path) 
 
 def pixel_classifier(result: TrainResult) -> PixelClassifier:
     """The trained network (where it is) with the training normalisation inside it."""
-    return PixelClassifier(result.model, result.mean, result.std, result.section.channels_last)
+    return PixelClassifier(result.model, result.mean, result.std, result.config.channels_last)
 
 
 def evaluate_pixels(
@@ -235,7 +235,7 @@ def write_reports(
     records = [{"actual": a, "predicted": p} for a, p in zip(actual, predicted, strict=True)]
     write_json(out / "confusion.json", records)
     write_json(out / "per_class.json", per_class_metrics(result))
-    test_images = data.test_images[: result.section.train_limit]
+    test_images = data.test_images[: result.config.train_limit]
     figures = {
         "loss.png": plots.training_curves(history, title),
         "confusion_matrix.png": plots.confusion_heatmap(ev.confusion(len(classes)), classes, title),
@@ -279,7 +279,7 @@ def portable_model(result: TrainResult) -> PixelClassifier:
 def input_example(result: TrainResult, data: ImageData, n: int = 4) -> np.ndarray:
     """The first `n` test images the run evaluated, as uint8 numpy (n, C, H, W): what the logged
     model takes. More than one, so that torch.export (MLflow's format) keeps the batch dynamic."""
-    return data.test_images[: result.section.train_limit][:n].numpy()
+    return data.test_images[: result.config.train_limit][:n].numpy()
 
 
 def model_metadata(result: TrainResult, data: ImageData) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
     saved = torch.load("models/mlp.pt", weights_only=True)
     meta = check_model_file(saved, "models/mlp.pt")    # before any network is built
-    net = build_model(meta.arch, **meta.model_args.model_dump(exclude_unset=True))
+    net = build_model(meta.net, **meta.model_args.model_dump(exclude_unset=True))
 
 A model file is data from outside (a download, a colleague, a bucket): every key must be one a
 training stage writes, every size bounded (at most 3x512x512 pixels, 1000 classes, the params'
@@ -112,16 +112,16 @@ def _class_name_ok(name: str) -> bool:
 
 class ModelFile(ModelMeta):
     """A model file (`save_model`): the metadata plus the network's name and arguments (the
-    subclasses below give `model_args` its schema for each `arch`)."""
+    subclasses below give `model_args` its schema for each `net`)."""
 
-    arch: Literal["mlp", "cnn", "resnet"]
+    net: Literal["mlp", "cnn", "resnet"]
     model_args: dict[str, Any]
 
     @model_validator(mode="after")
     def _fits_input(self) -> ModelFile:
         c, h, w = self.input_shape
         args = self.model_args
-        if isinstance(args, dict):  # an unknown arch: its own error names it
+        if isinstance(args, dict):  # an unknown net: its own error names it
             return self
         if args.num_classes != len(self.classes):
             raise ValueError(
@@ -178,9 +178,9 @@ def check_model_file(saved: Any, name: str) -> ModelFile:
     if not isinstance(saved, dict):
         raise AppliedTorchError(f"{name}: not an appliedtorch model file (not a mapping)")
     raw = {k: v for k, v in saved.items() if k != "state_dict"}
-    arch = raw.get("arch")
-    # The arch picks the arguments' schema, so errors name model_args.<key> of that arch.
-    schema = FILES.get(arch, ModelFile) if isinstance(arch, str) else ModelFile
+    net = raw.get("net")
+    # The net picks the arguments' schema, so errors name model_args.<key> of that net.
+    schema = FILES.get(net, ModelFile) if isinstance(net, str) else ModelFile
     meta = _checked(schema, raw, name)
     check_state_dict(saved.get("state_dict"), meta, name)
     return meta
@@ -197,12 +197,12 @@ def check_state_dict(state: Any, meta: ModelFile, name: str) -> None:
         )
     with torch.device("meta"):
         args = meta.model_args.model_dump(exclude_unset=True)
-        net = build_network(meta.arch, args, meta.members)
+        net = build_network(meta.net, args, meta.members)
         expected = PixelClassifier(net, meta.mean, meta.std).state_dict()
     for key, tensor in state.items():
         if key not in expected:
             raise AppliedTorchError(
-                f"{name}: state_dict has '{str(key)[:60]}', which the {meta.arch} network does not have"
+                f"{name}: state_dict has '{str(key)[:60]}', which the {meta.net} network does not have"
             )
         if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[key].shape:
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__

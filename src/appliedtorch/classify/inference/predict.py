@@ -71,7 +71,7 @@ def load_model_file(path: str | Path) -> tuple[Any, ModelFile]:
     _check_pixels(saved, str(path), "model file")
     meta = check_model_file(saved, str(path))
     args = meta.model_args.model_dump(exclude_unset=True)
-    net = build_network(meta.arch, args, meta.members)  # an Ensemble when members > 1
+    net = build_network(meta.net, args, meta.members)  # an Ensemble when members > 1
     model = PixelClassifier(net, meta.mean, meta.std)
     model.load_state_dict(saved["state_dict"])  # shapes checked: cannot fail on them
     return model.eval(), meta

@@ -25,7 +25,7 @@ FLOAT = 4  # bytes: training runs in float32 (bf16 autocast keeps float32 weight
 DATASET = {"mlp": "mnist", "cnn": "cifar10"}  # the stage's dataset unless its section names one
 
 
-def meta_net(section: str, cfg: Any, shape: tuple[int, int, int], classes: int) -> nn.Module:
+def meta_net(section: str, config: Any, shape: tuple[int, int, int], classes: int) -> nn.Module:
     """The section's network on the meta device, with the arguments training builds it with."""
     from appliedtorch.classify.nets.models import CNN, MLP, ResNet
 
@@ -34,15 +34,15 @@ def meta_net(section: str, cfg: Any, shape: tuple[int, int, int], classes: int) 
         if section == "mlp":
             return MLP(
                 c * h * w,
-                cfg.hidden_size,
+                config.hidden_size,
                 classes,
-                cfg.hidden_layers,
-                residual=cfg.arch == "residual",
-                batch_norm=cfg.batch_norm,
+                config.hidden_layers,
+                residual=config.arch == "residual",
+                batch_norm=config.batch_norm,
             )
-        if cfg.arch == "resnet":
-            return ResNet(c, classes, width=cfg.width, batch_norm=cfg.batch_norm)
-        return CNN(c, classes, image_size=h, width=cfg.width, batch_norm=cfg.batch_norm)
+        if config.arch == "resnet":
+            return ResNet(c, classes, width=config.width, batch_norm=config.batch_norm)
+        return CNN(c, classes, image_size=h, width=config.width, batch_norm=config.batch_norm)
 
 
 def activations(net: nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -63,20 +63,20 @@ def activations(net: nn.Module, shape: tuple[int, int, int]) -> tuple[int, int]:
     return sum(sizes), max(sizes, default=0)
 
 
-def estimate(section: str, cfg: Any) -> Need:
+def estimate(section: str, config: Any) -> Need:
     """The training run's memory need, in named parts."""
     from appliedtorch.data.datasets import dataset
 
-    data = dataset(getattr(cfg, "dataset", DATASET[section]))
-    net = meta_net(section, cfg, data.shape, len(data.classes))
+    data = dataset(getattr(config, "dataset", DATASET[section]))
+    net = meta_net(section, config, data.shape, len(data.classes))
     weights = sum(p.numel() for p in net.parameters())
-    states = {"adam": 2, "adamw": 2, "sgd": 1 if cfg.momentum > 0 else 0}[cfg.optimizer]
+    states = {"adam": 2, "adamw": 2, "sgd": 1 if config.momentum > 0 else 0}[config.optimizer]
     per_image, largest = activations(net, data.shape)
-    n_train, n_test = (min(n, cfg.train_limit or n) for n in data.sizes)  # train_limit cuts both
-    batch, eval_batch = min(cfg.batch_size, n_train), min(cfg.eval_batch_size, n_test)
-    name = "Adam" if cfg.optimizer.startswith("adam") else "SGD"
+    n_train, n_test = (min(n, config.train_limit or n) for n in data.sizes)  # train_limit cuts both
+    batch, eval_batch = min(config.batch_size, n_train), min(config.eval_batch_size, n_test)
+    name = "Adam" if config.optimizer.startswith("adam") else "SGD"
     return Need(
-        what=_what(section, cfg, weights),
+        what=_what(section, config, weights),
         parts={
             f"weights, gradients and {name} state": (2 + states) * weights * FLOAT,
             f"activations of a batch of {batch}": 3 * per_image * batch * FLOAT,
@@ -87,12 +87,12 @@ def estimate(section: str, cfg: Any) -> Need:
     )
 
 
-def _what(section: str, cfg: Any, weights: int) -> str:
+def _what(section: str, config: Any, weights: int) -> str:
     if section == "mlp":
-        net = f"mlp.hidden_size {cfg.hidden_size} with mlp.hidden_layers {cfg.hidden_layers}"
+        net = f"mlp.hidden_size {config.hidden_size} with mlp.hidden_layers {config.hidden_layers}"
     else:
-        net = f"cnn.width {cfg.width} with cnn.arch {cfg.arch}"
-    return f"{net} ({weights / 1e6:,.0f} M weights), {section}.batch_size {cfg.batch_size}"
+        net = f"cnn.width {config.width} with cnn.arch {config.arch}"
+    return f"{net} ({weights / 1e6:,.0f} M weights), {section}.batch_size {config.batch_size}"
 
 
 def check_budget(params: Any, section: str) -> torch.device:
@@ -100,8 +100,8 @@ def check_budget(params: Any, section: str) -> torch.device:
     torch.compile without its compiler, or more memory than the device has free. Returns the
     device."""
     device = check_device(params.device)
-    cfg = getattr(params, section)
-    if cfg.compile:
+    config = getattr(params, section)
+    if config.compile:
         check_compile(f"{section}.compile", device)
-    check_memory(estimate(section, cfg), device)
+    check_memory(estimate(section, config), device)
     return device

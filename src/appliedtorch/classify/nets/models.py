@@ -263,29 +263,28 @@ class Ensemble(nn.Module):
 
 
 # The names saved in model files: `mlp` and `cnn` are the tutorial's nets (and their variants).
-ARCHITECTURES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
 
 
-def build_model(arch: str, **kwargs: Any) -> nn.Module:
-    """Build `arch` ('mlp', 'cnn' or 'resnet') from its constructor arguments (the saved `model_args`)."""
-    if arch not in ARCHITECTURES:
-        raise AppliedTorchError(
-            f"unknown model architecture '{arch}' (known: {', '.join(ARCHITECTURES)})"
-        )
-    return ARCHITECTURES[arch](**kwargs)
+def build_model(net_name: str, **kwargs: Any) -> nn.Module:
+    """Build net `net_name` ('mlp', 'cnn' or 'resnet') from its constructor arguments (the saved
+    `model_args`)."""
+    if net_name not in NETS:
+        raise AppliedTorchError(f"unknown net '{net_name}' (known: {', '.join(NETS)})")
+    return NETS[net_name](**kwargs)
 
 
-def build_network(arch: str, model_args: dict[str, Any], members: int = 1) -> nn.Module:
-    """The network a model file describes: one `arch` net, or an `Ensemble` of `members` of them."""
+def build_network(net_name: str, model_args: dict[str, Any], members: int = 1) -> nn.Module:
+    """The network a model file describes: one `net_name` net, or an `Ensemble` of `members`."""
     if members == 1:
-        return build_model(arch, **model_args)
-    return Ensemble([build_model(arch, **model_args) for _ in range(members)])
+        return build_model(net_name, **model_args)
+    return Ensemble([build_model(net_name, **model_args) for _ in range(members)])
 
 
 def save_model(
     path: str | os.PathLike,
     model: PixelClassifier,
-    arch: str,
+    net_name: str,
     model_args: dict[str, Any],
     **meta: Any,
 ) -> None:
@@ -293,7 +292,7 @@ def save_model(
     everything needed to rebuild and use it (atomically)."""
     # contiguous(): a channels_last model would otherwise save NHWC strides that surprise loaders.
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_torch({"arch": arch, "model_args": model_args, "state_dict": state, **meta}, path)
+    save_torch({"net": net_name, "model_args": model_args, "state_dict": state, **meta}, path)
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -307,8 +306,8 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
         raise AppliedTorchError(f"{path}: a directory, not a model file") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling problem means the file is unusable
         raise AppliedTorchError(f"{path}: not a readable model file ({first_line(exc)})") from None
-    if not isinstance(saved, dict) or not {"arch", "model_args", "state_dict"} <= saved.keys():
-        raise AppliedTorchError(f"{path}: not an appliedtorch model file (arch/model_args missing)")
+    if not isinstance(saved, dict) or not {"net", "model_args", "state_dict"} <= saved.keys():
+        raise AppliedTorchError(f"{path}: not an appliedtorch model file (net/model_args missing)")
     return saved
 
 
@@ -322,7 +321,7 @@ def load_model(path: str | os.PathLike) -> tuple[PixelClassifier, dict[str, Any]
             f"{path}: an older model file (its network takes normalised floats, not pixels); "
             "run the training stage again"
         )
-    net = build_network(saved["arch"], saved["model_args"], saved.get("members", 1))
+    net = build_network(saved["net"], saved["model_args"], saved.get("members", 1))
     model = PixelClassifier(net, saved["mean"], saved["std"])
     model.load_state_dict(saved["state_dict"])
     return model.eval(), saved

@@ -1,6 +1,6 @@
 """`mlp.seeds` / `cnn.seeds`: several members in one run, their statistics, and their ensemble.
 
-    python stages/train.py --section mlp ...   # with mlp.seeds: 5 in params.yaml
+    python stages/train.py --config mlp ...   # with mlp.seeds: 5 in params.yaml
     result = train_seeds(data, params.mlp, seed=42)   # params.mlp.seeds members
     result.evaluation.accuracy                        # the ensemble's (mean probabilities)
     [m.evaluation.accuracy for m in result.members]   # each member's
@@ -58,14 +58,14 @@ def member_seed(seed: int, member: int) -> int:
     return seed + member
 
 
-def check_launch(section: ClassifierParams) -> None:
+def check_launch(config: ClassifierParams) -> None:
     """Refuse several members under torchrun (one line, before any work): each member would
     need the whole process group, and the ensemble's outputs are written by one process."""
     processes = os.environ.get("WORLD_SIZE", "1")
-    if section.seeds > 1 and processes.isdigit() and int(processes) > 1:
-        s = section.section
+    if config.seeds > 1 and processes.isdigit() and int(processes) > 1:
+        s = config.section
         raise AppliedTorchError(
-            f"{s}.seeds: {section.seeds} members under torchrun ({processes} processes) is not "
+            f"{s}.seeds: {config.seeds} members under torchrun ({processes} processes) is not "
             f"supported; run the stage without torchrun, or set {s}.seeds: 1"
         )
 
@@ -120,12 +120,12 @@ def member_resume_path(model_path: str | os.PathLike, member: int) -> Path:
 
 
 def open_resume(
-    model_path: str | os.PathLike, fingerprint: str, world: World, section: ClassifierParams
+    model_path: str | os.PathLike, fingerprint: str, world: World, config: ClassifierParams
 ) -> ResumeState | MemberStates:
     """The run's resume state: `ResumeState` for one net, `MemberStates` for several."""
-    if section.seeds == 1:
-        return ResumeState.open(resume_path(model_path), fingerprint, world, section.epochs)
-    return MemberStates.open(model_path, fingerprint, world, section.epochs, section.seeds)
+    if config.seeds == 1:
+        return ResumeState.open(resume_path(model_path), fingerprint, world, config.epochs)
+    return MemberStates.open(model_path, fingerprint, world, config.epochs, config.seeds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class MemberEpoch(EpochStats):
 
 def train_seeds(
     data: ImageData,
-    section: ClassifierParams,
+    config: ClassifierParams,
     *,
     seed: int = 0,
     device: str = "cpu",
@@ -154,20 +154,20 @@ def train_seeds(
 ) -> TrainResult:
     """`train_classifier` for `seeds: 1`; else every member, one after another, and their
     ensemble (`TrainResult.members` holds each member's result)."""
-    if section.seeds == 1:
+    if config.seeds == 1:
         assert not isinstance(resume, MemberStates)  # open_resume gives one net one state
         return train_classifier(
-            data, section, seed=seed, device=device, callback=callback, resume=resume, world=world
+            data, config, seed=seed, device=device, callback=callback, resume=resume, world=world
         )
-    check_launch(section)
+    check_launch(config)
     if world.distributed:
-        raise AppliedTorchError(f"{section.section}.seeds > 1 cannot train under torchrun")
+        raise AppliedTorchError(f"{config.section}.seeds > 1 cannot train under torchrun")
     members: list[TrainResult] = []
-    for k in range(section.seeds):
-        log.info("member %d of %d (seed %d)", k + 1, section.seeds, member_seed(seed, k))
-        each = section
+    for k in range(config.seeds):
+        log.info("member %d of %d (seed %d)", k + 1, config.seeds, member_seed(seed, k))
+        each = config
         if members:  # `auto` was timed once, for member 0: the others take its choice
-            each = section.model_copy(
+            each = config.model_copy(
                 update={"bf16": members[0].bf16, "threads": members[0].threads}
             )
 
@@ -187,11 +187,11 @@ def train_seeds(
                 world=world,
             )
         )
-    return ensemble_result(members, data, section)
+    return ensemble_result(members, data, config)
 
 
 def ensemble_result(
-    members: Sequence[TrainResult], data: ImageData, section: ClassifierParams
+    members: Sequence[TrainResult], data: ImageData, config: ClassifierParams
 ) -> TrainResult:
     """The members' `Ensemble` as one result: its own test evaluation, the members' mean
     history (their summed times: what the run cost) and the members themselves."""
@@ -200,7 +200,7 @@ def ensemble_result(
     return dataclasses.replace(
         first,
         model=model,
-        section=section,
+        config=config,
         history=mean_history(members),
         evaluation=evaluate_ensemble(model, data, first),
         members=list(members),
@@ -210,12 +210,12 @@ def ensemble_result(
 def evaluate_ensemble(model: Ensemble, data: ImageData, first: TrainResult) -> Evaluation:
     """The ensemble on the test images the members were evaluated on, as they were (device,
     normalisation, memory format, bf16 and threads)."""
-    section = first.section
+    config = first.config
     device = next(model.parameters()).device
-    normalize = Normalizer(first.mean, first.std, device, section.channels_last)
-    limit = section.train_limit
+    normalize = Normalizer(first.mean, first.std, device, config.channels_last)
+    limit = config.train_limit
     images, labels = data.test_images[:limit], data.test_labels[:limit]
-    test = Batches(images, labels, section.eval_batch_size, normalize)
+    test = Batches(images, labels, config.eval_batch_size, normalize)
     with thread_count(first.threads), flush_denormals(device):
         return evaluate(model, test, first.bf16)
 

@@ -1,7 +1,7 @@
 """The classifier training loop: `train_one_epoch` and `evaluate`, composed by `train_classifier`.
 
-    >>> section = MLPParams(epochs=5, batch_size=64, lr=1e-3)
-    >>> result = train_classifier(load_dataset("mnist", "data/raw/mnist"), section, seed=42)
+    >>> config = MLPParams(epochs=5, batch_size=64, lr=1e-3)
+    >>> result = train_classifier(load_dataset("mnist", "data/raw/mnist"), config, seed=42)
     >>> result.evaluation.accuracy
     0.97...
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from appliedtorch.classify.nets.models import ARCHITECTURES, build_model
+from appliedtorch.classify.nets.models import NETS, build_model
 from appliedtorch.classify.runs.distributed import SINGLE, World
 from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.training.optim import make_optimizer, make_scheduler
@@ -60,8 +60,8 @@ class StepLosses:
     processes all of them stop together (one alone would leave the others waiting).
     """
 
-    def __init__(self, batches: Batches, epoch: int, lr: float, arch: str, bar: Any = None):
-        self.batches, self.epoch, self.lr, self.arch, self.bar = batches, epoch, lr, arch, bar
+    def __init__(self, batches: Batches, epoch: int, lr: float, section: str, bar: Any = None):
+        self.batches, self.epoch, self.lr, self.section, self.bar = batches, epoch, lr, section, bar
         self.values = torch.zeros(len(batches), device=batches.device)
         self.count = self.checked = 0
 
@@ -79,7 +79,7 @@ class StepLosses:
         """Stop on a NaN/inf among the losses appended since the last check."""
         bad = ~torch.isfinite(self.values[self.checked : self.count])
         here = bool(bad.any())
-        advice = f"(lr {self.lr:g}); lower {self.arch}.lr in params.yaml"
+        advice = f"(lr {self.lr:g}); lower {self.section}.lr in params.yaml"
         if self.batches.world.any(here) and not here:
             raise DivergenceError(
                 f"training diverged in another process at epoch {self.epoch} {advice}"
@@ -154,7 +154,7 @@ def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> Evaluati
 
 def train_classifier(
     data: ImageData,
-    section: ClassifierParams,
+    config: ClassifierParams,
     *,
     seed: int = 0,
     device: str = "cpu",
@@ -172,35 +172,35 @@ def train_classifier(
     if resume is not None and resume.world != world:
         raise ValueError("the resume state belongs to another process group than `world`")
     dev = resolve_device(device)
-    batch_size = _local_batch_size(section, world)  # a bad split fails before any work
+    batch_size = _local_batch_size(config, world)  # a bad split fails before any work
     keep_freed_memory(dev)  # for the probe's steps too
     mean, std = _normalization(data)
-    normalize = Normalizer(mean, std, dev, section.channels_last)
-    model_args = model_args_for(section, data)
-    model, net, optimizer, shuffle, augment = _build(section, model_args, dev, seed, world)
-    train, test = _batches(data, section, batch_size, normalize, shuffle, augment, world)
-    scheduler = make_scheduler(optimizer, section, len(train))
+    normalize = Normalizer(mean, std, dev, config.channels_last)
+    model_args = model_args_for(config, data)
+    model, net, optimizer, shuffle, augment = _build(config, model_args, dev, seed, world)
+    train, test = _batches(data, config, batch_size, normalize, shuffle, augment, world)
+    scheduler = make_scheduler(optimizer, config, len(train))
     # bf16 and threads: explicit, or `auto` timed on a copy of the model (the run is unchanged);
     # a resumed run keeps the choice it started with, so it ends as an uninterrupted one would
     kept = resume.tuning if resume is not None else None
     tuning = (Tuning.from_record(kept) if kept else None) or tune(
         model,
-        lambda m: make_optimizer(m, section, dev),
+        lambda m: make_optimizer(m, config, dev),
         first_batch(train),
         dev,
-        bf16=section.bf16,
-        threads=section.threads,
-        label_smoothing=section.label_smoothing,
+        bf16=config.bf16,
+        threads=config.threads,
+        label_smoothing=config.label_smoothing,
         world=world,
-        run_steps=section.epochs * len(train),
+        run_steps=config.epochs * len(train),
     )
     bf16 = tuning.bf16
     streams = {"shuffle": shuffle, "augment": augment}  # one generator in one process
     done = resume.restore(model, optimizer, scheduler, streams) if resume else 0
     history = [EpochStats(**h) for h in resume.history] if resume else []
-    run = _Epochs(section, net, model, optimizer, scheduler, train, test, bf16, world)
+    run = _Epochs(config, net, model, optimizer, scheduler, train, test, bf16, world)
     with thread_count(tuning.threads), flush_denormals(dev):
-        for epoch in range(done + 1, section.epochs + 1):
+        for epoch in range(done + 1, config.epochs + 1):
             stats = run.epoch(epoch)
             history.append(stats)
             if callback is not None:
@@ -215,7 +215,7 @@ def train_classifier(
     model.eval()
     return TrainResult(
         model=model,
-        section=section,
+        config=config,
         bf16=bf16,
         history=history,
         evaluation=evaluation,
@@ -233,7 +233,7 @@ class _Epochs:
 
     def __init__(
         self,
-        section: ClassifierParams,
+        config: ClassifierParams,
         net: nn.Module,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
@@ -243,7 +243,7 @@ class _Epochs:
         bf16: bool,
         world: World,
     ):
-        self.section, self.net, self.model, self.world = section, net, model, world
+        self.config, self.net, self.model, self.world = config, net, model, world
         self.optimizer, self.scheduler, self.train, self.test = optimizer, scheduler, train, test
         self.bf16 = bf16
         self.evaluation: Evaluation | None = None
@@ -255,7 +255,7 @@ class _Epochs:
         return self.evaluation
 
     def epoch(self, epoch: int) -> EpochStats:
-        s = self.section
+        s = self.config
         lr = self.optimizer.param_groups[0]["lr"]
         progress = Progress(self.train, epoch, s.epochs, show=self.world.is_main)
         with _Stopwatch(self.train.device) as clock:
@@ -292,34 +292,34 @@ def _evaluated(net: nn.Module, model: nn.Module, world: World) -> nn.Module:
     return model
 
 
-def model_name(section: ClassifierParams) -> str:
-    """The network's name in `models.ARCHITECTURES` (and in the model file)."""
-    return "resnet" if section.section == "cnn" and section.arch == "resnet" else section.section
+def net_name(config: ClassifierParams) -> str:
+    """The net the config trains: its name in `models.NETS` and the model file's `net`."""
+    return "resnet" if config.section == "cnn" and config.arch == "resnet" else config.section
 
 
-def model_args_for(section: ClassifierParams, data: ImageData) -> dict[str, Any]:
-    """Constructor arguments of the network for this section and dataset.
+def model_args_for(config: ClassifierParams, data: ImageData) -> dict[str, Any]:
+    """Constructor arguments of the network this section's config describes, for this dataset.
 
     An argument equal to the constructor's own default is left out unless the net always
     records it (`always_saved`): a model file trained with the tutorial's settings holds the
     arguments it always held, and the same bytes.
     """
     _, c, h, w = data.train_images.shape
-    name = model_name(section)
-    shared = {"num_classes": len(data.classes), "dropout": section.dropout}
+    name = net_name(config)
+    shared = {"num_classes": len(data.classes), "dropout": config.dropout}
     if name == "mlp":
         args = {
             "in_features": c * h * w,
-            "hidden_size": section.hidden_size,
-            "hidden_layers": section.hidden_layers,
-            "residual": section.arch == "residual",
+            "hidden_size": config.hidden_size,
+            "hidden_layers": config.hidden_layers,
+            "residual": config.arch == "residual",
             **shared,
         }
     else:
-        args = {"in_channels": c, "width": section.width, "flip_tta": section.flip_tta, **shared}
+        args = {"in_channels": c, "width": config.width, "flip_tta": config.flip_tta, **shared}
         args |= {"image_size": h} if name == "cnn" else {}
-    args["batch_norm"] = section.batch_norm
-    cls = ARCHITECTURES[name]
+    args["batch_norm"] = config.batch_norm
+    cls = NETS[name]
     defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
     ordered = [k for k in defaults if k in args]  # the constructor's order: same file bytes
     return {k: args[k] for k in ordered if k in cls.always_saved or args[k] != defaults[k]}
@@ -336,7 +336,7 @@ def _normalization(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...
 
 
 def _build(
-    section: ClassifierParams,
+    config: ClassifierParams,
     model_args: dict[str, Any],
     device: torch.device,
     seed: int,
@@ -347,7 +347,7 @@ def _build(
     shuffle = torch.Generator(device=device).manual_seed(seed)  # permutation, augmentation
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = build_model(model_name(section), **model_args).to(device)
+    model = build_model(net_name(config), **model_args).to(device)
     augment = shuffle
     if world.distributed:
         # After the shared weight init, each process draws its own dropout masks, crops and flips
@@ -355,11 +355,11 @@ def _build(
         # stream stays shared, so the shards of an epoch never overlap.
         torch.manual_seed(seed + world.rank)
         augment = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 1 + world.rank)
-    if section.channels_last:
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = world.wrap(model, device)  # DistributedDataParallel with several processes
-    net = torch.compile(net) if section.compile else net
-    optimizer = make_optimizer(model, section, device)
+    net = torch.compile(net) if config.compile else net
+    optimizer = make_optimizer(model, config, device)
     return model, net, optimizer, shuffle, augment
 
 

@@ -82,7 +82,7 @@ class TrainResult:
     """A trained model with its history and final evaluation."""
 
     model: nn.Module  # trained, in eval mode, on the training device (never the compiled wrapper)
-    section: ClassifierParams  # how it was trained
+    config: ClassifierParams  # how it was trained
     bf16: bool  # whether it trained in bfloat16 (`bf16: auto` resolved)
     history: list[EpochStats]
     evaluation: Evaluation
@@ -98,7 +98,7 @@ class TrainResult:
     @property
     def threads(self) -> int | None:
         """The CPU threads it trained on (`threads: auto` resolved; None: torch's default)."""
-        return self.tuning.threads if self.tuning else self.section.threads  # type: ignore[return-value]
+        return self.tuning.threads if self.tuning else self.config.threads  # type: ignore[return-value]
 
     @property
     def train_seconds(self) -> float:
