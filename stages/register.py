@@ -1,7 +1,8 @@
 """DVC stage `register`: the trained classifiers become versions in MLflow's model registry.
 
     python stages/register.py --params params.yaml \
-        --classifier mlp reports/mlp/metrics.json --classifier cnn reports/cnn/metrics.json
+        --classifier mlp reports/mlp/metrics.json models/mlp.pt \
+        --classifier cnn reports/cnn/metrics.json models/cnn.pt
 
 Runs after the training stages' outputs have landed, and trains nothing: each classifier's
 training run (the one that logged exactly this metrics.json, with the workspace's params) has its
@@ -23,6 +24,7 @@ import logging
 import math
 from pathlib import Path
 
+from appliedtorch.classify.nets.models import check_finite, read_model_file
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.params import run_params
@@ -51,11 +53,11 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument(
         "--classifier",
-        nargs=2,
+        nargs=3,
         action="append",
         default=[],
-        metavar=("SECTION", "METRICS"),
-        help="a classifier's params section (mlp|cnn) and the metrics.json its stage wrote",
+        metavar=("SECTION", "METRICS", "MODEL"),
+        help="a classifier's params section (mlp|cnn), the metrics.json and model file its stage wrote",
     )
     args = parser.parse_args()
 
@@ -63,13 +65,17 @@ def main() -> None:
     if not p.tracking.register_models:
         log.info("tracking.register_models is false: no model registered")
         return
-    for section, metrics in args.classifier:
+    checked = []  # every file read before anything registers
+    for section, metrics, model in args.classifier:
         if section not in SECTIONS:
             raise AppliedTorchError(f"--classifier: unknown section '{section}' (mlp or cnn)")
         accuracy = read_test_accuracy(Path(metrics))
+        check_finite(read_model_file(model)["state_dict"], model)
+        checked.append((section, Path(metrics), accuracy))
+    for section, metrics, accuracy in checked:
         name = getattr(p, section).experiment  # the training stage's experiment and model name
         md5 = params_md5(run_params(p, section))
-        done = register_trained(name, md5, Path(metrics), accuracy, p.tracking.uri)
+        done = register_trained(name, md5, metrics, accuracy, p.tracking.uri)
         log.info(
             "%s: run %s is version %s%s",
             name,

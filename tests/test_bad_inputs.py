@@ -52,7 +52,7 @@ ARGS = {  # as in dvc.yaml, relative to the workspace
     "train_cnn": ["--section", "cnn", "--data", "data/raw/cifar10", "--model", "models/cnn.pt",
                   "--reports", "reports/cnn"],
     "report": ["--reports", "reports", "--out", "reports/index.html"],
-    "register": ["--classifier", "mlp", "reports/mlp/metrics.json"],
+    "register": ["--classifier", "mlp", "reports/mlp/metrics.json", "models/mlp.pt"],
     # commands, not stages: no --params of their own (recipes names it after its subcommand)
     "predict": ["--model", "evil.pt", "digit.png"],
     "recipes": ["compare", "recipe.yaml", "--params", "params.yaml", "--name", "sweep"],
@@ -207,6 +207,17 @@ def bomb_mirror(ws: Path) -> None:
     )
     sums = "".join(f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n" for p in paths)
     (mirror / "MD5SUMS").write_text(sums)
+
+
+def nan_model(rel: str) -> Callable[[Path], None]:
+    """A tiny model file at `rel` whose last weight is NaN."""
+
+    def go(ws: Path) -> None:
+        saved = tiny_model_file(ws / rel, "mlp")
+        list(saved["state_dict"].values())[-1].fill_(float("nan"))
+        torch.save(saved, ws / rel)
+
+    return go
 
 
 def hostile_model(change: Callable[[dict], object]) -> Callable[[Path], None]:
@@ -490,7 +501,18 @@ CASES = {
     # the register stage: no run logged this metrics.json (and no progress bar before the line)
     "register-no-such-run": Case("register", r"no finished MLflow run in experiment 'mnist-mlp' at "
                                  r"\S+ logged reports/mlp/metrics\.json \(trained elsewhere",
-                                 setup=write("reports/mlp/metrics.json", '{"test_accuracy": 0.5}\n')),
+                                 setup=both(write("reports/mlp/metrics.json", '{"test_accuracy": 0.5}\n'),
+                                            lambda ws: tiny_model_file(ws / "models/mlp.pt"))),
+    # a diverged run's weights: refused where they are read, in one line naming the weight
+    "predict-nan-weights": Case("predict", r"evil\.pt: weight '\S+' holds NaN or inf",
+                                setup=hostile_model(lambda d: d["state_dict"][next(iter(d["state_dict"]))]
+                                                    .fill_(float("nan")))),
+    "predict-inf-weights": Case("predict", r"evil\.pt: weight '\S+' holds NaN or inf",
+                                setup=hostile_model(lambda d: d["state_dict"][next(iter(d["state_dict"]))]
+                                                    .fill_(float("inf")))),
+    "register-nan-weights": Case("register", r"models/mlp\.pt: weight '\S+' holds NaN or inf",
+                                 setup=both(write("reports/mlp/metrics.json", '{"test_accuracy": 0.5}\n'),
+                                            nan_model("models/mlp.pt"))),
     # the report: an output path that cannot be written, before the page is built
     "report-out-under-a-file": Case("report", r"cannot write a-file: a-file is a file, not a directory; ",
                                     setup=write("a-file", "in the way\n"),

@@ -99,7 +99,7 @@ def run_mlp(root: Path, uri: str, data_dir: Path, **mlp) -> subprocess.Completed
     # Registration is its own stage (dvc.yaml's `register`), after the outputs have landed.
     metrics = root / "reports" / "mlp" / "metrics.json"
     registered = run_script("stages/register.py", "--params", path,
-                            "--classifier", "mlp", metrics, cwd=root, env=env)  # fmt: skip
+                            "--classifier", "mlp", metrics, root / "models" / "mlp.pt", cwd=root, env=env)  # fmt: skip
     assert registered.returncode == 0, registered.stderr[-3000:]
     return proc
 

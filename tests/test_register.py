@@ -22,10 +22,11 @@ from appliedtorch.core.params import run_params
 from appliedtorch.params import load_params
 from appliedtorch.tracking.run import stage_run
 from helpers import REPO, merge
+from helpers.models import tiny_model_file
 from helpers.stage_runs import one_error_line
 
 NAME = "mnist-mlp"  # params.yaml's mlp.dataset is mnist: mlp.experiment
-ARGS = ["--classifier", "mlp", "reports/mlp/metrics.json"]
+ARGS = ["--classifier", "mlp", "reports/mlp/metrics.json", "models/mlp.pt"]
 EXAMPLE = np.zeros((4, 1, 28, 28), dtype=np.uint8)
 
 
@@ -46,6 +47,7 @@ def ws(tmp_path: Path, tracking_uri: str, monkeypatch) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp_path / "reports" / "mlp").mkdir(parents=True)
+    tiny_model_file(tmp_path / "models" / "mlp.pt")  # the file beside the run: finite weights
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

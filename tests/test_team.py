@@ -48,7 +48,12 @@ TINY = {
     "mlp": {"epochs": 1, "train_limit": 600, "batch_size": 64},
 }
 SYNTHETIC_SIZES = {"mnist_train": 600, "mnist_test": 200, "cifar10_train": 100, "cifar10_test": 20}
-STAGES = ("download", "train_mlp")  # the MNIST half of dvc.yaml: enough to share data and a model
+STAGES = (
+    "datasets",
+    "download",
+    "data",
+    "train_mlp",
+)  # the MNIST half of dvc.yaml: enough to share data and a model
 
 # Skips only where a server binary or client library cannot be had; .ci/run installs them all.
 MISSING = missing_servers()
@@ -103,10 +108,14 @@ def make_clone_a(ws: Path, tracking_url: str) -> None:
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stages = {name: pipeline["stages"][name] for name in STAGES}
     stages["download"]["foreach"] = ["mnist"]
+    stages["data"]["foreach"] = ["mlp"]
+    stages["data"]["do"]["deps"] = [d for d in stages["data"]["do"]["deps"] if "raw/" not in d]
+    stages["data"]["do"]["deps"].insert(0, "data/raw/mnist")
     # Registration is its own stage (after the outputs land); here for the MLP alone.
     register = pipeline["stages"]["register"]
     register["cmd"] = (
-        "python stages/register.py --params params.yaml --classifier mlp reports/mlp/metrics.json"
+        "python stages/register.py --params params.yaml "
+        "--classifier mlp reports/mlp/metrics.json models/mlp.pt"
     )
     register["deps"] = [d for d in register["deps"] if "cnn" not in d]
     register["params"] = [p for p in register["params"] if p != "cnn"]

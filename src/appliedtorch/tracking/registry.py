@@ -1,7 +1,7 @@
 """The model registry: a trained classifier registered from its run, `champion` moved by a rule,
 and logged models loaded back with no pickle deserialisation.
 
-    python stages/register.py --params params.yaml --classifier mlp mnist-mlp reports/mlp/metrics.json
+    python stages/register.py --params params.yaml --classifier mlp reports/mlp/metrics.json models/mlp.pt
     >>> model, metadata = load_logged_model("models:/mnist-mlp@champion")
 
 Registration is its own step, after the training stage's outputs have landed: the run is found

@@ -189,7 +189,7 @@ def check_model_file(saved: Any, name: str) -> ModelFile:
 def check_state_dict(state: Any, meta: ModelFile, name: str) -> None:
     """The saved weights must be exactly the tensors of the described network (built on the
     `meta` device: shapes without memory), so building it allocates no more than the file holds."""
-    from appliedtorch.classify.nets.models import PixelClassifier, build_network
+    from appliedtorch.classify.nets.models import PixelClassifier, build_network, check_finite
 
     if not isinstance(state, dict) or not 0 < len(state) <= MAX_TENSORS:
         raise AppliedTorchError(
@@ -216,3 +216,4 @@ def check_state_dict(state: Any, meta: ModelFile, name: str) -> None:
     missing = sorted(expected.keys() - state.keys())
     if missing:
         raise AppliedTorchError(f"{name}: state_dict lacks '{missing[0]}' ({len(missing)} missing)")
+    check_finite(state, name)

@@ -131,7 +131,7 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[torch.Ten
     """
     import warnings
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     channels, height, width = shape
     if not regular_or_absent(path):
@@ -143,6 +143,9 @@ def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[torch.Ten
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)
             with Image.open(path) as img:
+                # Upright as every viewer shows it: the EXIF orientation a camera or editor
+                # recorded (a digit stored upside down with Orientation 3 reads as another).
+                img = ImageOps.exif_transpose(img)
                 img = _to_8bit(img)
                 note = conversion(path, img.size, _is_grey(img), shape)
                 img = img.convert("L" if channels == 1 else "RGB")
@@ -220,7 +223,12 @@ def _to_8bit(img: Any) -> Any:
 def classify(clf: Classifier, images: torch.Tensor) -> torch.Tensor:
     """Class probabilities (B, K) for uint8 images (B, C, H, W): the model normalises them."""
     with torch.inference_mode():
-        return clf.model(images).float()
+        probs = clf.model(images).float()
+    if not bool(torch.isfinite(probs).all()):  # a logged model's weights are not read here
+        raise AppliedTorchError(
+            "the model gives NaN or inf probabilities: its weights are not finite"
+        )
+    return probs
 
 
 def export_test_image(data_dir: str | Path, out: str | Path, index: int = 0) -> str:

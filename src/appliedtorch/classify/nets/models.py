@@ -295,6 +295,24 @@ def save_model(
     save_torch({"net": net_name, "model_args": model_args, "state_dict": state, **meta}, path)
 
 
+def nonfinite_tensor(state: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor in `state` holding a NaN or an infinity."""
+    for key, tensor in state.items():
+        floats = isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+        if floats and not bool(torch.isfinite(tensor).all()):
+            return str(key)
+    return None
+
+
+def check_finite(state: dict[str, Any], name: str) -> None:
+    """One line naming the first weight of `name` that is NaN or infinite (a diverged run's)."""
+    if (key := nonfinite_tensor(state)) is not None:
+        raise AppliedTorchError(
+            f"{name}: weight '{key[:60]}' holds NaN or inf (a diverged training run); "
+            "train it again with a lower learning rate"
+        )
+
+
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     """A model file's contents (tensors only: weights_only); one line when it is missing,
     unreadable or not an appliedtorch model file."""

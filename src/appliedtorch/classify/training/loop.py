@@ -162,7 +162,7 @@ def train_classifier(
     resume: ResumeState | None = None,
     world: World = SINGLE,
 ) -> TrainResult:
-    """Train the net `section` describes on `data` (in memory), evaluating after every epoch.
+    """Train the net `config` describes on `data` (in memory), evaluating after every epoch.
 
     With `resume`, the resume state is saved after every epoch, and a loaded one is resumed from
     (under torchrun on every process: each saves and restores its own random streams).
@@ -180,43 +180,26 @@ def train_classifier(
     model, net, optimizer, shuffle, augment = _build(config, model_args, dev, seed, world)
     train, test = _batches(data, config, batch_size, normalize, shuffle, augment, world)
     scheduler = make_scheduler(optimizer, config, len(train))
-    # bf16 and threads: explicit, or `auto` timed on a copy of the model (the run is unchanged);
-    # a resumed run keeps the choice it started with, so it ends as an uninterrupted one would
-    kept = resume.tuning if resume is not None else None
-    tuning = (Tuning.from_record(kept) if kept else None) or tune(
-        model,
-        lambda m: make_optimizer(m, config, dev),
-        first_batch(train),
-        dev,
-        bf16=config.bf16,
-        threads=config.threads,
-        label_smoothing=config.label_smoothing,
-        world=world,
-        run_steps=config.epochs * len(train),
-    )
-    bf16 = tuning.bf16
+    tuning = _tuning(model, config, train, dev, world, resume)
     streams = {"shuffle": shuffle, "augment": augment}  # one generator in one process
     done = resume.restore(model, optimizer, scheduler, streams) if resume else 0
     history = [EpochStats(**h) for h in resume.history] if resume else []
-    run = _Epochs(config, net, model, optimizer, scheduler, train, test, bf16, world)
+    run = _Epochs(config, net, model, optimizer, scheduler, train, test, tuning.bf16, world)
     with thread_count(tuning.threads), flush_denormals(dev):
         for epoch in range(done + 1, config.epochs + 1):
-            stats = run.epoch(epoch)
-            history.append(stats)
+            history.append(run.epoch(epoch))
             if callback is not None:
-                callback(stats)
+                callback(history[-1])
             if resume is not None:
-                history_dicts = [dataclasses.asdict(h) for h in history]
-                resume.save(
-                    epoch, model, optimizer, scheduler, streams, history_dicts, tuning.as_record()
-                )
+                dicts = [dataclasses.asdict(h) for h in history]
+                resume.save(epoch, model, optimizer, scheduler, streams, dicts, tuning.as_record())
         # resumed after the last epoch: only the final evaluation is left
         evaluation = run.evaluation or run.evaluate()
     model.eval()
     return TrainResult(
         model=model,
         config=config,
-        bf16=bf16,
+        bf16=tuning.bf16,
         history=history,
         evaluation=evaluation,
         classes=list(data.classes),
@@ -225,6 +208,30 @@ def train_classifier(
         model_args=model_args,
         train_samples=len(train.images),
         tuning=tuning,
+    )
+
+
+def _tuning(
+    model: nn.Module,
+    config: ClassifierParams,
+    train: Batches,
+    device: torch.device,
+    world: World,
+    resume: ResumeState | None,
+) -> Tuning:
+    """bf16 and threads: explicit, or `auto` timed on a copy of the model (the run is unchanged);
+    a resumed run keeps the choice it started with, so it ends as an uninterrupted one would."""
+    kept = resume.tuning if resume is not None else None
+    return (Tuning.from_record(kept) if kept else None) or tune(
+        model,
+        lambda m: make_optimizer(m, config, device),
+        first_batch(train),
+        device,
+        bf16=config.bf16,
+        threads=config.threads,
+        label_smoothing=config.label_smoothing,
+        world=world,
+        run_steps=config.epochs * len(train),
     )
 
 
