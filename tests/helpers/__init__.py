@@ -42,8 +42,10 @@ def run_script(
     timeout: float = 300,
     env: dict | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run a stage script (path relative to the repo) with this interpreter; capture output."""
+    """Run a stage script (path relative to the repo) with this interpreter; capture output.
+    A None in `env` removes that variable."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run(
         [PYTHON, str(REPO / script), *map(str, args)],
         cwd=cwd or REPO,
