@@ -503,6 +503,12 @@ CASES = {
                                  r"\S+ logged reports/mlp/metrics\.json \(trained elsewhere",
                                  setup=both(write("reports/mlp/metrics.json", '{"test_accuracy": 0.5}\n'),
                                             lambda ws: tiny_model_file(ws / "models/mlp.pt"))),
+    # torchrun's environment, checked: not a traceback from int()
+    "world-size-not-a-number": Case("train_mlp", r"WORLD_SIZE must be a whole number \(got 'two'\)$",
+                                    env={"WORLD_SIZE": "two"}),
+    "rank-missing": Case("train_mlp", r"RANK is not set, though WORLD_SIZE is", env={"WORLD_SIZE": "2", "RANK": None}),
+    "rank-out-of-range": Case("train_mlp", r"RANK must be between 0 and 1 \(got 5\)$",
+                              env={"WORLD_SIZE": "2", "RANK": "5"}),
     # a diverged run's weights: refused where they are read, in one line naming the weight
     "predict-nan-weights": Case("predict", r"evil\.pt: weight '\S+' holds NaN or inf",
                                 setup=hostile_model(lambda d: d["state_dict"][next(iter(d["state_dict"]))]

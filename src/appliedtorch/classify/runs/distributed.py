@@ -162,10 +162,10 @@ def launch(cuda: bool = False) -> World:
     Backend: nccl with `cuda` (each process on cuda:LOCAL_RANK), else gloo. The group is left at
     interpreter exit. Ranks other than 0 log warnings only. Raises LaunchError.
     """
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = _env_int("WORLD_SIZE", "1", 1)
     if size <= 1:
         return SINGLE
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = _env_int("RANK", None, 0, size - 1), _env_int("LOCAL_RANK", "0", 0)
     if cuda:
         if local_rank >= torch.cuda.device_count():
             raise LaunchError(
@@ -188,6 +188,23 @@ def launch(cuda: bool = False) -> World:
         logging.getLogger().setLevel(logging.WARNING)
     log.info("process group: %d processes (%s), this is rank %d", size, backend, rank)
     return world
+
+
+def _env_int(name: str, default: str | None, low: int, high: int = 1 << 20) -> int:
+    """An integer torchrun's environment gives (WORLD_SIZE, RANK, ...); LaunchError naming the
+    variable when it is missing, not a whole number or out of [low, high]."""
+    raw = os.environ.get(name, default)
+    if raw is None:
+        raise LaunchError(
+            f"{name} is not set, though WORLD_SIZE is (start the stage with torchrun)"
+        )
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise LaunchError(f"{name} must be a whole number (got {raw[:40]!r})") from None
+    if not low <= value <= high:
+        raise LaunchError(f"{name} must be between {low} and {high} (got {value})")
+    return value
 
 
 def _leave() -> None:
