@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from helpers import BIN
-from helpers.data import need_fashion_mnist
 from helpers.repo import copy_workspace, make_workspace, run
 from helpers.servers import free_port
 
@@ -65,17 +64,23 @@ def downstream(ws: Path, env: dict, stages: set[str]) -> set[str]:
         out |= more
 
 
-DOWNLOADS = {"download@mnist", "download@cifar10"}
+DOWNLOADS = {"download@mnist", "download@fashion-mnist", "download@cifar10"}
+PICKS = {"data@mlp", "data@cnn"}  # each section's dataset record
 TRAINING = {"train_mlp", "train_cnn"}
-ALL = DOWNLOADS | TRAINING | {"pinn", "math_demos", "report", "register"}
+ALL = {"datasets"} | DOWNLOADS | PICKS | TRAINING | {"pinn", "math_demos", "report", "register"}
 EDITS = {  # file edited (under src/appliedtorch): (stages whose deps change, stages that rerun)
     "pinn/solver.py": ({"pinn"}, {"pinn", "report"}),
+    # a schema edit reruns the stages that read its section, not every stage that checks it
+    "pinn/params.py": ({"pinn", "report"}, {"pinn", "report"}),
     "demos/checks.py": ({"math_demos"}, {"math_demos", "report"}),
     "classify/training/loop.py": (TRAINING, TRAINING | {"report", "register"}),
     "report/page.py": ({"report"}, {"report"}),
-    "data/fetch.py": (DOWNLOADS, ALL - {"pinn", "math_demos"}),
-    "data/loading.py": (DOWNLOADS | TRAINING, ALL - {"pinn", "math_demos"}),
-    "tracking/run.py": (ALL - DOWNLOADS, ALL - DOWNLOADS),
+    "data/fetch.py": (DOWNLOADS, ALL - {"datasets", "pinn", "math_demos"}),
+    "data/loading.py": (DOWNLOADS | TRAINING, ALL - {"datasets", "pinn", "math_demos"}),
+    "tracking/run.py": (
+        ALL - DOWNLOADS - PICKS - {"datasets"},
+        ALL - DOWNLOADS - PICKS - {"datasets"},
+    ),
     "core/utils.py": (ALL, ALL),
 }
 
@@ -183,29 +188,31 @@ def test_an_edit_to_the_mlflow_code_reruns_no_download(tmp_path):
 
 @pytest.mark.slow
 def test_a_classifier_follows_its_dataset_param_through_dvc(workspace):
-    """`-S mlp.dataset=fashion-mnist` adds its download stage and trains on it (real images from
-    the OS copy with data.source upstream); switching back is served by the run-cache."""
-    fashion = need_fashion_mnist()
+    """`-S mlp.dataset=fashion-mnist` downloads that dataset and retrains the MLP on it, and
+    nothing of the CNN's: its dataset's download and its training stay as they were (the
+    `data@cnn` stage reruns, finds its dataset unchanged, and stops there). Switching back is
+    served by the run-cache."""
     ws, env = workspace
     before = sha256_tree(ws, "models", "reports/mlp")
-    sets = ["-S", "mlp.dataset=fashion-mnist", "-S", "data.source=upstream"]
-    out = run([DVC, "exp", "run", *sets, "train_mlp"], ws, env)
+    cnn_before = sha256_tree(ws, "reports/cnn")
+    out = run([DVC, "exp", "run", "-S", "mlp.dataset=fashion-mnist"], ws, env)
     log = out.stdout + out.stderr
     assert "Running stage 'download@fashion-mnist'" in log, log
-    assert "download@mnist" not in log and "download@cifar10" not in log, log
-    source = json.loads((ws / "data/raw/fashion-mnist/source.json").read_text())
-    assert source["source"] == f"debian:{fashion}"
+    assert "Running stage 'train_mlp'" in log, log
+    for kept in ("download@cifar10", "train_cnn"):
+        assert f"Running stage '{kept}'" not in log, log
+    assert sha256_tree(ws, "reports/cnn") == cnn_before
+    assert json.loads((ws / "data/raw/mnist/source.json").read_text())["used"] is False
     per_class = json.loads((ws / "reports/mlp/per_class.json").read_text())
-    described = json.loads((ws / "reports/mlp/run.json").read_text())
-    assert described["data_source"] == source["source"]
     assert {"T-shirt/top", "Ankle boot"} <= set(per_class["recall"])
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
-    assert any(d["path"] == "data/raw/fashion-mnist" for d in lock["train_mlp"]["deps"])
+    picked = [d["path"] for d in lock["train_mlp"]["deps"] if d["path"].startswith("data/")]
+    assert picked == ["data/picked/mlp.json"], picked
+    assert json.loads((ws / "data/picked/mlp.json").read_text())["dataset"] == "fashion-mnist"
     runs = run([DVC, "exp", "show", "--json"], ws, env).stdout
     assert "fashion-mnist" in runs
 
-    back = ["-S", "mlp.dataset=mnist", "-S", "data.source=synthetic"]
-    restored = run([DVC, "exp", "run", *back, "train_mlp"], ws, env)
+    restored = run([DVC, "exp", "run", "-S", "mlp.dataset=mnist", "train_mlp"], ws, env)
     log = restored.stdout + restored.stderr
     assert "Stage 'train_mlp' is cached - skipping run, checking out outputs" in log, log
     assert sha256_tree(ws, "models", "reports/mlp") == before
