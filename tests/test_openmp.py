@@ -4,6 +4,7 @@ before torch loads."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliedtorch.machine import openmp
+from helpers import REPO
 
 
 def _decide(env: dict[str, str], others: int | None, cpus: int = 2) -> openmp.Decision:
@@ -82,10 +84,11 @@ def test_the_run_queue_is_read_from_proc_stat(tmp_path):
 
 def _fresh_process(env: dict[str, str]) -> list[str]:
     code = (
-        "import os, sys, appliedtorch\n"
+        "import os, sys\n"
         "from appliedtorch.machine import openmp\n"
+        "openmp.settle()  # as every entry point's first statement\n"
         "print('torch' in sys.modules)\n"
-        "print(openmp.DECISION.tag())\n"
+        "print(openmp.decision().tag())\n"
         "print(os.environ.get('OMP_WAIT_POLICY'))\n"
     )
     out = subprocess.run(
@@ -123,9 +126,35 @@ def test_torch_loaded_first_is_reported_as_it_was():
     code = (
         "import torch, appliedtorch\n"
         "from appliedtorch.machine import openmp\n"
-        "print(openmp.DECISION.tag())\n"
+        "openmp.settle()\n"
+        "print(openmp.decision().tag())\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in (openmp.POLICY, openmp.SPIN_COUNT)}
     env[openmp.SPIN_COUNT] = "500"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "preset (torch was imported first, with GOMP_SPINCOUNT=500)"
+
+
+def test_importing_appliedtorch_decides_nothing():
+    """A notebook's `import appliedtorch` reads no run queue and sets no variable; the
+    decision belongs to the entry point that calls `settle()`."""
+    code = (
+        "import os, appliedtorch, appliedtorch.params\n"
+        "from appliedtorch.machine import openmp\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get(openmp.MARK))\n"
+        "print(openmp.decision().policy)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (openmp.POLICY, openmp.MARK)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.splitlines() == ["None None", "unset"], out.stderr[-2000:]
+
+
+def test_every_stage_decides_before_anything_imports_torch():
+    """The first statements of each stage script: import openmp, then `openmp.settle()`."""
+    for script in sorted((REPO / "stages").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        body = [n for n in tree.body if not isinstance(n, ast.Expr) or n is not tree.body[0]]
+        body = [n for n in body if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
+        first, second = ast.unparse(body[0]), ast.unparse(body[1])
+        assert first == "from appliedtorch.machine import openmp", script.name
+        assert second == "openmp.settle()", script.name
