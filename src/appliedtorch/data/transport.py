@@ -158,7 +158,28 @@ class Watchdog:
                     kwargs["check_hostname"] = self._check_hostname
                 return self.do_open(watched(http.client.HTTPSConnection), req, **kwargs)
 
-        return urllib.request.build_opener(HTTP, HTTPS)
+        return urllib.request.build_opener(HTTP, HTTPS, HttpOnlyRedirects)
+
+
+class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to http(s), its host looked up within the same timeout: urllib
+    alone would follow ftp:// too, outside the watchdog (and end in an AttributeError)."""
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        try:
+            scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        except ValueError as exc:
+            raise FetchError(f"malformed URL ({brief(exc, 60)})", permanent=True) from None
+        if scheme not in ("http", "https"):
+            raise FetchError(
+                f"redirected to {brief(newurl, 80)}: only http:// and https:// redirects are "
+                "followed",
+                permanent=True,
+            )
+        resolve(newurl, req.timeout or 30.0)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _shutdown(sock: socket.socket) -> None:
