@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
 import re
 import subprocess
 import sys
@@ -38,6 +36,13 @@ from typing import Any
 import yaml
 
 from appliedtorch.classify.params import MAX_SEEDS
+from appliedtorch.comparison import (  # noqa: F401  (the sweep imports these from here)
+    estimate,
+    result_text,
+    results_lines,
+    shown_experiments,
+    welch_p,
+)
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError, ParamsError
 from appliedtorch.core.params import parse_yaml, read_yaml, short
@@ -239,95 +244,6 @@ def queue(commands: list[list[str]]) -> None:
             )
             raise AppliedTorchError(f"dvc did not queue {name}: {reason}{before}")
         done.append(name)
-
-
-# --------------------------------------------------------------------------------------------
-# Results: each variant's mean ± CI and Welch's test against the baseline
-
-
-def shown_experiments() -> dict[str, dict[str, Any]]:
-    """{experiment name: its params and metrics} from `dvc exp show --json` in this repository."""
-    proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        raise AppliedTorchError(
-            f"dvc exp show failed: {lines[-1][:200] if lines else proc.returncode}"
-        )
-    out = {}
-    for rev in json.loads(proc.stdout or "[]"):
-        for exp in rev.get("experiments") or []:
-            revs = exp.get("revs") or [{}]
-            if exp.get("name"):
-                out[exp["name"]] = revs[0].get("data") or {}
-    return out
-
-
-def estimate(data: dict[str, Any], section: str, metric: str = "test_accuracy") -> dict[str, Any]:
-    """An experiment's `metric`: {n, mean, sd, low, high, ensemble} from its metrics.json, where
-    `seeds` > 1 wrote the members' statistics; a single net's value alone otherwise."""
-    metrics = (data.get("metrics") or {}).get(f"reports/{section}/metrics.json", {}).get("data")
-    params = (data.get("params") or {}).get("params.yaml", {}).get("data") or {}
-    if not isinstance(metrics, dict) or metric not in metrics:
-        return {}
-    n = int((params.get(section) or {}).get("seeds", 1))
-    if f"{metric}_mean" not in metrics:
-        return {"n": 1, "mean": metrics[metric]}
-    return {
-        "n": n,
-        "mean": metrics[f"{metric}_mean"],
-        "sd": metrics[f"{metric}_sd"],
-        "low": metrics[f"{metric}_ci95_low"],
-        "high": metrics[f"{metric}_ci95_high"],
-        "ensemble": metrics[metric],
-    }
-
-
-def welch_p(a: dict[str, Any], b: dict[str, Any]) -> float | None:
-    """Welch's two-sided t-test p-value of two variants' member means (None without sds)."""
-    from scipy import stats
-
-    if "sd" not in a or "sd" not in b:
-        return None
-    result = stats.ttest_ind_from_stats(
-        a["mean"], a["sd"], a["n"], b["mean"], b["sd"], b["n"], equal_var=False
-    )
-    return float(result.pvalue)
-
-
-def results_lines(
-    name: str, table: dict[str, Any], sections: list[str], shown: dict[str, dict[str, Any]]
-) -> list[str]:
-    """The comparison as text: per section, one line per variant with its members' mean test
-    accuracy ± 95 % CI half-width, the interval, the ensemble's accuracy and Welch's p."""
-    lines = []
-    for section in sections:
-        lines.append(
-            f"reports/{section}/metrics.json test_accuracy: members' mean ± 95 % CI (Student's t), "
-            "ensemble, Welch's t-test p against baseline"
-        )
-        base = estimate(shown.get(f"{name}.baseline", {}), section)
-        for variant in table:
-            est = estimate(shown.get(f"{name}.{variant}", {}), section)
-            lines.append(f"  {variant:<14} {result_text(est, base, variant == 'baseline')}")
-    return lines
-
-
-def result_text(est: dict[str, Any], base: dict[str, Any], is_base: bool) -> str:
-    """`n=3  61.23 % ± 1.20  [60.03, 62.43] %  ensemble 62.00 %  p=0.0123` for one variant."""
-    if not est:
-        return "no result (not run yet: `dvc queue start`, then `dvc exp show`)"
-    pct = 100 * est["mean"]
-    if "sd" not in est:
-        return f"n=1  {pct:.2f} %  (no CI with seeds: 1; compare with --seeds N)"
-    half = 100 * (est["high"] - est["low"]) / 2
-    text = (
-        f"n={est['n']}  {pct:.2f} % ± {half:.2f}  [{100 * est['low']:.2f}, "
-        f"{100 * est['high']:.2f}] %  ensemble {100 * est['ensemble']:.2f} %"
-    )
-    if is_base:
-        return text
-    p = welch_p(est, base)
-    return f"{text}  p={p:.4g}" if p is not None and math.isfinite(p) else f"{text}  p=—"
 
 
 def _check_committed_data(stages: list[str]) -> None:
