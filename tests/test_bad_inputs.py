@@ -421,17 +421,18 @@ CASES = {
                                               "postgresql://alice:s3cret@127.0.0.1:{closed_port}/mlflow"}),
     # the memory and device budget: refused before any work or allocation, with the estimate
     "pinn-net-too-big": Case("pinn", r"pinn\.hidden_sizes \[65536, 65536, 65536\] \(8,590 M weights\) "
-                             r"needs ~\d+ GB for weights, gradients and Adam state; this machine has "
-                             r"[\d.]+ GB memory available; use fewer or narrower layers",
+                             r"needs ~\d+ GB for weights, gradients and Adam state; this (machine|process) "
+                             r"has [\d.]+ [GM]B (memory available|left under [^;]+); use fewer or narrower layers",
                              params={"pinn": {"hidden_sizes": [65536] * 3}}),
     "resnet-too-wide": Case("train_cnn", r"cnn\.width 1024 with cnn\.arch resnet \(500 M weights\), "
                             r"cnn\.batch_size 4096 needs ~\d+ GB for activations of a batch of 4096; "
-                            r"this machine has [\d.]+ GB memory available; use a smaller net",
+                            r"this (machine|process) has [\d.]+ [GM]B (memory available|left under [^;]+); "
+                            r"use a smaller net",
                             params={"cnn": {"arch": "resnet", "width": 1024, "batch_size": 4096,
                                             "train_limit": None}}),
     "mlp-too-deep": Case("train_mlp", r"mlp\.hidden_size 1024 with mlp\.hidden_layers 256 \(268 M "
                          r"weights\), mlp\.batch_size 65536 needs ~\d+ GB for activations of a batch of "
-                         r"60000; this machine has", params={"mlp": {"hidden_size": 1024,
+                         r"60000; this (machine|process) has", params={"mlp": {"hidden_size": 1024,
                          "hidden_layers": 256, "batch_size": 65536, "train_limit": None}}),
     "device-mps-demos": Case("math_demos", r"device 'mps' \(Apple's GPU\) was asked for but this "
                              r"machine has none; set device: auto or device: cpu in params\.yaml$",
