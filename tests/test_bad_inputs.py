@@ -419,6 +419,12 @@ CASES = {
                                          r"127\.0\.0\.1:\d+/mlflow is not reachable \(Connection refused\); ",
                                          env={"MLFLOW_TRACKING_URI":
                                               "postgresql://alice:s3cret@127.0.0.1:{closed_port}/mlflow"}),
+    "tracking-uri-unclosed-ipv6": Case("math_demos", r"tracking URI 'http://\[::1:5000' is malformed "
+                                       r"\(Invalid IPv6 URL\); set MLFLOW_TRACKING_URI to ",
+                                       env={"MLFLOW_TRACKING_URI": "http://[::1:5000"}),
+    "tracking-uri-bad-ip-with-password": Case("math_demos", r"tracking URI 'http://u:\*\*\*@\[zz\]:5000' "
+                                              r"is malformed \('zz' does not appear to be an IPv4",
+                                              env={"MLFLOW_TRACKING_URI": "http://u:s3cret@[zz]:5000"}),
     # the memory and device budget: refused before any work or allocation, with the estimate
     "pinn-net-too-big": Case("pinn", r"pinn\.hidden_sizes \[65536, 65536, 65536\] \(8,590 M weights\) "
                              r"needs ~\d+ GB for weights, gradients and Adam state; this (machine|process) "
