@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import re
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from appliedtorch import plan
 from appliedtorch.classify.params import MAX_SEEDS
 from appliedtorch.comparison import (  # noqa: F401  (the sweep imports these from here)
     estimate,
@@ -49,11 +51,14 @@ from appliedtorch.core.params import parse_yaml, read_yaml, short
 from appliedtorch.core.utils import flatten
 from appliedtorch.params import parse_params
 
+log = logging.getLogger(__name__)
+
 # What `dvc exp run` takes from one line of the README's sed one-liner: a (dotted) key, a colon,
 # one value with no spaces (no inline comment).
 _LINE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*: *[^ #]+")
 _KEY = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
 MAX_SET_CHARS = 1000  # a -S value is one number, name or short list
+MAX_EXP_NAME = 200  # bytes: with `.<variant>` still under a file name's 255
 # Keys that change together in `compare`: the single change is named by the first key. An
 # optimizer's learning rate, momentum and weight decay and its schedule are one choice; a net's
 # width is the width of that net.
@@ -136,18 +141,21 @@ def check_exp_name(name: str) -> None:
     from dulwich.refs import check_ref_format
 
     ref = f"refs/exps/00/{'0' * 38}/{name}".encode()
-    if not name or "/" in name or name.startswith("-") or not check_ref_format(ref):
+    too_long = len(name.encode()) > MAX_EXP_NAME  # git keeps a ref as a file: 255 bytes a name
+    if too_long or not name or "/" in name or name.startswith("-") or not check_ref_format(ref):
         raise ParamsError(
             f"experiment name {short(name)} is not one DVC takes: no spaces, '/', '..', '~', "
             "'^', ':', '?', '*', '[', '\\', '@{', no leading '-' or trailing '.' or '.lock' "
-            "(git check-ref-format); pass another --name"
+            f"(git check-ref-format), at most {MAX_EXP_NAME} bytes; pass another --name"
         )
 
 
 def variants(recipe: dict[str, Any], params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{variant: changes}: baseline, recipe, and each change of the recipe alone (in file order;
-    a key whose value params.yaml already has is no change)."""
+    a key whose value params.yaml already has is no change; `seeds` is none)."""
     current = flatten(params)
+    # `<section>.seeds` is how many members every variant trains (plan.py), not a change.
+    recipe = {k: v for k, v in recipe.items() if not k.endswith(".seeds")}
     changed = {k: v for k, v in recipe.items() if current.get(k) != v}
     out: dict[str, dict[str, Any]] = {"baseline": {}, "recipe": dict(recipe)}
     for key in changed:
@@ -179,20 +187,39 @@ def compare_commands(
     """The `dvc exp run --queue` command of every variant (with `seeds`, N members each); every
     name and value is checked before any is returned (nothing is queued when one would be
     refused)."""
+    return compare_plan(recipe_path, params_path, name, only, extra, check_data, seeds)[0]
+
+
+def compare_plan(
+    recipe_path: Path,
+    params_path: Path,
+    name: str,
+    only: list[str] | None,
+    extra: list[str],
+    check_data: bool = True,
+    seeds: int | None = None,
+) -> tuple[list[list[str]], list[tuple[str, int, int]]]:
+    """compare_commands' commands, and (section, members, epochs) of each variant's run."""
     check_exp_name(name)
-    parse_sets(extra)  # a bad -S is named before the recipe is read
+    given = parse_sets(extra)  # a bad -S is named before the recipe is read
     table, sections = compared(recipe_path, params_path, only)
-    if seeds is not None:
-        extra = [*extra, *(f"{s}.seeds={seeds}" for s in sections)]
+    members, said = plan.seeds_for_every_variant(
+        read_recipe(recipe_path, params_path), given, seeds, sections, recipe_path.name
+    )
+    for level, line in said:
+        log.log(level, line)
+    extra = [e for e in extra if e.partition("=")[0] not in members]
+    extra += [f"{k}={_value(v)}" for k, v in members.items()]
     overrides = parse_sets(extra)
     base = read_yaml(params_path)
     stages = [STAGES[s] for s in sections]
-    commands = []
+    commands, runs = [], []
     for variant, changes in table.items():
         # Each variant must be valid on its own, not only the whole recipe (the -S values are
         # checked as DVC will read them: YAML).
         each = {**changes, **overrides}
-        parse_params(apply(base, each), f"{params_path.name} with variant {variant}")
+        p = parse_params(apply(base, each), f"{params_path.name} with variant {variant}")
+        runs += [(s, getattr(p, s).seeds, getattr(p, s).epochs) for s in sections]
         sets = [a for k, v in changes.items() for a in ("-S", f"{k}={_value(v)}")]
         for item in extra:
             sets += ["-S", item]
@@ -206,7 +233,27 @@ def compare_commands(
     if check_data:  # after every variant is checked: a refusal above needs no repository
         params = parse_params(base, params_path.name)
         _check_committed_data([f"download@{getattr(params, s).dataset}" for s in sections])
-    return commands
+    _check_names_free([f"{name}.{v}" for v in table], quiet=not check_data)
+    return commands, runs
+
+
+def _check_names_free(names: list[str], quiet: bool) -> None:
+    """Refuse names the last commit's experiments have already: `-f` would replace them."""
+    existing, why = plan.existing_experiments()
+    if existing is None:
+        log.log(
+            logging.INFO if quiet else logging.WARNING,
+            "names not checked against existing experiments (dvc exp list: %s)",
+            why,
+        )
+        return
+    taken = [n for n in names if n in existing]
+    if taken:
+        raise ParamsError(
+            f"experiment {taken[0]} exists already on this commit ({len(taken)} of the "
+            f"{len(names)} names do): queued, it would replace it; pass another --name or "
+            f"remove them (dvc exp remove {' '.join(taken)})"
+        )
 
 
 def compared(
@@ -304,11 +351,13 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
             raise ParamsError(f"--seeds must be 1..{MAX_SEEDS} (got {args.seeds})")
-        commands = compare_commands(
+        commands, runs = compare_plan(
             args.recipe, args.params, name, only, args.extra, not args.dry_run, args.seeds
         )
         for cmd in commands:
             print(" ".join(cmd), flush=True)
+        for level, line in plan.cost_lines(runs, args.params.resolve().parent):
+            log.log(level, line)
         if not args.dry_run:
             queue(commands)
             print(
