@@ -483,6 +483,8 @@ CASES = {
     "params-fifo": Case("math_demos", r"params\.yaml: cannot read \(not a regular file: a FIFO, "
                         r"device or socket\)$", 2,
                         setup=fifo("params.yaml")),
+    "params-a-directory": Case("math_demos", r"params\.yaml: cannot read \(a directory, not a file\)$",
+                               2, setup=both(rm("params.yaml"), mkdir("params.yaml"))),
     "register-metrics-fifo": Case("register", r"reports/mlp/metrics\.json: not a readable metrics "
                                   r"file", setup=fifo("reports/mlp/metrics.json")),
     # the recipes command: every -S value and experiment name checked before anything is queued
