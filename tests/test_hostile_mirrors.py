@@ -513,3 +513,20 @@ def test_a_malformed_md5sums_line_says_what_the_format_is(ws, monkeypatch, capsy
     (ws / "mirror" / "MD5SUMS").write_text("not-a-sum  train-images-idx3-ubyte.gz\r\n")
     line = fails_fast(ws, "mnist", "mirror", monkeypatch, capsys)
     assert re.search(r"MD5SUMS line 1 is not in md5sum format \(32 hex digits", line), line
+
+
+class NotHttp(http.server.SimpleHTTPRequestHandler):
+    """A server on the mirror's port that is not an HTTP server (an SSH banner)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+
+def test_a_server_that_is_not_http_is_named_so(ws: Path, monkeypatch, capsys) -> None:
+    """Not http.client's BadStatusLine, whose text is only the line the server sent."""
+    with serve(ws / "mirror", NotHttp) as url:
+        line = fails_fast(ws, "mnist", url, monkeypatch, capsys)
+    assert "(not an HTTP answer (it starts 'SSH-2.0-OpenSSH_9.6'))" in line, line

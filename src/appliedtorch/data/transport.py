@@ -231,6 +231,9 @@ def _fetch_http(
         raise http_error(exc) from None
     except ValueError as exc:  # a redirect to a malformed URL, e.g. http://[::1/x
         raise FetchError(f"malformed URL ({brief(exc, 60)})", permanent=True) from None
+    except http.client.BadStatusLine as exc:  # its text is the line itself: say what it is
+        line = brief(str(exc.args[0] if exc.args else "").strip(), 40)
+        raise FetchError(f"not an HTTP answer (it starts {line!r})", permanent=True) from None
     except (urllib.error.URLError, OSError, HTTPException) as exc:  # also timeouts, resets
         if dog.expired:
             raise dog.error() from None
