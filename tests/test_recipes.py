@@ -173,6 +173,8 @@ def compare_here(
         (["--name", "team/x"], r"experiment name 'team/x' is not one DVC takes"),
         (["--name=-x"], r"experiment name '-x' is not one DVC takes"),
         (["--name", "x.lock"], r"experiment name 'x\.lock' is not one DVC takes"),
+        (["--name", "cmp\u202e"], r"experiment name 'cmp\\u202e' is not one DVC takes: .*printable"),
+        (["--seeds", "9" * 500], r"--seeds must be 1\.\.64 \(got 9{37}\.\.\.\)$"),
     ],
 )  # fmt: skip
 def test_compare_refusals_are_one_line_and_queue_nothing(argv, message, monkeypatch, capsys):
@@ -343,3 +345,15 @@ def test_dry_run_refuses_names_the_commit_has_already(monkeypatch, capsys):
 def test_a_name_too_long_for_a_ref_file_is_refused(monkeypatch, capsys):
     code, err, queued = compare_here(["--name", "x" * 201, "--dry-run"], monkeypatch, capsys)
     assert code == 2 and "at most 200 bytes; pass another --name" in err
+
+
+@pytest.mark.parametrize("key", ["tracking.uri: http://evil.example:80", "data.source: /etc",
+                                 "device: cuda"])  # fmt: skip
+def test_a_recipe_changes_training_settings_only(key, tmp_path):
+    """A recipe comes from someone else: it must not send the runs to another server or read
+    data from elsewhere."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"cnn.lr: 0.01\n{key}\n")
+    with pytest.raises(ParamsError, match=rf"{key.split(':')[0]} is not a training setting: a "
+                       r"recipe changes seed, mlp\.\*, cnn\.\* only"):  # fmt: skip
+        read_recipe(recipe, REPO / "params.yaml")

@@ -99,6 +99,13 @@ def read_recipe(path: str | Path, params: str | Path = "params.yaml") -> dict[st
     for key, value in raw.items():
         if key not in known:
             raise ParamsError(f"{path}: unknown key '{key}' (not in {Path(params).name})")
+        if key != "seed" and key.split(".")[0] not in STAGES:
+            # A recipe comes from someone else: where runs are logged (tracking.uri), where data
+            # comes from and the device are the workspace's, not a recipe's to change.
+            raise ParamsError(
+                f"{path}: {key} is not a training setting: a recipe changes seed, "
+                f"{', '.join(f'{s}.*' for s in STAGES)} only"
+            )
         if isinstance(value, (dict, list)):
             raise ParamsError(f"{path}: {key} must be a single value, not a {type(value).__name__}")
     parse_params(apply(base, raw), f"{Path(params).name} with {path.name}")
@@ -142,11 +149,13 @@ def check_exp_name(name: str) -> None:
 
     ref = f"refs/exps/00/{'0' * 38}/{name}".encode()
     too_long = len(name.encode()) > MAX_EXP_NAME  # git keeps a ref as a file: 255 bytes a name
-    if too_long or not name or "/" in name or name.startswith("-") or not check_ref_format(ref):
+    # Printable only: a right-to-left override would reorder every line that shows the name.
+    odd = not name.isprintable() or name.startswith("-") or "/" in name
+    if too_long or odd or not name or not check_ref_format(ref):
         raise ParamsError(
             f"experiment name {short(name)} is not one DVC takes: no spaces, '/', '..', '~', "
             "'^', ':', '?', '*', '[', '\\', '@{', no leading '-' or trailing '.' or '.lock' "
-            f"(git check-ref-format), at most {MAX_EXP_NAME} bytes; pass another --name"
+            f"(git check-ref-format), printable, at most {MAX_EXP_NAME} bytes; pass another --name"
         )
 
 
@@ -350,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(results_lines(name, table, sections, shown_experiments())))
             return
         if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
-            raise ParamsError(f"--seeds must be 1..{MAX_SEEDS} (got {args.seeds})")
+            raise ParamsError(f"--seeds must be 1..{MAX_SEEDS} (got {short(args.seeds)})")
         commands, runs = compare_plan(
             args.recipe, args.params, name, only, args.extra, not args.dry_run, args.seeds
         )
