@@ -215,8 +215,8 @@ def test_a_run_past_the_cgroup_limit_is_refused_naming_it(tmp_path, monkeypatch)
 ULIMIT_KB = 6_000_000  # ~3.5 GB of it mapped once torch and mlflow are imported
 
 
-def pinn_under_ulimit(tmp_path, **pinn):
-    """stages/pinn.py in a shell with `ulimit -v ULIMIT_KB`, in a scratch workspace."""
+def pinn_under_ulimit(tmp_path, ulimit=f"-v {ULIMIT_KB}", **pinn):
+    """stages/pinn.py in a shell with `ulimit <ulimit>`, in a scratch workspace."""
     import subprocess
 
     from helpers import PYTHON
@@ -225,7 +225,7 @@ def pinn_under_ulimit(tmp_path, **pinn):
     raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     script = REPO / "stages" / "pinn.py"
-    cmd = f"ulimit -v {ULIMIT_KB} && exec {PYTHON} {script} --params params.yaml"
+    cmd = f"ulimit {ulimit} && exec {PYTHON} {script} --params params.yaml"
     env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.run(
         ["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
@@ -251,3 +251,17 @@ def test_a_pinn_that_fits_under_ulimit_v_trains(tmp_path):
     proc = pinn_under_ulimit(tmp_path, adam_steps=50, lbfgs_steps=10, lm_steps=10)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "reports" / "pinn" / "metrics.json").is_file()
+
+
+def test_a_pinn_past_ulimit_d_is_refused_up_front_in_one_line(tmp_path):
+    """RLIMIT_DATA counts malloc and anonymous mmap: without it the run died in the allocator."""
+    proc = pinn_under_ulimit(
+        tmp_path, "-d 1000000", hidden_sizes=[4096, 4096], lbfgs_steps=0, lm_steps=0
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(
+        r"needs ~\d+ MB .*; this process has \d+ MB left under the data-segment limit "
+        r"RLIMIT_DATA \(ulimit -d 1000000, 1\.0 GB\); use fewer",
+        lines[-1],
+    ), lines[-1]

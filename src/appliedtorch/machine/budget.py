@@ -7,7 +7,7 @@ that ask for more, before any work is done or memory allocated.
 Each stage estimates its own need (`appliedtorch.classify.budget`, `appliedtorch.pinn.budget`,
 `appliedtorch.demos.budget`) as named parts in bytes; this module knows no stage. An estimate is
 refused when it exceeds what the device has free: RAM available to this process (the kernel's
-MemAvailable, within RLIMIT_AS and every cgroup memory limit above the process, v1 or v2) or the
+MemAvailable, within RLIMIT_AS, RLIMIT_DATA and every cgroup memory limit above the process, v1 or v2) or the
 GPU's free memory; the refusal names the limit it met. Estimates count the big
 tensors (weights, gradients, optimizer state, activations of a batch, data on the device), not
 the allocator's slack, so a refusal means the run could not have fitted.
@@ -122,28 +122,37 @@ def cgroup_limits(proc: Path = PROC, root: Path = CGROUP_ROOT) -> list[Limit]:
     return limits
 
 
-def rlimit_as(proc: Path = PROC) -> Limit | None:
-    """RLIMIT_AS (`ulimit -v`), less the address space this process already maps."""
+# (resource name, what `ulimit` calls it, the /proc/self/status line of what counts against it)
+RLIMITS = (
+    ("RLIMIT_AS", "the virtual-memory limit", "-v", "VmSize:"),
+    ("RLIMIT_DATA", "the data-segment limit", "-d", "VmData:"),  # malloc and anonymous mmap
+)
+
+
+def rlimits(proc: Path = PROC) -> list[Limit]:
+    """RLIMIT_AS (`ulimit -v`) and RLIMIT_DATA (`ulimit -d`), each less what this process
+    already uses of it."""
     import resource
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
-        return None
-    mapped = 0
     try:
-        for line in (proc / "self" / "status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                mapped = int(line.split()[1]) * 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    name = f"the virtual-memory limit RLIMIT_AS (ulimit -v {soft // 1024}, {gigabytes(soft)})"
-    return Limit(name, max(soft - mapped, 0))
+        status = (proc / "self" / "status").read_text().splitlines()
+    except OSError:
+        status = []
+    out = []
+    for name, words, flag, field_name in RLIMITS:
+        soft, _ = resource.getrlimit(getattr(resource, name))
+        if soft == resource.RLIM_INFINITY:
+            continue
+        used = next((line.split()[1:2] for line in status if line.startswith(field_name)), [])
+        used_bytes = int(used[0]) * 1024 if used and used[0].isdigit() else 0  # kB
+        label = f"{words} {name} (ulimit {flag} {soft // 1024}, {gigabytes(soft)})"
+        out.append(Limit(label, max(soft - used_bytes, 0)))
+    return out
 
 
 def process_limits(proc: Path = PROC, root: Path = CGROUP_ROOT) -> list[Limit]:
     """Every limit on this process's memory besides the machine's RAM."""
-    found = rlimit_as(proc)
-    return [*([found] if found else []), *cgroup_limits(proc, root)]
+    return [*rlimits(proc), *cgroup_limits(proc, root)]
 
 
 def _ram_available() -> float:
