@@ -530,3 +530,10 @@ def test_a_server_that_is_not_http_is_named_so(ws: Path, monkeypatch, capsys) ->
     with serve(ws / "mirror", NotHttp) as url:
         line = fails_fast(ws, "mnist", url, monkeypatch, capsys)
     assert "(not an HTTP answer (it starts 'SSH-2.0-OpenSSH_9.6'))" in line, line
+
+
+def test_a_mirror_url_with_credentials_is_refused_without_showing_them(ws, monkeypatch, capsys):
+    """urllib took `alice:s3cret@127.0.0.1` for a host name ("host not found"), and a URL that
+    worked would have been written to source.json, which DVC shares."""
+    line = fails_fast(ws, "mnist", "http://alice:s3cret@127.0.0.1:1/", monkeypatch, capsys)
+    assert "holds credentials (user:password@)" in line and "s3cret" not in line, line

@@ -232,6 +232,14 @@ def _fetch_all(ds: Dataset, source: str, dest: Path, limits: Limits) -> list[Fet
 def _mirror_base(source: str) -> str:
     """An http(s) base URL, or an existing directory as a path string."""
     if is_url(source):
+        if "@" in source.split("/")[2]:
+            # urllib would take `user:pw@host` for a host name, and the URL is written to
+            # source.json, which DVC shares with the team.
+            raise DataError(
+                f"data.source '{brief(source, 80)}' holds credentials (user:password@): they "
+                "would be written to source.json; serve the mirror without them, or mount it "
+                "and give the directory"
+            )
         return source if source.endswith("/") else source + "/"
     path = Path(source.removeprefix("file://")).expanduser()
     if not path.is_dir():
