@@ -452,23 +452,40 @@ def test_an_archive_of_many_empty_members_is_refused_by_count(ws, monkeypatch, c
     assert re.search(r"cifar-10-python\.tar\.gz from \S+: holds more than 64 members", line), line
 
 
-class RedirectToFtp(http.server.SimpleHTTPRequestHandler):
-    """Answers every request with a redirect to an ftp:// URL (urllib alone would follow it)."""
+def redirecting_to(location: str) -> type:
+    """A handler that answers every request with a redirect to `location` (`{path}`: its own)."""
 
-    def log_message(self, *args: object) -> None:
-        pass
+    class Redirect(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
 
-    def do_GET(self) -> None:
-        self.send_response(302)
-        self.send_header("Location", "ftp://127.0.0.1:9/MD5SUMS")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", location.format(path=self.path))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Redirect
 
 
-def test_a_redirect_to_ftp_is_refused_in_one_line(ws: Path, monkeypatch, capsys) -> None:
-    with serve(ws / "mirror", RedirectToFtp) as url:
+REDIRECTS = {
+    # case: (Location, key words of the error line)
+    "ftp": (
+        "ftp://127.0.0.1:9/MD5SUMS",
+        r"redirected to ftp://127\.0\.0\.1:9/MD5SUMS: only http://",
+    ),
+    "file": ("file:///etc/passwd", r"redirected to file:///etc/passwd: only http:// and https://"),
+    "loop": ("{path}", r"\(redirects in a loop or more than 10 times \(HTTP 302\)\)"),
+}
+
+
+@pytest.mark.parametrize("case", REDIRECTS)
+def test_a_redirect_off_http_or_in_a_loop_is_one_line(case, ws, monkeypatch, capsys) -> None:
+    """urllib alone follows ftp:// (outside the deadlines, ending in AttributeError)."""
+    location, expected = REDIRECTS[case]
+    with serve(ws / "mirror", redirecting_to(location)) as url:
         line = fails_fast(ws, "mnist", url, monkeypatch, capsys)
-    assert re.search(r"redirected to ftp://127\.0\.0\.1:9/MD5SUMS: only http:// and https://", line)
+    assert re.search(expected, line), line
 
 
 def empty_split(raw: bytes) -> bytes:
