@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from appliedtorch.core.errors import DataError
-from appliedtorch.core.labels import check_class_names
 from appliedtorch.data.datasets import CIFAR10_BATCHES, MNIST_FILES, Dataset
+from appliedtorch.data.labels import check_class_names
 from appliedtorch.data.limits import (
     MAX_PICKLE_MARKS,
     MAX_PICKLE_OPS,

@@ -1,4 +1,5 @@
-"""The one rule for class names, wherever they come from: a mirror's file or a model's metadata.
+"""The one rule for class names, wherever they come from: a mirror's batches.meta (checked at
+download) or a model's metadata (predict, which reads data/ as classify may).
 
     >>> check_class_names(["cat", "dog"])  # None: fine
     >>> check_class_names(["cat", "</script>"])
