@@ -898,3 +898,26 @@ def test_offline_upstream_hint_names_synthetic_mirror_and_package(
         )
         assert "dvc pull" not in message
         assert ("apt-get install dataset-fashion-mnist" in message) == (name == "fashion-mnist")
+
+
+def test_the_verified_line_names_the_os_copy_not_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 36: the log said "from upstream verified" and then "from debian:..." for one copy."""
+    os_root = tmp_path / "usr-share-datasets"
+    synthetic.write_mnist(os_root / "mnist", 0, 40, 20)
+    files = tuple(
+        datasets.UpstreamFile(
+            f.name, hashlib.md5((os_root / "mnist" / f.name).read_bytes()).hexdigest()
+        )
+        for f in DATASETS_BY_NAME["mnist"].files
+    )
+    unreachable = (f"http://127.0.0.1:{closed_port()}/",)
+    mnist = dataclasses.replace(DATASETS_BY_NAME["mnist"], files=files, bases=unreachable)
+    monkeypatch.setitem(DATASETS_BY_NAME, "mnist", mnist)
+    monkeypatch.setattr(datasets, "OS_DATASETS", os_root)
+    with caplog.at_level("INFO", logger="appliedtorch.data.fetch"):
+        record = download("mnist", tmp_path / "ws" / "mnist", "upstream", retries=0)
+    assert record["source"] == f"debian:{os_root / 'mnist'}"
+    (line,) = [r.getMessage() for r in caplog.records if "verified against" in r.getMessage()]
+    assert line.startswith(f"mnist: 4 file(s) from debian:{os_root / 'mnist'} verified"), line
