@@ -21,9 +21,11 @@ FAST = {"warmup": 1, "rounds": 2, "steps": 2}  # 4 timed steps per candidate
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
-    """Every test gets its own empty cache directory, with timing on."""
+    """Every test gets its own empty cache directory, with timing on, on a quiet machine (the
+    real load average of a shared test machine must not decide; `loads` fakes a busy one)."""
     monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(autotune.ENABLE_ENV, raising=False)
+    monkeypatch.setattr(autotune, "load_average", lambda: 0.0)
     return tmp_path / "cache" / autotune.CACHE_FILE
 
 
@@ -91,14 +93,47 @@ def test_second_call_skips_the_probe():
     assert again.seconds == pytest.approx(first.seconds)
 
 
-def test_a_choice_timed_on_a_busy_machine_is_not_cached(cache, monkeypatch):
-    monkeypatch.setattr(autotune, "load_average", lambda: 9.0)
-    tuned = pick({"slow": Counted(0.02), "fast": Counted()}, busy_load=2.0)
-    assert tuned.choice == "fast" and tuned.load == 9.0 and not cache.exists()
-    monkeypatch.setattr(autotune, "load_average", lambda: 1.0)
-    again = pick({"slow": Counted(0.02), "fast": Counted()}, busy_load=2.0)
-    assert not again.cached and cache.exists()
-    assert pick({"slow": Counted(), "fast": Counted()}, busy_load=2.0).load == 1.0  # cached
+def loads(monkeypatch, *readings: float) -> None:
+    """Fake 1-minute load averages: autotune reads them in this order (the last one repeats)."""
+    values = list(readings)
+    monkeypatch.setattr(
+        autotune, "load_average", lambda: values.pop(0) if len(values) > 1 else values[0]
+    )
+
+
+def test_a_busy_machine_times_nothing_and_takes_the_exact_default(cache, monkeypatch, caplog):
+    loads(monkeypatch, 9.0)
+    slow, fast = Counted(0.02), Counted()
+    with caplog.at_level("WARNING", logger=autotune.__name__):
+        tuned = pick({"float32": slow, "bfloat16": fast}, busy_load=2.0)
+    assert (tuned.choice, tuned.busy, tuned.load) == ("float32", True, 9.0)
+    assert slow.calls == fast.calls == 0 and not cache.exists()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "float32, the default, untimed: the machine is too busy" in line
+    assert "load average 9.00 above 2" in line and "not timed" in tuned.summary()
+
+
+def test_load_that_rises_while_timing_discards_the_timing(cache, monkeypatch):
+    loads(monkeypatch, 1.0, 9.0)  # quiet before, busy after
+    tuned = pick({"float32": Counted(0.02), "bfloat16": Counted()}, busy_load=2.0)
+    assert tuned.choice == "float32" and tuned.busy and not cache.exists()
+
+
+def test_a_busy_run_keeps_the_choice_a_quiet_run_made(cache, monkeypatch):
+    loads(monkeypatch, 1.0)
+    quiet = pick({"float32": Counted(0.02), "bfloat16": Counted()}, busy_load=2.0)
+    assert quiet.choice == "bfloat16" and not quiet.busy and cache.exists()
+    loads(monkeypatch, 9.0)
+    slow, fast = Counted(), Counted(0.02)  # a busy machine would time it the other way round
+    busy = pick({"float32": slow, "bfloat16": fast}, busy_load=2.0)
+    assert busy.choice == "bfloat16" and busy.cached and slow.calls == fast.calls == 0
+
+
+def test_the_default_can_be_named_and_must_be_a_candidate(monkeypatch):
+    loads(monkeypatch, 9.0)
+    assert pick({"a": Counted(), "b": Counted()}, busy_load=2.0, default="b").choice == "b"
+    with pytest.raises(ValueError, match="default 'c' is not a candidate"):
+        pick({"a": Counted(), "b": Counted()}, default="c")
 
 
 def test_another_shape_key_probes_again():

@@ -432,19 +432,26 @@ CASES = {
                                          r"127\.0\.0\.1:\d+/mlflow is not reachable \(Connection refused\); ",
                                          env={"MLFLOW_TRACKING_URI":
                                               "postgresql://alice:s3cret@127.0.0.1:{closed_port}/mlflow"}),
+    "tracking-uri-unclosed-ipv6": Case("math_demos", r"tracking URI 'http://\[::1:5000' is malformed "
+                                       r"\(Invalid IPv6 URL\); set MLFLOW_TRACKING_URI to ",
+                                       env={"MLFLOW_TRACKING_URI": "http://[::1:5000"}),
+    "tracking-uri-bad-ip-with-password": Case("math_demos", r"tracking URI 'http://u:\*\*\*@\[zz\]:5000' "
+                                              r"is malformed \('zz' does not appear to be an IPv4",
+                                              env={"MLFLOW_TRACKING_URI": "http://u:s3cret@[zz]:5000"}),
     # the memory and device budget: refused before any work or allocation, with the estimate
     "pinn-net-too-big": Case("pinn", r"pinn\.hidden_sizes \[65536, 65536, 65536\] \(8,590 M weights\) "
-                             r"needs ~\d+ GB for weights, gradients and Adam state; this machine has "
-                             r"[\d.]+ GB memory available; use fewer or narrower layers",
+                             r"needs ~\d+ GB for weights, gradients and Adam state; this (machine|process) "
+                             r"has [\d.]+ [GM]B (memory available|left under [^;]+); use fewer or narrower layers",
                              params={"pinn": {"hidden_sizes": [65536] * 3}}),
     "resnet-too-wide": Case("train_cnn", r"cnn\.width 1024 with cnn\.arch resnet \(500 M weights\), "
                             r"cnn\.batch_size 4096 needs ~\d+ GB for activations of a batch of 4096; "
-                            r"this machine has [\d.]+ GB memory available; use a smaller net",
+                            r"this (machine|process) has [\d.]+ [GM]B (memory available|left under [^;]+); "
+                            r"use a smaller net",
                             params={"cnn": {"arch": "resnet", "width": 1024, "batch_size": 4096,
                                             "train_limit": None}}),
     "mlp-too-deep": Case("train_mlp", r"mlp\.hidden_size 1024 with mlp\.hidden_layers 256 \(268 M "
                          r"weights\), mlp\.batch_size 65536 needs ~\d+ GB for activations of a batch of "
-                         r"60000; this machine has", params={"mlp": {"hidden_size": 1024,
+                         r"60000; this (machine|process) has", params={"mlp": {"hidden_size": 1024,
                          "hidden_layers": 256, "batch_size": 65536, "train_limit": None}}),
     "device-mps-demos": Case("math_demos", r"device 'mps' \(Apple's GPU\) was asked for but this "
                              r"machine has none; set device: auto or device: cpu in params\.yaml$",
@@ -489,6 +496,8 @@ CASES = {
     "params-fifo": Case("math_demos", r"params\.yaml: cannot read \(not a regular file: a FIFO, "
                         r"device or socket\)$", 2,
                         setup=fifo("params.yaml")),
+    "params-a-directory": Case("math_demos", r"params\.yaml: cannot read \(a directory, not a file\)$",
+                               2, setup=both(rm("params.yaml"), mkdir("params.yaml"))),
     "register-metrics-fifo": Case("register", r"reports/mlp/metrics\.json: not a readable metrics "
                                   r"file", setup=fifo("reports/mlp/metrics.json")),
     # the recipes command: every -S value and experiment name checked before anything is queued

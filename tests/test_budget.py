@@ -25,10 +25,11 @@ def params(**over):
 
 @pytest.fixture
 def machine(monkeypatch):
-    """Pretend the machine has `gb` GB free."""
+    """Pretend the machine has `gb` GB free, and the process no limit of its own."""
 
     def set_free(gb: float) -> None:
-        monkeypatch.setattr(budget, "available_bytes", lambda device: gb * 1e9)
+        monkeypatch.setattr(budget, "_ram_available", lambda: gb * 1e9)
+        monkeypatch.setattr(budget, "process_limits", lambda proc, root: [])
 
     return set_free
 
@@ -129,3 +130,138 @@ def test_sizes_read_well():
     assert [budget.gigabytes(n) for n in (3e5, 1.2e8, 1.54e9, 41.2e9, 7.1e12, 2.4e15)] == [
         "1 MB", "120 MB", "1.5 GB", "41 GB", "7 TB", "2,400 TB"
     ]  # fmt: skip
+
+
+# ---- the process's own limits: RLIMIT_AS and the cgroup's (issue 37) ---------------------------
+
+
+def fake_cgroups(tmp_path, proc_cgroup: str, files: dict[str, str], v2: bool = True):
+    """A /proc/self/cgroup saying `proc_cgroup` and a cgroup tree holding `files` (relative
+    path: content); returns (proc, root) for budget.cgroup_limits."""
+    proc, root = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(proc_cgroup)
+    root.mkdir()
+    if v2:
+        (root / "cgroup.controllers").write_text("cpu memory pids\n")
+    for rel, content in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(content)
+    return proc, root
+
+
+def test_cgroup_v2_limit_of_a_parent_bounds_the_estimate(tmp_path):
+    proc, root = fake_cgroups(
+        tmp_path,
+        "0::/job/step\n",
+        {
+            "job/memory.max": "4000000000\n",
+            "job/memory.current": "1000000000\n",
+            "job/step/memory.max": "max\n",
+            "job/step/memory.current": "900000000\n",
+        },
+    )
+    (limit,) = budget.cgroup_limits(proc, root)
+    assert limit.free == 3e9 and limit.name == f"the cgroup's memory.max (4.0 GB) at {root}/job"
+
+
+def test_cgroup_v1_memory_controller_is_read(tmp_path):
+    proc, root = fake_cgroups(
+        tmp_path,
+        "5:cpu,cpuacct:/slurm/job1\n4:memory:/slurm/job1\n0::/\n",
+        {
+            "memory/slurm/job1/memory.limit_in_bytes": "2000000000\n",
+            "memory/slurm/job1/memory.usage_in_bytes": "500000000\n",
+            "memory/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "no limit"
+        },
+        v2=False,
+    )
+    (limit,) = budget.cgroup_limits(proc, root)
+    assert limit.free == 1.5e9 and "memory.limit_in_bytes (2.0 GB)" in limit.name
+
+
+def test_a_container_without_its_own_cgroup_namespace_reads_the_mount(tmp_path):
+    """/proc/self/cgroup names the host's path, which is not mounted here: the mount is the
+    process's cgroup."""
+    proc, root = fake_cgroups(
+        tmp_path, "0::/kubepods/pod1/abc\n", {"memory.max": "1000000000", "memory.current": "0"}
+    )
+    (limit,) = budget.cgroup_limits(proc, root)
+    assert limit.free == 1e9
+
+
+def test_no_limit_anywhere_is_no_limit(tmp_path):
+    proc, root = fake_cgroups(tmp_path, "0::/a\n", {"a/memory.max": "max\n"})
+    assert budget.cgroup_limits(proc, root) == []
+    assert budget.cgroup_limits(tmp_path / "nowhere", root) == []  # no /proc: no limit read
+
+
+def test_a_run_past_the_cgroup_limit_is_refused_naming_it(tmp_path, monkeypatch):
+    proc, root = fake_cgroups(
+        tmp_path, "0::/ci\n", {"ci/memory.max": "1000000000", "ci/memory.current": "0"}
+    )
+    monkeypatch.setattr(budget, "PROC", proc)
+    monkeypatch.setattr(budget, "CGROUP_ROOT", root)
+    monkeypatch.setattr(budget, "_ram_available", lambda: 64e9)  # a big machine, a small job
+    p = params(pinn={"hidden_sizes": [4096, 4096]})
+    with pytest.raises(AppliedTorchError) as info:
+        pinn_budget.check_budget(p)
+    assert re.search(
+        rf"this process has 1\.0 GB left under the cgroup's memory\.max \(1\.0 GB\) at {root}/ci; ",
+        str(info.value),
+    ), info.value
+
+
+ULIMIT_KB = 6_000_000  # ~3.5 GB of it mapped once torch and mlflow are imported
+
+
+def pinn_under_ulimit(tmp_path, ulimit=f"-v {ULIMIT_KB}", **pinn):
+    """stages/pinn.py in a shell with `ulimit <ulimit>`, in a scratch workspace."""
+    import subprocess
+
+    from helpers import PYTHON
+
+    raw = merge(yaml.safe_load((REPO / "params.yaml").read_text()), {"pinn": pinn})
+    raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    script = REPO / "stages" / "pinn.py"
+    cmd = f"ulimit {ulimit} && exec {PYTHON} {script} --params params.yaml"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        ["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_pinn_past_ulimit_v_is_refused_up_front_in_one_line(tmp_path):
+    # ~4.3 GB: fits the machine (2 GB free would have refused it too, so no test runs there)
+    proc = pinn_under_ulimit(tmp_path, hidden_sizes=[8192, 8192, 8192], lbfgs_steps=0, lm_steps=0)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.match(
+        r"error: pinn\.hidden_sizes \[8192, 8192, 8192\] \(134 M weights\) needs ~4\.\d GB .*; "
+        rf"this process has [\d.]+ [GM]B left under the virtual-memory limit RLIMIT_AS "
+        rf"\(ulimit -v {ULIMIT_KB}, 6\.1 GB\); use fewer",
+        lines[-1],
+    ), lines[-1]
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_a_pinn_that_fits_under_ulimit_v_trains(tmp_path):
+    proc = pinn_under_ulimit(tmp_path, adam_steps=50, lbfgs_steps=10, lm_steps=10)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "reports" / "pinn" / "metrics.json").is_file()
+
+
+def test_a_pinn_past_ulimit_d_is_refused_up_front_in_one_line(tmp_path):
+    """RLIMIT_DATA counts malloc and anonymous mmap: without it the run died in the allocator."""
+    proc = pinn_under_ulimit(
+        tmp_path, "-d 1000000", hidden_sizes=[4096, 4096], lbfgs_steps=0, lm_steps=0
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(
+        r"needs ~\d+ MB .*; this process has \d+ MB left under the data-segment limit "
+        r"RLIMIT_DATA \(ulimit -d 1000000, 1\.0 GB\); use fewer",
+        lines[-1],
+    ), lines[-1]

@@ -21,6 +21,7 @@ import sys
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -567,12 +568,25 @@ def test_gzip_bomb_is_refused_quickly_with_bounded_memory(
     assert leftovers(tmp_path / "ws") == []
 
 
-def test_gzip_trailer_stating_a_huge_size_is_refused_before_writing(tmp_path: Path) -> None:
+def test_gzip_trailer_stating_a_size_its_data_does_not_have_is_refused(tmp_path: Path) -> None:
     bomb = tmp_path / "x.gz"
     bomb.write_bytes(gzip.compress(b"\0" * 1000)[:-4] + (2**31).to_bytes(4, "little"))
-    with pytest.raises(extract.TooLarge, match="says it inflates past 94 MB"):
+    with pytest.raises(zlib.error, match="incorrect length check"):
         extract.gunzip(bomb, tmp_path / "x", MAX_MEMBER_BYTES["idx"])
-    assert not (tmp_path / "x").exists()
+
+
+def test_bytes_after_the_gzip_stream_are_named_as_such(tmp_path: Path) -> None:
+    """Not "inflates past 94 MB" (what gzip's size field, now the appended bytes, would say)."""
+    src = tmp_path / "x.gz"
+    src.write_bytes(gzip.compress(b"digits" * 100) + b"garbage!")
+    with pytest.raises(extract.BadArchive, match=r"8 bytes after the end of its gzip stream"):
+        extract.gunzip(src, None, MAX_MEMBER_BYTES["idx"])
+
+
+def test_zero_padding_and_a_second_member_read_as_gzip_reads_them(tmp_path: Path) -> None:
+    src = tmp_path / "x.gz"
+    src.write_bytes(gzip.compress(b"ab" * 10) + gzip.compress(b"cd") + b"\0" * 512)
+    assert extract.gunzip(src, None, 100) == hashlib.md5(b"ab" * 10 + b"cd").hexdigest()
 
 
 def test_tar_member_larger_than_any_batch_is_refused_from_its_header(tmp_path: Path) -> None:
@@ -884,3 +898,26 @@ def test_offline_upstream_hint_names_synthetic_mirror_and_package(
         )
         assert "dvc pull" not in message
         assert ("apt-get install dataset-fashion-mnist" in message) == (name == "fashion-mnist")
+
+
+def test_the_verified_line_names_the_os_copy_not_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 36: the log said "from upstream verified" and then "from debian:..." for one copy."""
+    os_root = tmp_path / "usr-share-datasets"
+    synthetic.write_mnist(os_root / "mnist", 0, 40, 20)
+    files = tuple(
+        datasets.UpstreamFile(
+            f.name, hashlib.md5((os_root / "mnist" / f.name).read_bytes()).hexdigest()
+        )
+        for f in DATASETS_BY_NAME["mnist"].files
+    )
+    unreachable = (f"http://127.0.0.1:{closed_port()}/",)
+    mnist = dataclasses.replace(DATASETS_BY_NAME["mnist"], files=files, bases=unreachable)
+    monkeypatch.setitem(DATASETS_BY_NAME, "mnist", mnist)
+    monkeypatch.setattr(datasets, "OS_DATASETS", os_root)
+    with caplog.at_level("INFO", logger="appliedtorch.data.fetch"):
+        record = download("mnist", tmp_path / "ws" / "mnist", "upstream", retries=0)
+    assert record["source"] == f"debian:{os_root / 'mnist'}"
+    (line,) = [r.getMessage() for r in caplog.records if "verified against" in r.getMessage()]
+    assert line.startswith(f"mnist: 4 file(s) from debian:{os_root / 'mnist'} verified"), line

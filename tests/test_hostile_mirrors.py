@@ -403,3 +403,154 @@ def test_redirect_to_a_malformed_url_is_one_line(ws: Path, monkeypatch, capsys) 
     with serve(ws / "mirror", RedirectToMalformed) as url:
         line = fails_fast(ws, "mnist", url, monkeypatch, capsys)
     assert "/MD5SUMS for mnist (malformed URL (Invalid IPv6 URL))" in line, line
+
+
+# ---- everything a mirror says is input (issue 37) ------------------------------------------------
+
+
+NAME_CASES = {
+    # case: (batches.meta's label_names, key words of the error line)
+    "5000-character-names": (
+        [c * 5000 for c in "abcdefghij"],
+        r"class name 'a+' has 5000 characters, not 1 to 64",
+    ),
+    "markup": (
+        ["</script><script>alert(1)</script>", *synthetic.CIFAR10_CLASSES[1:]],
+        r"class name '</script>.*' holds a markup character",
+    ),
+    "all-the-same": (["cat"] * 10, r"class name 'cat' appears twice"),
+    "newline": (["air\nplane", *synthetic.CIFAR10_CLASSES[1:]], r"unprintable character"),
+    "empty": (["", *synthetic.CIFAR10_CLASSES[1:]], r"class name '' has 0 characters"),
+}
+
+
+@pytest.mark.parametrize("case", NAME_CASES)
+def test_class_names_from_a_mirror_follow_predicts_rule(
+    case: str, ws: Path, monkeypatch, capsys
+) -> None:
+    names, expected = NAME_CASES[case]
+    cifar_mirror(ws / "mirror", lambda m: {**m, "label_names": names}, member="batches.meta")
+    line = fails_fast(ws, "cifar10", "mirror", monkeypatch, capsys)
+    assert "batches.meta: 'label_names': " in line, line
+    assert re.search(expected, line), line
+    assert len(line) < 400, line  # the 5000-character name is not repeated whole
+
+
+def many_members_tarball(path: Path, members: int) -> None:
+    """A cifar-10-python.tar.gz of `members` empty files (a few hundred KB compressed)."""
+    header = tarfile.TarInfo(f"{synthetic.CIFAR10_FOLDER}/empty").tobuf(format=tarfile.GNU_FORMAT)
+    with gzip.open(path, "wb", compresslevel=1) as gz:
+        for _ in range(members // 1000):
+            gz.write(header * 1000)
+        gz.write(b"\0" * 1024)  # the end-of-archive marker
+
+
+def test_an_archive_of_many_empty_members_is_refused_by_count(ws, monkeypatch, capsys) -> None:
+    many_members_tarball(ws / "mirror" / synthetic.CIFAR10_ARCHIVE, 100_000)
+    write_md5sums(ws / "mirror")
+    line = fails_fast(ws, "cifar10", "mirror", monkeypatch, capsys)
+    assert re.search(r"cifar-10-python\.tar\.gz from \S+: holds more than 64 members", line), line
+
+
+def redirecting_to(location: str) -> type:
+    """A handler that answers every request with a redirect to `location` (`{path}`: its own)."""
+
+    class Redirect(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", location.format(path=self.path))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Redirect
+
+
+REDIRECTS = {
+    # case: (Location, key words of the error line)
+    "ftp": (
+        "ftp://127.0.0.1:9/MD5SUMS",
+        r"redirected to ftp://127\.0\.0\.1:9/MD5SUMS: only http://",
+    ),
+    "file": ("file:///etc/passwd", r"redirected to file:///etc/passwd: only http:// and https://"),
+    "loop": ("{path}", r"\(redirects in a loop or more than 10 times \(HTTP 302\)\)"),
+}
+
+
+@pytest.mark.parametrize("case", REDIRECTS)
+def test_a_redirect_off_http_or_in_a_loop_is_one_line(case, ws, monkeypatch, capsys) -> None:
+    """urllib alone follows ftp:// (outside the deadlines, ending in AttributeError)."""
+    location, expected = REDIRECTS[case]
+    with serve(ws / "mirror", redirecting_to(location)) as url:
+        line = fails_fast(ws, "mnist", url, monkeypatch, capsys)
+    assert re.search(expected, line), line
+
+
+def empty_split(raw: bytes) -> bytes:
+    """An IDX file with no items: its count set to 0 and its data dropped."""
+    ndim = raw[3]
+    return raw[:4] + (0).to_bytes(4, "big") + raw[8 : 4 + 4 * ndim]
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_a_split_of_no_images_is_refused_at_download(split, ws, monkeypatch, capsys) -> None:
+    for fname, raw in synthetic.mnist_files(0, *SIZES["mnist"]).items():
+        content = empty_split(raw) if fname.startswith(split) else raw
+        (ws / "mirror" / f"{fname}.gz").write_bytes(gzip.compress(content, mtime=0))
+    write_md5sums(ws / "mirror")
+    line = fails_fast(ws, "mnist", "mirror", monkeypatch, capsys)
+    which = "train" if split == "train" else "test"
+    assert re.search(rf"not a valid dataset: its {which} split holds 0 images", line), line
+
+
+def test_bytes_appended_to_a_gzip_file_are_named(ws: Path, monkeypatch, capsys) -> None:
+    good_mnist_mirror(ws / "mirror")
+    labels = ws / "mirror" / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes() + b"garbage!")
+    write_md5sums(ws / "mirror")
+    line = fails_fast(ws, "mnist", "mirror", monkeypatch, capsys)
+    assert "train-labels-idx1-ubyte.gz from" in line, line
+    assert "has 8 bytes after the end of its gzip stream" in line, line
+    assert "inflates" not in line, line
+
+
+def test_md5sums_written_on_windows_is_read(ws: Path) -> None:
+    """A byte-order mark and CRLF line ends: the sums are used, not refused or ignored."""
+    good_mnist_mirror(ws / "mirror")
+    sums = ws / "mirror" / "MD5SUMS"
+    sums.write_bytes(b"\xef\xbb\xbf" + sums.read_bytes().replace(b"\n", b"\r\n"))
+    record = download("mnist", ws / "win" / "mnist", str(ws / "mirror"), retries=0)
+    assert {d["checked_against"] for d in record["downloads"]} == {"MD5SUMS"}
+
+
+def test_a_malformed_md5sums_line_says_what_the_format_is(ws, monkeypatch, capsys) -> None:
+    good_mnist_mirror(ws / "mirror")
+    (ws / "mirror" / "MD5SUMS").write_text("not-a-sum  train-images-idx3-ubyte.gz\r\n")
+    line = fails_fast(ws, "mnist", "mirror", monkeypatch, capsys)
+    assert re.search(r"MD5SUMS line 1 is not in md5sum format \(32 hex digits", line), line
+
+
+class NotHttp(http.server.SimpleHTTPRequestHandler):
+    """A server on the mirror's port that is not an HTTP server (an SSH banner)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+
+def test_a_server_that_is_not_http_is_named_so(ws: Path, monkeypatch, capsys) -> None:
+    """Not http.client's BadStatusLine, whose text is only the line the server sent."""
+    with serve(ws / "mirror", NotHttp) as url:
+        line = fails_fast(ws, "mnist", url, monkeypatch, capsys)
+    assert "(not an HTTP answer (it starts 'SSH-2.0-OpenSSH_9.6'))" in line, line
+
+
+def test_a_mirror_url_with_credentials_is_refused_without_showing_them(ws, monkeypatch, capsys):
+    """urllib took `alice:s3cret@127.0.0.1` for a host name ("host not found"), and a URL that
+    worked would have been written to source.json, which DVC shares."""
+    line = fails_fast(ws, "mnist", "http://alice:s3cret@127.0.0.1:1/", monkeypatch, capsys)
+    assert "holds credentials (user:password@)" in line and "s3cret" not in line, line

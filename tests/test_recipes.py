@@ -126,10 +126,13 @@ def test_compare_refuses_to_queue_without_committed_data_and_unknown_variants(tm
     ]
 
 
-def compare_here(argv: list[str], monkeypatch, capsys) -> tuple[int, str, list[list[str]]]:
+def compare_here(
+    argv: list[str], monkeypatch, capsys, existing: str = ""
+) -> tuple[int, str, list[list[str]]]:
     """`python -m appliedtorch.recipes compare ...` in this process with every command it would
-    run recorded, not run: exit code, stderr, the commands."""
-    from appliedtorch import recipes
+    run recorded, not run (`dvc exp list` answers `existing`): exit code, stderr, the queue
+    commands."""
+    from appliedtorch import plan, recipes
 
     ran: list[list[str]] = []
 
@@ -138,6 +141,8 @@ def compare_here(argv: list[str], monkeypatch, capsys) -> tuple[int, str, list[l
         if cmd[:2] == ["git", "show"]:  # the last commit's dvc.lock has the data
             locked = {"stages": {"download@cifar10": {}, "download@mnist": {}}}
             return subprocess.CompletedProcess(cmd, 0, yaml.safe_dump(locked), "")
+        if cmd[:3] == ["dvc", "exp", "list"]:
+            return subprocess.CompletedProcess(cmd, 0, existing, "")
         refused = "bad.recipe" in cmd
         err = (
             "ERROR: Experiment conflicts with existing experiment 'bad.recipe'\n" if refused else ""
@@ -145,11 +150,12 @@ def compare_here(argv: list[str], monkeypatch, capsys) -> tuple[int, str, list[l
         return subprocess.CompletedProcess(cmd, 1 if refused else 0, "", err)
 
     monkeypatch.setattr(recipes.subprocess, "run", fake_run)
+    monkeypatch.setattr(plan.subprocess, "run", fake_run)
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         recipes.main(["compare", str(RECIPE), "--params", str(REPO / "params.yaml"), *argv])
         raise SystemExit(0)
-    queued = [c for c in ran if c[:2] == ["dvc", "exp"]]
+    queued = [c for c in ran if c[:3] == ["dvc", "exp", "run"]]
     return info.value.code, capsys.readouterr().err, queued
 
 
@@ -167,6 +173,8 @@ def compare_here(argv: list[str], monkeypatch, capsys) -> tuple[int, str, list[l
         (["--name", "team/x"], r"experiment name 'team/x' is not one DVC takes"),
         (["--name=-x"], r"experiment name '-x' is not one DVC takes"),
         (["--name", "x.lock"], r"experiment name 'x\.lock' is not one DVC takes"),
+        (["--name", "cmp\u202e"], r"experiment name 'cmp\\u202e' is not one DVC takes: .*printable"),
+        (["--seeds", "9" * 500], r"--seeds must be 1\.\.64 \(got 9{37}\.\.\.\)$"),
     ],
 )  # fmt: skip
 def test_compare_refusals_are_one_line_and_queue_nothing(argv, message, monkeypatch, capsys):
@@ -275,3 +283,77 @@ def test_recipe_benchmark_runs_as_the_readme_says(tmp_path):
     assert recipe["train_mflop_per_image"] < tutorial["train_mflop_per_image"]
     assert all(0 <= r["test_accuracy"] <= 1 for r in (tutorial, recipe))
     assert result["machine"]["cpu"]["model"] in proc.stdout
+
+
+# ---- what a comparison will run, said before it is queued (issue 37) ----------------------------
+
+
+def compare_process(tmp_path, *argv: str, recipe_lines: str = "") -> subprocess.CompletedProcess:
+    """`recipes compare <cnn-fast + recipe_lines> --dry-run --only batch_norm ...` as a real
+    process in `tmp_path` (no DVC repository)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text() + recipe_lines)
+    cmd = [sys.executable, "-m", "appliedtorch.recipes", "compare", str(recipe), "--params",
+           str(REPO / "params.yaml"), "--dry-run", "--only", "batch_norm", *argv]  # fmt: skip
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def test_a_recipes_seeds_apply_to_every_variant(tmp_path):
+    proc = compare_process(tmp_path, recipe_lines="cnn.seeds: 3\n")
+    assert proc.returncode == 0, proc.stderr
+    commands = proc.stdout.splitlines()
+    assert len(commands) == 3 and all(c.count("cnn.seeds=3") == 1 for c in commands), commands
+    assert "cnn.seeds: 3 member(s) per variant, from cnn.seeds: 3 in r.yaml" in proc.stderr
+
+
+def test_seeds_from_the_command_line_win_with_a_warning(tmp_path):
+    proc = compare_process(tmp_path, "-S", "cnn.seeds=4", "--seeds", "5",
+                           recipe_lines="cnn.seeds: 3\n")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert all(c.count("cnn.seeds") == 1 and "cnn.seeds=5" in c for c in proc.stdout.splitlines())
+    assert re.search(
+        r"--seeds 5 wins over cnn\.seeds: 3 in r\.yaml and -S cnn\.seeds=4: each variant trains "
+        r"5 member\(s\)",
+        proc.stderr,
+    ), proc.stderr
+
+
+def test_the_cost_is_said_before_queueing(tmp_path):
+    proc = compare_process(tmp_path, "--seeds", "2")
+    assert re.search(r"cost of cnn: 3 variants, 6 training runs, 54 epochs in all \(no "
+                     r"reports/cnn/metrics\.json here", proc.stderr), proc.stderr  # fmt: skip
+    (tmp_path / "reports" / "cnn").mkdir(parents=True)
+    (tmp_path / "reports" / "cnn" / "metrics.json").write_text('{"mean_epoch_seconds": 100}')
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # the workspace whose run it was
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text())
+    cmd = [sys.executable, "-m", "appliedtorch.recipes", "compare", str(recipe), "--dry-run",
+           "--only", "batch_norm", "--seeds", "64", "-S", "cnn.epochs=100000"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert re.search(r"cost of cnn: 3 variants, 192 training runs, 19,200,000 epochs in all: "
+                     r"~533,333\.3 h at 100 s per epoch", proc.stderr), proc.stderr  # fmt: skip
+
+
+def test_dry_run_refuses_names_the_commit_has_already(monkeypatch, capsys):
+    code, err, queued = compare_here(["--name", "cmp", "--only", "batch_norm", "--dry-run"],
+                                     monkeypatch, capsys, existing="other\ncmp.recipe\n")  # fmt: skip
+    assert code == 2 and queued == []
+    assert re.match(r"error: experiment cmp\.recipe exists already on this commit \(1 of the 3 "
+                    r"names do\): queued, it would replace it; pass another --name", err), err  # fmt: skip
+
+
+def test_a_name_too_long_for_a_ref_file_is_refused(monkeypatch, capsys):
+    code, err, queued = compare_here(["--name", "x" * 201, "--dry-run"], monkeypatch, capsys)
+    assert code == 2 and "at most 200 bytes; pass another --name" in err
+
+
+@pytest.mark.parametrize("key", ["tracking.uri: http://evil.example:80", "data.source: /etc",
+                                 "device: cuda"])  # fmt: skip
+def test_a_recipe_changes_training_settings_only(key, tmp_path):
+    """A recipe comes from someone else: it must not send the runs to another server or read
+    data from elsewhere."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"cnn.lr: 0.01\n{key}\n")
+    with pytest.raises(ParamsError, match=rf"{key.split(':')[0]} is not a training setting: a "
+                       r"recipe changes seed, mlp\.\*, cnn\.\* only"):  # fmt: skip
+        read_recipe(recipe, REPO / "params.yaml")

@@ -185,6 +185,7 @@ def test_the_loop_and_the_probe_step_the_plain_mlp_by_hand(monkeypatch, tmp_path
     # the probe times the step the run will take: fp32 by hand, bf16 by autograd
     monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
     monkeypatch.delenv(autotune.ENABLE_ENV, raising=False)
+    monkeypatch.setattr(autotune, "load_average", lambda: 0.0)  # a busy machine would not time
     monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
     batch = (torch.randn(8, 1, 3, 4), torch.randint(0, 3, (8,)))
     timing = {"warmup": 1, "rounds": 2, "steps": 2}

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
+import logging
 import re
 import subprocess
 import sys
@@ -37,18 +36,29 @@ from typing import Any
 
 import yaml
 
+from appliedtorch import plan
 from appliedtorch.classify.params import MAX_SEEDS
+from appliedtorch.comparison import (  # noqa: F401  (the sweep imports these from here)
+    estimate,
+    result_text,
+    results_lines,
+    shown_experiments,
+    welch_p,
+)
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError, ParamsError
 from appliedtorch.core.params import parse_yaml, read_yaml, short
 from appliedtorch.core.utils import flatten
 from appliedtorch.params import parse_params
 
+log = logging.getLogger(__name__)
+
 # What `dvc exp run` takes from one line of the README's sed one-liner: a (dotted) key, a colon,
 # one value with no spaces (no inline comment).
 _LINE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*: *[^ #]+")
 _KEY = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
 MAX_SET_CHARS = 1000  # a -S value is one number, name or short list
+MAX_EXP_NAME = 200  # bytes: with `.<variant>` still under a file name's 255
 # Keys that change together in `compare`: the single change is named by the first key. An
 # optimizer's learning rate, momentum and weight decay and its schedule are one choice; a net's
 # width is the width of that net.
@@ -89,6 +99,13 @@ def read_recipe(path: str | Path, params: str | Path = "params.yaml") -> dict[st
     for key, value in raw.items():
         if key not in known:
             raise ParamsError(f"{path}: unknown key '{key}' (not in {Path(params).name})")
+        if key != "seed" and key.split(".")[0] not in STAGES:
+            # A recipe comes from someone else: where runs are logged (tracking.uri), where data
+            # comes from and the device are the workspace's, not a recipe's to change.
+            raise ParamsError(
+                f"{path}: {key} is not a training setting: a recipe changes seed, "
+                f"{', '.join(f'{s}.*' for s in STAGES)} only"
+            )
         if isinstance(value, (dict, list)):
             raise ParamsError(f"{path}: {key} must be a single value, not a {type(value).__name__}")
     parse_params(apply(base, raw), f"{Path(params).name} with {path.name}")
@@ -131,18 +148,23 @@ def check_exp_name(name: str) -> None:
     from dulwich.refs import check_ref_format
 
     ref = f"refs/exps/00/{'0' * 38}/{name}".encode()
-    if not name or "/" in name or name.startswith("-") or not check_ref_format(ref):
+    too_long = len(name.encode()) > MAX_EXP_NAME  # git keeps a ref as a file: 255 bytes a name
+    # Printable only: a right-to-left override would reorder every line that shows the name.
+    odd = not name.isprintable() or name.startswith("-") or "/" in name
+    if too_long or odd or not name or not check_ref_format(ref):
         raise ParamsError(
             f"experiment name {short(name)} is not one DVC takes: no spaces, '/', '..', '~', "
             "'^', ':', '?', '*', '[', '\\', '@{', no leading '-' or trailing '.' or '.lock' "
-            "(git check-ref-format); pass another --name"
+            f"(git check-ref-format), printable, at most {MAX_EXP_NAME} bytes; pass another --name"
         )
 
 
 def variants(recipe: dict[str, Any], params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{variant: changes}: baseline, recipe, and each change of the recipe alone (in file order;
-    a key whose value params.yaml already has is no change)."""
+    a key whose value params.yaml already has is no change; `seeds` is none)."""
     current = flatten(params)
+    # `<section>.seeds` is how many members every variant trains (plan.py), not a change.
+    recipe = {k: v for k, v in recipe.items() if not k.endswith(".seeds")}
     changed = {k: v for k, v in recipe.items() if current.get(k) != v}
     out: dict[str, dict[str, Any]] = {"baseline": {}, "recipe": dict(recipe)}
     for key in changed:
@@ -174,20 +196,39 @@ def compare_commands(
     """The `dvc exp run --queue` command of every variant (with `seeds`, N members each); every
     name and value is checked before any is returned (nothing is queued when one would be
     refused)."""
+    return compare_plan(recipe_path, params_path, name, only, extra, check_data, seeds)[0]
+
+
+def compare_plan(
+    recipe_path: Path,
+    params_path: Path,
+    name: str,
+    only: list[str] | None,
+    extra: list[str],
+    check_data: bool = True,
+    seeds: int | None = None,
+) -> tuple[list[list[str]], list[tuple[str, int, int]]]:
+    """compare_commands' commands, and (section, members, epochs) of each variant's run."""
     check_exp_name(name)
-    parse_sets(extra)  # a bad -S is named before the recipe is read
+    given = parse_sets(extra)  # a bad -S is named before the recipe is read
     table, sections = compared(recipe_path, params_path, only)
-    if seeds is not None:
-        extra = [*extra, *(f"{s}.seeds={seeds}" for s in sections)]
+    members, said = plan.seeds_for_every_variant(
+        read_recipe(recipe_path, params_path), given, seeds, sections, recipe_path.name
+    )
+    for level, line in said:
+        log.log(level, line)
+    extra = [e for e in extra if e.partition("=")[0] not in members]
+    extra += [f"{k}={_value(v)}" for k, v in members.items()]
     overrides = parse_sets(extra)
     base = read_yaml(params_path)
     stages = [STAGES[s] for s in sections]
-    commands = []
+    commands, runs = [], []
     for variant, changes in table.items():
         # Each variant must be valid on its own, not only the whole recipe (the -S values are
         # checked as DVC will read them: YAML).
         each = {**changes, **overrides}
-        parse_params(apply(base, each), f"{params_path.name} with variant {variant}")
+        p = parse_params(apply(base, each), f"{params_path.name} with variant {variant}")
+        runs += [(s, getattr(p, s).seeds, getattr(p, s).epochs) for s in sections]
         sets = [a for k, v in changes.items() for a in ("-S", f"{k}={_value(v)}")]
         for item in extra:
             sets += ["-S", item]
@@ -201,7 +242,27 @@ def compare_commands(
     if check_data:  # after every variant is checked: a refusal above needs no repository
         params = parse_params(base, params_path.name)
         _check_committed_data([f"download@{getattr(params, s).dataset}" for s in sections])
-    return commands
+    _check_names_free([f"{name}.{v}" for v in table], quiet=not check_data)
+    return commands, runs
+
+
+def _check_names_free(names: list[str], quiet: bool) -> None:
+    """Refuse names the last commit's experiments have already: `-f` would replace them."""
+    existing, why = plan.existing_experiments()
+    if existing is None:
+        log.log(
+            logging.INFO if quiet else logging.WARNING,
+            "names not checked against existing experiments (dvc exp list: %s)",
+            why,
+        )
+        return
+    taken = [n for n in names if n in existing]
+    if taken:
+        raise ParamsError(
+            f"experiment {taken[0]} exists already on this commit ({len(taken)} of the "
+            f"{len(names)} names do): queued, it would replace it; pass another --name or "
+            f"remove them (dvc exp remove {' '.join(taken)})"
+        )
 
 
 def compared(
@@ -239,95 +300,6 @@ def queue(commands: list[list[str]]) -> None:
             )
             raise AppliedTorchError(f"dvc did not queue {name}: {reason}{before}")
         done.append(name)
-
-
-# --------------------------------------------------------------------------------------------
-# Results: each variant's mean ± CI and Welch's test against the baseline
-
-
-def shown_experiments() -> dict[str, dict[str, Any]]:
-    """{experiment name: its params and metrics} from `dvc exp show --json` in this repository."""
-    proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        raise AppliedTorchError(
-            f"dvc exp show failed: {lines[-1][:200] if lines else proc.returncode}"
-        )
-    out = {}
-    for rev in json.loads(proc.stdout or "[]"):
-        for exp in rev.get("experiments") or []:
-            revs = exp.get("revs") or [{}]
-            if exp.get("name"):
-                out[exp["name"]] = revs[0].get("data") or {}
-    return out
-
-
-def estimate(data: dict[str, Any], section: str, metric: str = "test_accuracy") -> dict[str, Any]:
-    """An experiment's `metric`: {n, mean, sd, low, high, ensemble} from its metrics.json, where
-    `seeds` > 1 wrote the members' statistics; a single net's value alone otherwise."""
-    metrics = (data.get("metrics") or {}).get(f"reports/{section}/metrics.json", {}).get("data")
-    params = (data.get("params") or {}).get("params.yaml", {}).get("data") or {}
-    if not isinstance(metrics, dict) or metric not in metrics:
-        return {}
-    n = int((params.get(section) or {}).get("seeds", 1))
-    if f"{metric}_mean" not in metrics:
-        return {"n": 1, "mean": metrics[metric]}
-    return {
-        "n": n,
-        "mean": metrics[f"{metric}_mean"],
-        "sd": metrics[f"{metric}_sd"],
-        "low": metrics[f"{metric}_ci95_low"],
-        "high": metrics[f"{metric}_ci95_high"],
-        "ensemble": metrics[metric],
-    }
-
-
-def welch_p(a: dict[str, Any], b: dict[str, Any]) -> float | None:
-    """Welch's two-sided t-test p-value of two variants' member means (None without sds)."""
-    from scipy import stats
-
-    if "sd" not in a or "sd" not in b:
-        return None
-    result = stats.ttest_ind_from_stats(
-        a["mean"], a["sd"], a["n"], b["mean"], b["sd"], b["n"], equal_var=False
-    )
-    return float(result.pvalue)
-
-
-def results_lines(
-    name: str, table: dict[str, Any], sections: list[str], shown: dict[str, dict[str, Any]]
-) -> list[str]:
-    """The comparison as text: per section, one line per variant with its members' mean test
-    accuracy ± 95 % CI half-width, the interval, the ensemble's accuracy and Welch's p."""
-    lines = []
-    for section in sections:
-        lines.append(
-            f"reports/{section}/metrics.json test_accuracy: members' mean ± 95 % CI (Student's t), "
-            "ensemble, Welch's t-test p against baseline"
-        )
-        base = estimate(shown.get(f"{name}.baseline", {}), section)
-        for variant in table:
-            est = estimate(shown.get(f"{name}.{variant}", {}), section)
-            lines.append(f"  {variant:<14} {result_text(est, base, variant == 'baseline')}")
-    return lines
-
-
-def result_text(est: dict[str, Any], base: dict[str, Any], is_base: bool) -> str:
-    """`n=3  61.23 % ± 1.20  [60.03, 62.43] %  ensemble 62.00 %  p=0.0123` for one variant."""
-    if not est:
-        return "no result (not run yet: `dvc queue start`, then `dvc exp show`)"
-    pct = 100 * est["mean"]
-    if "sd" not in est:
-        return f"n=1  {pct:.2f} %  (no CI with seeds: 1; compare with --seeds N)"
-    half = 100 * (est["high"] - est["low"]) / 2
-    text = (
-        f"n={est['n']}  {pct:.2f} % ± {half:.2f}  [{100 * est['low']:.2f}, "
-        f"{100 * est['high']:.2f}] %  ensemble {100 * est['ensemble']:.2f} %"
-    )
-    if is_base:
-        return text
-    p = welch_p(est, base)
-    return f"{text}  p={p:.4g}" if p is not None and math.isfinite(p) else f"{text}  p=—"
 
 
 def _check_committed_data(stages: list[str]) -> None:
@@ -387,12 +359,14 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(results_lines(name, table, sections, shown_experiments())))
             return
         if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
-            raise ParamsError(f"--seeds must be 1..{MAX_SEEDS} (got {args.seeds})")
-        commands = compare_commands(
+            raise ParamsError(f"--seeds must be 1..{MAX_SEEDS} (got {short(args.seeds)})")
+        commands, runs = compare_plan(
             args.recipe, args.params, name, only, args.extra, not args.dry_run, args.seeds
         )
         for cmd in commands:
             print(" ".join(cmd), flush=True)
+        for level, line in plan.cost_lines(runs, args.params.resolve().parent):
+            log.log(level, line)
         if not args.dry_run:
             queue(commands)
             print(

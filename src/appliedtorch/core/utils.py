@@ -125,7 +125,10 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     ever, so it is opened without blocking and checked before anything is read."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.EISDIR, "a directory, not a file")
+        if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a regular file: a FIFO, device or socket")
         with os.fdopen(os.dup(fd), "rb") as f:
             return f.read(limit + 1)

@@ -19,7 +19,13 @@ from typing import Any
 
 from appliedtorch.core.errors import DataError
 from appliedtorch.data.datasets import CIFAR10_BATCHES, CIFAR10_FOLDER, Dataset
-from appliedtorch.data.limits import CHUNK, MAX_MEMBER_BYTES, brief, too_large
+from appliedtorch.data.limits import (
+    CHUNK,
+    MAX_ARCHIVE_MEMBERS,
+    MAX_MEMBER_BYTES,
+    brief,
+    too_large,
+)
 from appliedtorch.data.transport import Fetched
 
 
@@ -33,23 +39,48 @@ class BadArchive(Exception):
 
 def gunzip(src: Path, dst: Path | None, cap: int) -> str:
     """Decompress `src` to `dst` (or only read it, for None), stopping as soon as the output
-    would pass `cap` bytes; return the md5 of the decompressed bytes."""
-    with open(src, "rb") as f:  # gzip's trailer states the size (mod 2^32): a cheap first look
-        f.seek(0, os.SEEK_END)
-        if f.tell() >= 18:
-            f.seek(-4, os.SEEK_END)
-            if int.from_bytes(f.read(4), "little") > cap:
-                raise TooLarge(too_large("says it inflates", cap))
+    would pass `cap` bytes; return the md5 of the decompressed bytes.
+
+    Streamed with zlib (memory flat), member after member as gzip does; zero padding after the
+    last member is allowed (as gzip allows it), other bytes there are refused by name.
+    """
     done = 0
     md5 = hashlib.md5()
-    with gzip.open(src, "rb") as gz, open(dst or os.devnull, "wb") as out:
-        while chunk := gz.read(CHUNK):
-            done += len(chunk)
-            if done > cap:
-                raise TooLarge(too_large("inflates", cap))
-            md5.update(chunk)
-            out.write(chunk)
+    with open(src, "rb") as f, open(dst or os.devnull, "wb") as out:
+        data = f.read(CHUNK)
+        while True:
+            z = zlib.decompressobj(GZIP_WBITS)
+            while not z.eof:
+                chunk = z.decompress(data, CHUNK)  # at most CHUNK out per call: memory flat
+                if not chunk and not data:
+                    raise EOFError("the gzip stream ends early: truncated")
+                done += len(chunk)
+                if done > cap:
+                    raise TooLarge(too_large("inflates", cap))
+                md5.update(chunk)
+                out.write(chunk)
+                data = z.unconsumed_tail or (b"" if z.eof else f.read(CHUNK))
+            data = z.unused_data + f.read(CHUNK)
+            if not data.startswith(GZIP_MAGIC):  # no further member
+                _only_padding(data, f)
+                break
     return md5.hexdigest()
+
+
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer, checked by zlib
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _only_padding(rest: bytes, f: Any) -> None:
+    """BadArchive unless what follows the gzip stream (`rest`, then the file) is zero bytes."""
+    extra = len(rest) + os.fstat(f.fileno()).st_size - f.tell()
+    while rest:
+        if rest.strip(b"\0"):
+            raise BadArchive(
+                f"has {extra} bytes after the end of its gzip stream that are not gzip data "
+                "(appended to the file, or a damaged copy)"
+            )
+        rest = f.read(CHUNK)
 
 
 class CappedReader:
@@ -75,12 +106,18 @@ def untar_cifar10(archive: Path, folder: Path, cap: int) -> None:
     folder.mkdir(parents=True)
     wanted = {f"{CIFAR10_FOLDER}/{m}": m for m in [*CIFAR10_BATCHES, "readme.html"]}
     seen: set[str] = set()
+    count = 0
     total_cap = (len(wanted) + 1) * cap + CHUNK
     with (
         gzip.open(archive, "rb") as gz,
         tarfile.open(fileobj=CappedReader(gz, total_cap), mode="r|") as tar,
     ):
         for info in tar:
+            count += 1
+            if count > MAX_ARCHIVE_MEMBERS:
+                raise BadArchive(
+                    f"holds more than {MAX_ARCHIVE_MEMBERS} members (upstream's holds 9): refused"
+                )
             if info.size > cap:
                 raise TooLarge(
                     too_large(f"holds {brief(info.name, 60)} of {info.size} bytes,", cap)

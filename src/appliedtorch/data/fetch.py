@@ -31,7 +31,7 @@ import appliedtorch.data.synthetic as synthetic
 from appliedtorch.core.errors import DataError
 from appliedtorch.core.utils import pid_alive, signals_held
 from appliedtorch.data.datasets import Dataset, UpstreamFile, dataset
-from appliedtorch.data.extract import TooLarge, extract, gunzip
+from appliedtorch.data.extract import BadArchive, TooLarge, extract, gunzip
 from appliedtorch.data.formats import read_dataset
 from appliedtorch.data.hints import next_step
 from appliedtorch.data.limits import (
@@ -43,6 +43,7 @@ from appliedtorch.data.limits import (
     brief,
 )
 from appliedtorch.data.loading import MD5SUMS, SOURCE_FILE
+from appliedtorch.data.md5sums import parse_md5sums
 from appliedtorch.data.transport import Fetched, FetchError, fetch_file, is_url
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,10 @@ def download(
             shutil.rmtree(staging / ".archives")
             origin = {"downloads": [f.as_record() for f in fetched]}
             label = _source_label(ds, source, fetched)
+            against = sorted({f.checked_against for f in fetched})
+            log.info(
+                "%s: %d file(s) from %s verified against %s", name, len(fetched), label, against
+            )
         record = _source_record(ds, label, staging, origin)
         (staging / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _replace_dir(staging, out)
@@ -148,6 +153,12 @@ def _source_record(
         raise DataError(
             f"{ds.name} from {brief(source, 80)} is not a valid dataset: {why}"
         ) from None
+    for split in ("train", "test"):
+        if len(data[f"{split}_labels"]) == 0:
+            raise DataError(
+                f"{ds.name} from {brief(source, 80)} is not a valid dataset: its {split} split "
+                "holds 0 images"
+            )
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     return {
         "dataset": ds.name,
@@ -215,14 +226,20 @@ def _fetch_all(ds: Dataset, source: str, dest: Path, limits: Limits) -> list[Fet
                 f"cannot get {upstream_file.name} for {ds.name}: tried {'; '.join(tried)}; "
                 f"{next_step(ds, source)}"
             )
-    against = sorted({f.checked_against for f in fetched})
-    log.info("%s: %d file(s) from %s verified against %s", ds.name, len(fetched), source, against)
     return fetched
 
 
 def _mirror_base(source: str) -> str:
     """An http(s) base URL, or an existing directory as a path string."""
     if is_url(source):
+        if "@" in source.split("/")[2]:
+            # urllib would take `user:pw@host` for a host name, and the URL is written to
+            # source.json, which DVC shares with the team.
+            raise DataError(
+                f"data.source '{brief(source, 80)}' holds credentials (user:password@): they "
+                "would be written to source.json; serve the mirror without them, or mount it "
+                "and give the directory"
+            )
         return source if source.endswith("/") else source + "/"
     path = Path(source.removeprefix("file://")).expanduser()
     if not path.is_dir():
@@ -252,17 +269,7 @@ def _read_md5sums(
         raise DataError(
             f"cannot read {brief(url, 200)} for {ds.name} ({exc}); {next_step(ds, source)}"
         ) from None
-    sums = {}
-    for number, line in enumerate(tmp.read_text(errors="replace").splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        md5, _, fname = line.partition(" ")
-        fname = fname.strip().lstrip("*").removeprefix("./")
-        if len(md5) != 32 or not fname or any(c not in "0123456789abcdefABCDEF" for c in md5):
-            raise DataError(
-                f"{brief(url, 200)} line {number} is not in md5sum format: {brief(line.strip(), 60)!r}"
-            )
-        sums[Path(fname).name] = md5.lower()
+    sums = parse_md5sums(tmp.read_text(errors="replace"), brief(url, 200))
     tmp.unlink()
     return sums
 
@@ -297,7 +304,7 @@ def _content_md5(part: Path, ds: Dataset) -> str | None:
     """md5 of what a .gz decompresses to (within the dataset's bound); None if it is not one."""
     try:
         return gunzip(part, None, MAX_MEMBER_BYTES[ds.format])
-    except (TooLarge, OSError, EOFError, zlib.error):
+    except (TooLarge, BadArchive, OSError, EOFError, zlib.error):
         return None
 
 

@@ -24,6 +24,7 @@ import torch
 
 from appliedtorch.core.errors import DataError
 from appliedtorch.data.datasets import CIFAR10_BATCHES, MNIST_FILES, Dataset
+from appliedtorch.data.labels import check_class_names
 from appliedtorch.data.limits import (
     MAX_PICKLE_MARKS,
     MAX_PICKLE_OPS,
@@ -234,6 +235,10 @@ def parse_cifar_meta(path: Path) -> list[str]:
     _all(path, "label_names", meta["label_names"], str, NUM_CLASSES)
     if meta["num_vis"] != 3072 or type(meta["num_cases_per_batch"]) is not int:
         raise DataError(f"{path}: num_vis must be 3072 and num_cases_per_batch an integer")
+    try:
+        check_class_names(meta["label_names"])  # the rule predict applies to a model's classes
+    except ValueError as exc:
+        raise DataError(f"{path}: 'label_names': {brief(exc, 160)}") from None
     return list(meta["label_names"])
 
 

@@ -24,6 +24,9 @@ MAX_DOWNLOAD_BYTES = {  # compressed files: never larger than what they hold, pl
     "cifar": (len(CIFAR10_BATCHES) + 1) * MAX_MEMBER_BYTES["cifar"] + (1 << 20),
 }
 MAX_MD5SUMS_BYTES = 64 << 10
+# Upstream's cifar-10-python.tar.gz holds 9 entries (the folder, 7 files, readme.html); a tar of
+# a million empty members is tiny yet costs a minute and hundreds of MB to list.
+MAX_ARCHIVE_MEMBERS = 64
 MAX_BACKOFF_SECONDS = 8.0  # one wait between retries never exceeds this (data.retries <= 5)
 # A CIFAR-10 batch pickle: one opcode per label and per file name plus a few dozen for the dict
 # and the array, so the op count is bounded by the rows; a handful of nested marks at most.

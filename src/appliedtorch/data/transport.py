@@ -158,7 +158,42 @@ class Watchdog:
                     kwargs["check_hostname"] = self._check_hostname
                 return self.do_open(watched(http.client.HTTPSConnection), req, **kwargs)
 
-        return urllib.request.build_opener(HTTP, HTTPS)
+        return urllib.request.build_opener(HTTP, HTTPS, HttpOnlyRedirects)
+
+
+class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to http(s), its host looked up within the same timeout: urllib
+    alone would follow ftp:// too, outside the watchdog (and end in an AttributeError)."""
+
+    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        # urllib refuses file:// itself, but in words cut short in a line; check first.
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            self.check(urllib.parse.urljoin(req.full_url, location))
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        self.check(newurl)
+        resolve(newurl, req.timeout or 30.0)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    @staticmethod
+    def check(newurl: str) -> None:
+        """FetchError unless `newurl` is an http(s) URL."""
+        try:
+            scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        except ValueError as exc:
+            raise FetchError(f"malformed URL ({brief(exc, 60)})", permanent=True) from None
+        if scheme not in ("http", "https"):
+            raise FetchError(
+                f"redirected to {brief(newurl, 80)}: only http:// and https:// redirects are "
+                "followed",
+                permanent=True,
+            )
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -210,6 +245,9 @@ def _fetch_http(
         raise http_error(exc) from None
     except ValueError as exc:  # a redirect to a malformed URL, e.g. http://[::1/x
         raise FetchError(f"malformed URL ({brief(exc, 60)})", permanent=True) from None
+    except http.client.BadStatusLine as exc:  # its text is the line itself: say what it is
+        line = brief(str(exc.args[0] if exc.args else "").strip(), 40)
+        raise FetchError(f"not an HTTP answer (it starts {line!r})", permanent=True) from None
     except (urllib.error.URLError, OSError, HTTPException) as exc:  # also timeouts, resets
         if dog.expired:
             raise dog.error() from None
@@ -273,9 +311,12 @@ def http_error(exc: urllib.error.HTTPError) -> FetchError:
     """An HTTP error answer as a fetch error: 4xx will not change on retry (408 and 429 might);
     5xx is the server's trouble and is retried."""
     permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
-    reason = (
-        "not found (HTTP 404)" if exc.code == 404 else f"HTTP {exc.code} {brief(exc.reason, 60)}"
-    )
+    if exc.code == 404:
+        reason = "not found (HTTP 404)"
+    elif 300 <= exc.code < 400 and "infinite loop" in str(exc.reason):
+        reason = f"redirects in a loop or more than {urllib.request.HTTPRedirectHandler.max_redirections} times (HTTP {exc.code})"
+    else:
+        reason = f"HTTP {exc.code} {brief(exc.reason, 60)}"
     return FetchError(reason, permanent=permanent, missing=exc.code in (404, 410))
 
 

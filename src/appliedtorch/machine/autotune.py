@@ -16,9 +16,14 @@ the probe. The file lives in $APPLIEDTORCH_CACHE_DIR, else $XDG_CACHE_HOME/appli
 ~/.cache/appliedtorch. It is advice, never trusted: a file too large, not JSON, or naming a
 choice that is not a candidate is ignored and the probe runs again. Deleting it forgets every
 decision. Two processes writing at once lose at most one entry (each write is atomic), which
-only costs a probe later. With `busy_load`, a decision timed while the machine was busier than
-that (1-minute load average) is used but not cached: another process's work skews the timings,
-most of all those of the candidates that use more threads, and a cached choice would stay.
+only costs a probe later.
+
+A choice can change the numbers a run computes (bf16 or fp32, a thread count's reduction order),
+so it is made once per machine and kept. With `busy_load`, a machine busier than that (1-minute
+load average, read before and after timing) cannot time the candidates fairly: another process's
+work skews them, most of all those that use more threads. Such a run uses the cached choice, or
+else the exact default (`default`, else the first candidate, which callers make fp32), says so in
+one line and caches nothing; a quiet run later times the candidates and keeps its choice.
 """
 
 from __future__ import annotations
@@ -62,11 +67,14 @@ class Tuned:
     probe_seconds: float  # wall time of the probe in this process (0 when cached)
     cached: bool  # True: read from the cache, nothing was timed now
     load: float | None = None  # the 1-minute load average when it was timed (None: unknown)
+    busy: bool = False  # True: too busy to time fairly, the exact default taken untimed
 
     def summary(self) -> str:
         """One short line (it is a column of `dvc metrics show`): each candidate's ms per step,
         fastest (the choice) first, then the probe's cost or `cached`, e.g.
         `bfloat16 46.2 ms < float32 68.4 ms; probe 1.38 s`."""
+        if self.busy:
+            return f"{self.choice}, the default: not timed, the machine was busy"
         fastest = sorted(self.seconds.items(), key=lambda kv: kv[1])
         steps = " < ".join(f"{name} {1e3 * s:.3g} ms" for name, s in fastest)
         how = "cached" if self.cached else f"probe {self.probe_seconds:.2f} s"
@@ -180,23 +188,28 @@ def pick_fastest(
     shape_key: str,
     use_cache: bool = True,
     busy_load: float | None = None,
+    default: str | None = None,
     **timing: Any,
 ) -> Tuned:
-    """The fastest of `candidates` on this machine: from the cache, else timed and cached
-    (unless the load average exceeded `busy_load` while timing).
+    """The fastest of `candidates` on this machine: from the cache, else timed and cached.
 
-    `timing` passes warmup, rounds, steps and sync on to `time_candidates`. A single candidate
-    is returned untimed.
+    On a machine busier than `busy_load` (before or after timing) nothing is timed or cached:
+    the cached choice, else `default` (the first candidate unless named), with one line saying
+    so. `timing` passes warmup, rounds, steps and sync on to `time_candidates`. A single
+    candidate is returned untimed.
     """
     names = list(candidates)
     if not names:
         raise ValueError(f"{question}: no candidates to choose from")
     if len(names) == 1:
         return Tuned(names[0], {}, 0.0, False)
+    fallback = names[0] if default is None else default
+    if fallback not in names:
+        raise ValueError(f"{question}: default {fallback!r} is not a candidate ({names})")
     if use_cache and (hit := lookup(question, names, device=device, shape_key=shape_key)):
         return hit
-    path = cache_dir() / CACHE_FILE
-    key = cache_key(question, device, shape_key)
+    if is_busy(before := load_average(), busy_load):
+        return untimed_default(question, fallback, before, busy_load)
     start = time.perf_counter()
     seconds = time_candidates(candidates, **timing)
     choice = min(names, key=seconds.__getitem__)
@@ -210,14 +223,33 @@ def pick_fastest(
         tuned.probe_seconds,
         "unknown" if load is None else f"{load:.2f}",
     )
-    busy = busy_load is not None and load is not None and load > busy_load
-    if busy:
-        log.info(
-            "%s: not cached: the machine was busy (load average above %g)", question, busy_load
-        )
-    if use_cache and not busy:
-        remember(path, key, question, shape_key, tuned)
+    if is_busy(load, busy_load):  # the load rose while timing: the figures are skewed
+        return untimed_default(question, fallback, load, busy_load)
+    if use_cache:
+        path = cache_dir() / CACHE_FILE
+        remember(path, cache_key(question, device, shape_key), question, shape_key, tuned)
     return tuned
+
+
+def is_busy(load: float | None, busy_load: float | None) -> bool:
+    """True when a load average is known and above `busy_load` (None: never busy)."""
+    return busy_load is not None and load is not None and load > busy_load
+
+
+def untimed_default(
+    question: str, default: str, load: float | None, busy_load: float | None
+) -> Tuned:
+    """The exact default, untimed and uncached, with the one line that says why."""
+    log.warning(
+        "%s: %s, the default, untimed: the machine is too busy to time the candidates fairly "
+        "(load average %.2f above %g); a run on a quiet machine times them once and keeps the "
+        "choice",
+        question,
+        default,
+        load or 0.0,
+        busy_load or 0.0,
+    )
+    return Tuned(default, {}, 0.0, False, load, busy=True)
 
 
 def lookup(

@@ -7,7 +7,8 @@ that ask for more, before any work is done or memory allocated.
 Each stage estimates its own need (`appliedtorch.classify.nets.budget`, `appliedtorch.pinn.budget`,
 `appliedtorch.demos.budget`) as named parts in bytes; this module knows no stage. An estimate is
 refused when it exceeds what the device has free: RAM available to this process (the kernel's
-MemAvailable, within a cgroup's limit) or the GPU's free memory. Estimates count the big
+MemAvailable, within RLIMIT_AS, RLIMIT_DATA and every cgroup memory limit above the process, v1 or v2) or the
+GPU's free memory; the refusal names the limit it met. Estimates count the big
 tensors (weights, gradients, optimizer state, activations of a batch, data on the device), not
 the allocator's slack, so a refusal means the run could not have fitted.
 """
@@ -50,14 +51,108 @@ def gigabytes(n: float) -> str:
     return f"{max(n / 1e6, 1):.0f} MB"
 
 
-def _cgroup_free() -> float | None:
-    """Bytes this process's cgroup (v2) may still use, when it has a limit."""
+# Where the kernel says what this process may use; module attributes so tests can point them
+# at fake trees.
+PROC = Path("/proc")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as the largest page-aligned 64-bit number
+
+
+@dataclass
+class Limit:
+    """A limit on this process's memory other than the machine's RAM, and what it leaves."""
+
+    name: str  # e.g. "the cgroup's memory.max (4.0 GB) at /sys/fs/cgroup/job"
+    free: float  # bytes it still leaves for new tensors
+
+
+def _read_int(path: Path) -> int | None:
+    """A cgroup file's number; None for `max`, a missing or unreadable file, or no limit."""
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        text = path.read_text().strip()
     except OSError:
         return None
-    return None if limit == "max" else max(int(limit) - int(used), 0)
+    return int(text) if text.isdigit() and int(text) < UNLIMITED else None
+
+
+def _cgroup_paths(proc: Path) -> dict[str, str]:
+    """{"v2": path, "v1": path} of this process's memory cgroup, from /proc/self/cgroup."""
+    out = {}
+    try:
+        lines = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "" and "v2" not in out:
+            out["v2"] = path
+        elif "memory" in controllers.split(","):
+            out["v1"] = path
+    return out
+
+
+def cgroup_limits(proc: Path = PROC, root: Path = CGROUP_ROOT) -> list[Limit]:
+    """The memory limits of this process's cgroup and of each cgroup above it (v2 `memory.max`
+    with `memory.current`; v1 `memory.limit_in_bytes` with `memory.usage_in_bytes`)."""
+    # A hybrid host mounts v2 at unified/ beside v1's controllers.
+    v2 = root if (root / "cgroup.controllers").exists() else root / "unified"
+    files = {
+        "v2": (v2, "memory.max", "memory.current"),
+        "v1": (root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"),
+    }
+    limits = []
+    for version, path in _cgroup_paths(proc).items():
+        mount, limit_file, usage_file = files[version]
+        leaf = mount / path.lstrip("/")
+        # In a container without its own cgroup namespace the host's path is not mounted here:
+        # the mount point is then this process's cgroup.
+        node = leaf if leaf.is_dir() else mount
+        for level in (node, *node.parents):
+            limit = _read_int(level / limit_file)
+            if limit is not None:
+                used = _read_int(level / usage_file) or 0
+                limits.append(
+                    Limit(
+                        f"the cgroup's {limit_file} ({gigabytes(limit)}) at {level}",
+                        max(limit - used, 0),
+                    )
+                )
+            if level == mount:
+                break
+    return limits
+
+
+# (resource name, what `ulimit` calls it, the /proc/self/status line of what counts against it)
+RLIMITS = (
+    ("RLIMIT_AS", "the virtual-memory limit", "-v", "VmSize:"),
+    ("RLIMIT_DATA", "the data-segment limit", "-d", "VmData:"),  # malloc and anonymous mmap
+)
+
+
+def rlimits(proc: Path = PROC) -> list[Limit]:
+    """RLIMIT_AS (`ulimit -v`) and RLIMIT_DATA (`ulimit -d`), each less what this process
+    already uses of it."""
+    import resource
+
+    try:
+        status = (proc / "self" / "status").read_text().splitlines()
+    except OSError:
+        status = []
+    out = []
+    for name, words, flag, field_name in RLIMITS:
+        soft, _ = resource.getrlimit(getattr(resource, name))
+        if soft == resource.RLIM_INFINITY:
+            continue
+        used = next((line.split()[1:2] for line in status if line.startswith(field_name)), [])
+        used_bytes = int(used[0]) * 1024 if used and used[0].isdigit() else 0  # kB
+        label = f"{words} {name} (ulimit {flag} {soft // 1024}, {gigabytes(soft)})"
+        out.append(Limit(label, max(soft - used_bytes, 0)))
+    return out
+
+
+def process_limits(proc: Path = PROC, root: Path = CGROUP_ROOT) -> list[Limit]:
+    """Every limit on this process's memory besides the machine's RAM."""
+    return [*rlimits(proc), *cgroup_limits(proc, root)]
 
 
 def _ram_available() -> float:
@@ -75,26 +170,35 @@ def _ram_available() -> float:
 
 def available_bytes(device: torch.device) -> float:
     """Memory free for new tensors on `device` (RAM for the CPU)."""
+    return binding_limit(device).free
+
+
+def binding_limit(device: torch.device) -> Limit:
+    """The tightest bound on new tensors on `device`: its free memory, or a process limit
+    (RLIMIT_AS, a cgroup's) that leaves less."""
     if device.type == "cuda":
         # Under torchrun each process checks its own GPU (LOCAL_RANK), not all of them GPU 0.
         index = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", 0))
         free, _ = torch.cuda.mem_get_info(index % torch.cuda.device_count())
-        return float(free)
-    free = _ram_available()
-    cgroup = _cgroup_free()
-    return min(free, cgroup) if cgroup is not None else free
+        return Limit(f"free GPU memory on {device}", float(free))
+    machine = Limit("memory available", _ram_available())
+    return min([machine, *process_limits(PROC, CGROUP_ROOT)], key=lambda lim: lim.free)
 
 
 def check_memory(need: Need, device: torch.device) -> None:
-    """Refuse, in one line with the estimate, a run that cannot fit in `device`'s free memory."""
-    have = available_bytes(device)
-    if need.total <= have:
+    """Refuse, in one line with the estimate, a run that cannot fit in what `device` has free,
+    naming the limit it met (the machine's memory, RLIMIT_AS or a cgroup's limit)."""
+    limit = binding_limit(device)
+    if need.total <= limit.free:
         return
     parts = [name for name, size in need.parts.items() if size >= 0.05 * need.total]
-    where = "free GPU memory on " + str(device) if device.type == "cuda" else "memory available"
+    have = gigabytes(limit.free)
+    if limit.name.startswith("the "):  # a limit of the process, not the machine's memory
+        where = f"this process has {have} left under {limit.name}"
+    else:
+        where = f"this machine has {have} {limit.name}"
     raise AppliedTorchError(
-        f"{need.what} needs ~{gigabytes(need.total)} for {_join(parts)}; this machine has "
-        f"{gigabytes(have)} {where}; {need.hint}"
+        f"{need.what} needs ~{gigabytes(need.total)} for {_join(parts)}; {where}; {need.hint}"
     )
 
 

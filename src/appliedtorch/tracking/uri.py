@@ -138,7 +138,10 @@ def check_uri(uri: str) -> None:
     """
     import urllib.parse
 
-    parts = urllib.parse.urlsplit(uri)
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError as exc:  # e.g. http://[::1:5000: an unclosed or invalid IPv6 address
+        raise _malformed(uri, f"is malformed ({str(exc)[:60]})") from None
     scheme = uri_scheme(uri)
     problem = None
     if scheme in ("", "file") and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
@@ -156,11 +159,15 @@ def check_uri(uri: str) -> None:
             if not parts.hostname:
                 problem = "has no host"
     if problem:
-        where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
-        raise TrackingError(
-            f"tracking URI '{redact(uri)}' {problem}; set {where} to sqlite:///path/to/mlflow.db or "
-            "http(s)://host:port"
-        )
+        raise _malformed(uri, problem)
+
+
+def _malformed(uri: str, problem: str) -> TrackingError:
+    where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
+    return TrackingError(
+        f"tracking URI '{redact(uri)}' {problem}; set {where} to sqlite:///path/to/mlflow.db or "
+        "http(s)://host:port"
+    )
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

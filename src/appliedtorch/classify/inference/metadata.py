@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from appliedtorch.classify.params import MAX_SEEDS
 from appliedtorch.core.errors import AppliedTorchError, ParamsError
 from appliedtorch.core.params import MAX_LAYERS, MAX_WIDTH, Section, validate
+from appliedtorch.data.labels import check_class_names
 
 MAX_SIDE = 512  # pixels: the largest image side a model may expect (CIFAR-10's is 32)
 MAX_CLASSES = 1000
@@ -97,17 +98,8 @@ class ModelMeta(Section):
                 raise ValueError(f"{name} must have one value per channel ({c}, got {len(values)})")
         if not all(0 <= m <= 1 for m in self.mean) or not all(1e-3 <= s <= 1 for s in self.std):
             raise ValueError("mean must be in [0, 1] and std in [0.001, 1] (pixel fractions)")
-        bad = next((n for n in self.classes if not _class_name_ok(n)), None)
-        if bad is not None:
-            raise ValueError(
-                f"classes must be names of 1 to 64 printable characters without tabs (got {bad[:40]!r})"
-            )
+        check_class_names(self.classes)  # the rule a mirror's names meet at download
         return self
-
-
-def _class_name_ok(name: str) -> bool:
-    # predict prints tab-separated columns: a tab or a newline in a name would shift them.
-    return 0 < len(name) <= 64 and name.isprintable() and "\t" not in name
 
 
 class ModelFile(ModelMeta):
