@@ -7,7 +7,7 @@
 
 Three measurements, each with the load average before and after (the machine may be shared):
 
-- **probe**: `classify.tuning.tune` with `bf16: auto` (bf16 a candidate where native) and
+- **probe**: `classify.training.tuning.tune` with `bf16: auto` (bf16 a candidate where native) and
   `threads: auto` on the default params' net, a real batch and the CPU, uncached: the choice,
   each candidate's seconds per step and the probe's own cost.
 - **check**: the same candidates timed over `--batches` whole training batches each, alternated,
