@@ -118,7 +118,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The workspace options (run.py takes them too)."""
     parser.add_argument("--dvc-repo", type=Path, help="time `dvc repro` here instead")
-    parser.add_argument("--workspace", type=Path, help="keep (or reuse) the workspace here")
+    parser.add_argument("--workspace", type=Path, help="keep (or reuse) the workspace in DIR/ws")
 
 
 def main() -> None:
