@@ -7,7 +7,7 @@
 
 Three measurements, each with the load average before and after (the machine may be shared):
 
-- **probe**: `classify.tuning.tune` with `bf16: auto` (bf16 a candidate where native) and
+- **probe**: `classify.training.tuning.tune` with `bf16: auto` (bf16 a candidate where native) and
   `threads: auto` on the default params' net, a real batch and the CPU, uncached: the choice,
   each candidate's seconds per step and the probe's own cost.
 - **check**: the same candidates timed over `--batches` whole training batches each, alternated,
@@ -17,13 +17,14 @@ Three measurements, each with the load average before and after (the machine may
 
 The nets, batch sizes and learning rates are params.yaml's defaults (tutorial MLP 784-128-128-10,
 batch 64; tutorial CNN, batch 128, channels_last); the optimizer is fused Adam, as the loop's.
-Writes reports/auto.json.
+Writes reports/benchmarks/auto.json.
 """
 
 from __future__ import annotations
 
-# First, as in the stages: appliedtorch decides how OpenMP threads wait before torch loads.
-import appliedtorch  # noqa: F401  # isort: skip
+from appliedtorch.machine import openmp
+
+openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 
 import argparse
 import gzip
@@ -43,12 +44,11 @@ from appliedtorch.classify.nets.models import build_model
 from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Normalizer
 from appliedtorch.classify.training.steps import training_step
 from appliedtorch.classify.training.tuning import first_batch, tune
-from appliedtorch.core.utils import thread_count, write_json
-from appliedtorch.data.loading import ImageData, synthetic_in_memory
+from appliedtorch.core.utils import thread_count
+from appliedtorch.data.loading import ImageData
 from appliedtorch.machine.hardware import cpu_description, flush_denormals
-
-REPO = Path(__file__).resolve().parents[1]
-SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000)}
+from common import save
+from loops import DATASET, load_synthetic
 
 
 @dataclass
@@ -80,10 +80,8 @@ class Net:
 
 def default_net(arch: str, scale: float, data: ImageData | None = None) -> Net:
     """params.yaml's default MLP or CNN on full-size (times `scale`) synthetic data."""
-    name = "mnist" if arch == "mlp" else "cifar10"
     if data is None:
-        n_train, n_test = (max(1, int(n * scale)) for n in SIZES[name])
-        data = synthetic_in_memory(name, n_train, n_test)
+        data = load_synthetic(DATASET[arch], scale)
     if arch == "mlp":
         args = {"in_features": 784, "hidden_size": 128, "num_classes": 10}
         return Net("mlp", data, 64, 1e-3, False, args)
@@ -197,6 +195,20 @@ def denormal(net: Net, epochs: int, reps: int, threads: int) -> dict[str, Any]:
     return {"threads": threads, "runs": runs, "best_per_epoch": best, "best_epochs_2plus": later}
 
 
+def choices(scale: float) -> dict[str, Any]:
+    """What `bf16: auto, threads: auto` chooses for each default net here, printed as it goes."""
+    out = {}
+    for arch in ("mlp", "cnn"):
+        r = probe(default_net(arch, scale))
+        steps = ", ".join(f"{name} {1e3 * s:.2f} ms" for name, s in r["step_seconds"].items())
+        print(
+            f"auto for {arch}: {r['choice']} (per step: {steps}; probe {r['probe_seconds']:.2f} s)",
+            flush=True,
+        )
+        out[arch] = r
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="probe,check,denormal")
@@ -207,7 +219,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads (denormal)")
     parser.add_argument("--mnist-dir", type=Path, help="IDX .gz files for the denormal run")
-    parser.add_argument("--json", type=Path, default=REPO / "reports" / "auto.json")
+    parser.add_argument("--json", type=Path, help="default reports/benchmarks/auto.json")
     args = parser.parse_args()
     only, archs = set(args.only.split(",")), args.arch.split(",")
     cpu = cpu_description()
@@ -242,8 +254,7 @@ def main() -> None:
             f"{r['load_before']:.2f} -> {r['load_after']:.2f}",
             flush=True,
         )
-    write_json(args.json, out)
-    print(f"wrote {args.json}")
+    save("auto", out, args.json)
 
 
 if __name__ == "__main__":

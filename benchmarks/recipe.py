@@ -26,9 +26,12 @@ that every variant learns.
 
 from __future__ import annotations
 
+from appliedtorch.machine import openmp
+
+openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
+
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -40,7 +43,7 @@ from typing import Any
 import torch
 
 from appliedtorch.classify.params import CNNParams
-from appliedtorch.classify.training.loop import model_args_for, model_name, train_classifier
+from appliedtorch.classify.training.loop import model_args_for, net_name, train_classifier
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError, ParamsError
 from appliedtorch.core.params import read_yaml
 from appliedtorch.data.datasets import DATASETS
@@ -49,8 +52,10 @@ from appliedtorch.machine.hardware import cpu_description
 from appliedtorch.params import parse_params
 from appliedtorch.recipes import apply, parse_sets, read_recipe, variants
 
+# The sibling modules, also where this file is loaded by path (tests/test_recipe_real.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import flops  # noqa: E402 - the sibling benchmark script, reused
+import flops
+from common import save
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC_SIZES = (50_000, 10_000)  # CIFAR-10's, the default stand-in
@@ -135,10 +140,10 @@ def summary(
     train, train_sd = mean_sd([r["train_seconds"] for r in done])
     evals, evals_sd = mean_sd([r["eval_seconds"] for r in done])
     per_image = flops.train_flops_per_sample(
-        model_name(config), model_args_for(config, data), tuple(data.train_images.shape[1:])
+        net_name(config), model_args_for(config, data), tuple(data.train_images.shape[1:])
     )
     return {
-        "net": model_name(config),
+        "net": net_name(config),
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "train_images": len(data.train_images),
@@ -214,7 +219,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="key=value applied to every variant (e.g. cnn.threads=1)",
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=REPO / "reports" / "recipe_benchmark.json")
+    parser.add_argument("--json", type=Path, help="default reports/benchmarks/recipe.json")
     args = parser.parse_args(argv)
     for name in ("train", "test", "seeds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -258,10 +263,8 @@ def main(argv: list[str] | None = None) -> None:
             name: summary(table[name], data, runs[name], runs.get("baseline")) for name in table
         },
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
     print_table(results)
-    print(f"wrote {args.json}")
+    save("recipe", results, args.json)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""benchmarks/run.py on small data: what it prints and records is what it measured."""
+"""benchmarks/run.py on small data: what it prints and records is what it measured.
+
+benchmarks/ is one module per measurement (epochs.py, evaluation.py, ...) that imports its
+siblings by name, as `python benchmarks/x.py` puts that folder on sys.path; a test here does so
+with `monkeypatch.syspath_prepend`.
+"""
 
 from __future__ import annotations
 
@@ -36,19 +41,28 @@ def quick_run(tmp_path_factory):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text()), out
 
 
 def test_the_table_names_the_cpu_and_its_flags(quick_run):
-    stdout, report = quick_run
+    stdout, report, _ = quick_run
     cpu = cpu_description()
     first = stdout.splitlines()[0]
     assert first.startswith(f"CPU {cpu['model']}") and f"flags: {' '.join(cpu['flags'])}" in first
     assert report["machine"]["cpu_model"]["flags"] == cpu["flags"]
 
 
+def test_each_run_appends_its_table_to_the_run_log_beside_its_json(quick_run):
+    _, report, out = quick_run
+    (entry,) = [
+        json.loads(line) for line in (out.parent / "history.jsonl").read_text().splitlines()
+    ]
+    assert entry["benchmark"] == "run" and entry["file"] == str(out)
+    assert entry["table"] == report["table"] and entry["cpu"] == cpu_description()["model"]
+
+
 def test_auto_choices_are_printed_with_each_candidates_time(quick_run):
-    stdout, report = quick_run
+    stdout, report, _ = quick_run
     for arch in ("mlp", "cnn"):
         probe = report["results"]["auto"][arch]
         assert probe["choice"] in probe["step_seconds"] and probe["probe_seconds"] > 0
@@ -60,7 +74,7 @@ def test_auto_choices_are_printed_with_each_candidates_time(quick_run):
 def test_each_loop_runs_as_its_user_runs_it(quick_run):
     """The project's loop in a process set up as a stage (appliedtorch's OpenMP default), the
     tutorial's in one with torch's defaults and the threads torch picks."""
-    _, report = quick_run
+    _, report, _ = quick_run
     # appliedtorch decided the wait from the run queue (machine/openmp.py); the tutorial kept none
     assert report["machine"]["openmp_wait"].split(" (")[0] in ("spin", "passive")
     r = report["results"]["mlp_epoch"]
@@ -69,7 +83,7 @@ def test_each_loop_runs_as_its_user_runs_it(quick_run):
 
 
 def test_epochs_are_the_best_of_alternated_runs(quick_run):
-    _, report = quick_run
+    _, report, _ = quick_run
     r = report["results"]["mlp_epoch"]
     assert len(r["tutorial_runs"]) == 2 and r["tutorial_seconds"] == min(r["tutorial_runs"])
     chosen = r["project_by_threads"][str(r["project_threads"])]
@@ -85,7 +99,7 @@ def test_epochs_are_the_best_of_alternated_runs(quick_run):
 
 
 def test_the_dtype_auto_did_not_choose_is_timed_where_bf16_is_native(quick_run):
-    _, report = quick_run
+    _, report, _ = quick_run
     other = report["results"]["mlp_epoch"]["project_other"]
     if not native_bf16(torch.device("cpu")):
         assert other is None  # emulated bf16 is not a candidate: nothing to compare
@@ -109,7 +123,10 @@ def test_the_epoch_benchmark_times_what_the_stages_probe_chose(monkeypatch):
     from appliedtorch.data.loading import synthetic_in_memory
     from appliedtorch.machine import autotune
     from appliedtorch.params import load_params
-    from benchmarks import run as bench
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import epochs
+    import loops
 
     probes = []
 
@@ -118,12 +135,12 @@ def test_the_epoch_benchmark_times_what_the_stages_probe_chose(monkeypatch):
         return autotune.Tuned("bfloat16", dict.fromkeys(candidates, 0.1), 0.5, False)
 
     monkeypatch.setattr(tuning, "native_bf16", lambda device: True)
-    monkeypatch.setattr(bench, "native_bf16", lambda device: True)
+    monkeypatch.setattr(epochs, "native_bf16", lambda device: True)
     monkeypatch.setattr(tuning, "pick_fastest", fake)
-    base = bench.train_speed.timed_section(load_params(REPO / "params.yaml"), "cnn")
+    base = loops.timed_section(load_params(REPO / "params.yaml"), "cnn")
     data = synthetic_in_memory("cifar10", 512, 64)
     params = REPO / "params.yaml"
-    r = bench.epoch_benchmark("cnn", data, params, base, batches=2, reps=1, device="cpu", seed=0)
+    r = epochs.measure("cnn", data, params, base, batches=2, reps=1, device="cpu", seed=0)
     # probed once for each thread count warmed up (as the stage would: not cached in a test)
     assert probes == [["bfloat16", "float32"]] * len(r["project_by_threads"])
     assert r["bf16_setting"] == "auto" and r["format"] == "bf16"

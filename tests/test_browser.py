@@ -135,14 +135,7 @@ def test_mlflow_ui_shows_the_experiments_runs_and_metrics(pipeline, tmp_path):
     db = f"sqlite:///{pipeline / 'mlflow.db'}"
     client = mlflow.MlflowClient(db)
     exps = {name: client.get_experiment_by_name(name) for name in EXPERIMENTS}
-    runs, sweep = {}, []
-    for name, exp in exps.items():
-        for r in client.search_runs([exp.experiment_id]):
-            if "dvc.exp_name" in r.data.tags:
-                sweep.append(r)
-            else:
-                assert name not in runs, f"{name}: more than one `dvc repro` run"
-                runs[name] = r
+    runs, sweep = repro_and_sweep_runs(client, exps)
     assert sorted(float(r.data.params["mlp.lr"]) for r in sweep) == sorted(SWEEP)
     assert {r.data.tags["sweep"] for r in sweep} == {"lr-sweep"}
     for exp in exps.values():  # MLflow's marker of a model-training (not GenAI) experiment
@@ -153,75 +146,95 @@ def test_mlflow_ui_shows_the_experiments_runs_and_metrics(pipeline, tmp_path):
         text = browser.text(f"{ui}/#/experiments", "01-experiments.png", list(EXPERIMENTS))
         for name in EXPERIMENTS:
             assert name in text, f"experiment {name} is not listed: {text[:3000]}"
-
-        # Each run's own page: status, metrics (a table of all of them) and lineage tags.
         for i, (name, (stage, metric)) in enumerate(EXPERIMENTS.items(), 2):
-            r = runs[name]
-            url = f"{ui}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}"
-            must = [
-                r.info.run_name,
-                r.info.run_id,
-                "Finished",
-                f"Metrics ({len(r.data.metrics)})",
-                metric,
-                f"dvc.stage : {stage}",
-                f"git.commit : {r.data.tags['git.commit']}",
-                f"params.md5 : {r.data.tags['params.md5']}",
-            ]
-            if name in ("mnist-mlp", "cifar10-cnn"):
-                data_tag = next(
-                    k for k in r.data.tags if k.startswith("data.") and k != "data.source"
-                )
-                md5, dataset = r.data.tags[data_tag], data_tag.split(".")[1]
-                must += [f"{data_tag} : {md5}", "data.source : synthetic"]
-                # The datasets it read (not "Datasets None") and its system metrics.
-                must += [f"Datasets {dataset}-train ({md5}) training +1"]
-                system = sorted(k for k in r.data.metrics if k.startswith("system/"))
-                assert "system/cpu_utilization_percentage" in system, sorted(r.data.metrics)
-                must += [f"System metrics ({len(system)})", "system/cpu_utilization_percentage"]
-            text = browser.text(url, f"0{i}-run-{name}.png", must, size=(1600, 2600))
-            missing = [m for m in must if m not in text]
-            assert not missing, f"{name}: the run page does not show {missing}: {text[:3000]}"
-            if name in ("mnist-mlp", "cifar10-cnn"):
-                assert "Datasets None" not in text
-
-        # A training run's System metrics tab: one chart per metric.
-        r = runs["mnist-mlp"]
-        url = f"{ui}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}/system-metrics"
-        system = [k for k in r.data.metrics if k.startswith("system/")]
-        must = [f"System metrics ({len(system)})", "Add chart"]
-        text = browser.text(url, "06-mnist-mlp-system-metrics.png", must, size=(1600, 1400))
-        assert all(m in text for m in must), text[:3000]
-
-        # An experiment opens on its training runs (the runs table, datasets, the Runs tab),
-        # not on the GenAI overview of traces, at the address README gives.
+            shot = f"0{i}-run-{name}.png"
+            check_run_page(browser, ui, name, runs[name], stage=stage, metric=metric, shot=shot)
+        check_system_metrics_tab(browser, ui, runs["mnist-mlp"])
         for name in ("mnist-mlp", "pinn-ode"):
-            exp = exps[name]
-            url = f"{ui}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
-            named = [runs[name].info.run_name] + [
-                r.info.run_name for r in sweep if name == "mnist-mlp"
-            ]
-            must = ["Runs", "Run Name", "Created", *named, f"{len(named)} matching run"]
-            if name == "mnist-mlp":
-                must += ["Dataset", "mnist-train"]
-            text = browser.text(url, f"07-experiment-{name}.png", must, size=(1600, 1000))
-            missing = [m for m in must if m not in text]
-            assert not missing, (
-                f"{name}: the experiment page does not show {missing}: {text[:3000]}"
-            )
-            for genai in ("Token Usage", "Tokens per Trace", "Cost Breakdown", "Latency"):
-                assert genai not in text, f"{name} opened on the GenAI overview: {text[:3000]}"
+            named = [runs[name].info.run_name]
+            named += [r.info.run_name for r in sweep if name == "mnist-mlp"]
+            check_experiment_page(browser, ui, exps[name], named)
+        check_comparison_view(browser, ui, exps["mnist-mlp"], [runs["mnist-mlp"], *sweep])
 
-        # The sweep in the comparison view: three runs and a chart per metric.
-        exp = exps["mnist-mlp"]
-        url = f"{ui}/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART"
-        must = [r.info.run_name for r in [runs["mnist-mlp"], *sweep]]
-        metrics = runs["mnist-mlp"].data.metrics
-        system = [k for k in metrics if k.startswith("system/")]
-        must += [f"Model metrics ({len(metrics) - len(system)})", f"System metrics ({len(system)})"]
-        must += ["3 matching runs"]
-        text = browser.text(url, "08-mnist-mlp-charts.png", must, size=(1600, 1400))
-        assert all(m in text for m in must), text[:3000]
+
+def repro_and_sweep_runs(client, exps: dict) -> tuple[dict, list]:
+    """({experiment: its one `dvc repro` run}, the sweep's runs: those with `dvc.exp_name`)."""
+    runs, sweep = {}, []
+    for name, exp in exps.items():
+        for r in client.search_runs([exp.experiment_id]):
+            if "dvc.exp_name" in r.data.tags:
+                sweep.append(r)
+            else:
+                assert name not in runs, f"{name}: more than one `dvc repro` run"
+                runs[name] = r
+    return runs, sweep
+
+
+def check_run_page(browser, ui: str, name: str, r, *, stage: str, metric: str, shot: str) -> None:
+    """Experiment `name`'s run `r` on its own page: status, metrics (a table of all of them) and
+    lineage tags."""
+    must = [
+        r.info.run_name,
+        r.info.run_id,
+        "Finished",
+        f"Metrics ({len(r.data.metrics)})",
+        metric,
+        f"dvc.stage : {stage}",
+        f"git.commit : {r.data.tags['git.commit']}",
+        f"params.md5 : {r.data.tags['params.md5']}",
+    ]
+    trains = name in ("mnist-mlp", "cifar10-cnn")
+    if trains:
+        data_tag = next(k for k in r.data.tags if k.startswith("data.") and k != "data.source")
+        md5, dataset = r.data.tags[data_tag], data_tag.split(".")[1]
+        must += [f"{data_tag} : {md5}", "data.source : synthetic"]
+        # The datasets it read (not "Datasets None") and its system metrics.
+        must += [f"Datasets {dataset}-train ({md5}) training +1"]
+        system = sorted(k for k in r.data.metrics if k.startswith("system/"))
+        assert "system/cpu_utilization_percentage" in system, sorted(r.data.metrics)
+        must += [f"System metrics ({len(system)})", "system/cpu_utilization_percentage"]
+    url = f"{ui}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}"
+    text = browser.text(url, shot, must, size=(1600, 2600))
+    missing = [m for m in must if m not in text]
+    assert not missing, f"{name}: the run page does not show {missing}: {text[:3000]}"
+    if trains:
+        assert "Datasets None" not in text
+
+
+def check_system_metrics_tab(browser, ui: str, r) -> None:
+    """A training run's System metrics tab: one chart per metric."""
+    url = f"{ui}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}/system-metrics"
+    system = [k for k in r.data.metrics if k.startswith("system/")]
+    must = [f"System metrics ({len(system)})", "Add chart"]
+    text = browser.text(url, "06-mnist-mlp-system-metrics.png", must, size=(1600, 1400))
+    assert all(m in text for m in must), text[:3000]
+
+
+def check_experiment_page(browser, ui: str, exp, named: list[str]) -> None:
+    """An experiment opens on its training runs (the runs table, datasets, the Runs tab), not
+    on the GenAI overview of traces, at the address README gives."""
+    name = exp.name
+    url = f"{ui}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
+    must = ["Runs", "Run Name", "Created", *named, f"{len(named)} matching run"]
+    if name == "mnist-mlp":
+        must += ["Dataset", "mnist-train"]
+    text = browser.text(url, f"07-experiment-{name}.png", must, size=(1600, 1000))
+    missing = [m for m in must if m not in text]
+    assert not missing, f"{name}: the experiment page does not show {missing}: {text[:3000]}"
+    for genai in ("Token Usage", "Tokens per Trace", "Cost Breakdown", "Latency"):
+        assert genai not in text, f"{name} opened on the GenAI overview: {text[:3000]}"
+
+
+def check_comparison_view(browser, ui: str, exp, runs: list) -> None:
+    """The sweep in the comparison view: three runs and a chart per metric."""
+    url = f"{ui}/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART"
+    must = [r.info.run_name for r in runs]
+    metrics = runs[0].data.metrics
+    system = [k for k in metrics if k.startswith("system/")]
+    must += [f"Model metrics ({len(metrics) - len(system)})", f"System metrics ({len(system)})"]
+    must += ["3 matching runs"]
+    text = browser.text(url, "08-mnist-mlp-charts.png", must, size=(1600, 1400))
+    assert all(m in text for m in must), text[:3000]
 
 
 def test_report_page_renders_from_disk(pipeline, tmp_path):

@@ -230,8 +230,6 @@ def test_sigkilled_torchrun_training_resumes_to_the_same_model_and_run(
     optimizer, StepLR, the shared shuffle stream and each rank's own dropout, crop and flip
     streams) in the same MLflow run, and ends with the model file of an uninterrupted 2-process
     run, byte for byte. The CNN, not the MLP: the MLP draws from no per-rank stream."""
-    import mlflow
-
     data_dir = tmp_path / "data" / "raw" / "cifar10"
     download("cifar10", data_dir, source="synthetic", synthetic_sizes=(256, 128))
     epochs = 4
@@ -241,38 +239,13 @@ def test_sigkilled_torchrun_training_resumes_to_the_same_model_and_run(
     params = params_file({"device": "cpu", "cnn": cnn})
 
     def start(name: str) -> subprocess.Popen:
-        out = tmp_path / name
-        out.mkdir(exist_ok=True)
-        if not (out / "mlflow.db").exists():
-            (out / "mlflow.db").write_bytes(mlflow_template_db.read_bytes())
-        cmd = [*TORCHRUN, REPO / "stages" / "train.py", "--section", "cnn", "--params", params, "--data",
-               data_dir, "--model", out / "models/cnn.pt", "--reports", out / "reports/cnn"]  # fmt: skip
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
-        return subprocess.Popen(
-            [str(a) for a in cmd], cwd=out, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )  # fmt: skip
-
-    def finish(proc: subprocess.Popen) -> str:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
-        return err
+        return start_torchrun(tmp_path / name, params, data_dir, mlflow_template_db)
 
     # The uninterrupted reference runs beside the run that is killed and resumed.
     reference_proc, proc = start("reference"), start("killed")
     out, reference = tmp_path / "killed", tmp_path / "reference"
     resume = resume_path(out / "models/cnn.pt")
-    deadline = time.monotonic() + 240
-    while not resume.exists():  # the first epoch's resume state: kill right after it appears
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no resume state appeared"
-        time.sleep(0.005)
-    workers = children(proc.pid)
-    for pid in (proc.pid, *workers):  # torchrun starts each worker in its own session
-        os.killpg(pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert len(workers) == 2 and proc.returncode == -signal.SIGKILL
-    state = torch.load(resume, weights_only=True)
+    state = kill_when_it_appears(proc, resume)
     done = state["epoch"]
     assert 1 <= done < epochs and state["world_size"] == 2 and len(state["rng"]) == 2, done
     assert not (out / "models/cnn.pt").exists()
@@ -283,20 +256,63 @@ def test_sigkilled_torchrun_training_resumes_to_the_same_model_and_run(
     finish(reference_proc)
     model = out / "models/cnn.pt"
     assert model.read_bytes() == (reference / "models/cnn.pt").read_bytes()  # bitwise
-
-    def without_timings(path: Path) -> dict:
-        metrics = json.loads(path.read_text())
-        return {k: v for k, v in metrics.items() if not (k == "seconds" or k.endswith("_seconds"))}
-
     assert without_timings(out / "reports/cnn/metrics.json") == without_timings(
         reference / "reports/cnn/metrics.json"
     )
     assert not resume.exists() and not list(resume.parent.glob("*.tmp"))
+    check_one_continued_run(f"sqlite:///{out / 'mlflow.db'}", state["run_id"], epochs)
 
-    # One MLflow run, continued: FINISHED, with every epoch's metrics once.
-    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+
+def start_torchrun(out: Path, params: Path, data_dir: Path, template_db: Path) -> subprocess.Popen:
+    """The CNN stage under torchrun (2 processes) with its outputs and mlflow.db in `out`."""
+    out.mkdir(exist_ok=True)
+    if not (out / "mlflow.db").exists():
+        (out / "mlflow.db").write_bytes(template_db.read_bytes())
+    cmd = [*TORCHRUN, REPO / "stages" / "train.py", "--section", "cnn", "--params", params, "--data",
+           data_dir, "--model", out / "models/cnn.pt", "--reports", out / "reports/cnn"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
+    return subprocess.Popen(
+        [str(a) for a in cmd], cwd=out, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen) -> str:
+    """Wait for `proc`; it must succeed; its stderr."""
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+def kill_when_it_appears(proc: subprocess.Popen, resume: Path) -> dict:
+    """SIGKILL torchrun and its 2 workers right after the first epoch's resume state appears;
+    the state they left."""
+    deadline = time.monotonic() + 240
+    while not resume.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no resume state appeared"
+        time.sleep(0.005)
+    workers = children(proc.pid)
+    for pid in (proc.pid, *workers):  # torchrun starts each worker in its own session
+        os.killpg(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert len(workers) == 2 and proc.returncode == -signal.SIGKILL
+    return torch.load(resume, weights_only=True)
+
+
+def without_timings(path: Path) -> dict:
+    """A metrics.json without the values allowed to differ between runs (`*seconds`)."""
+    metrics = json.loads(path.read_text())
+    return {k: v for k, v in metrics.items() if not (k == "seconds" or k.endswith("_seconds"))}
+
+
+def check_one_continued_run(uri: str, run_id: str, epochs: int) -> None:
+    """One MLflow run, continued: FINISHED, with every epoch's metrics once."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cifar10-cnn").experiment_id])
-    assert run.info.run_id == state["run_id"]
+    assert run.info.run_id == run_id
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
     assert run.data.tags["distributed.world_size"] == "2"
     for key in ("train_loss", "test_accuracy", "lr"):

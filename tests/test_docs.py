@@ -174,6 +174,39 @@ def test_the_marker_check_finds_unmarked_blocks_and_unknown_tests(tmp_path):
     assert "test_no_such_test, which does not exist" in problems[1]
 
 
+def table_problems(page: Path) -> list[str]:
+    """Markdown table rows (outside fenced blocks) whose cell count is not their header's: such a
+    table does not render as one."""
+    problems, header, fenced = [], None, False
+    for n, line in enumerate(page.read_text().splitlines(), 1):
+        fenced ^= line.startswith("```")
+        row = line.strip()
+        if fenced or not row.startswith("|"):
+            header = None
+            continue
+        cells = len(re.split(r"(?<!\\)\|", row.strip("|")))
+        if header is None:
+            header = cells
+        elif cells != header:
+            name = page.relative_to(page.parents[1]) if page.parent.name == "docs" else page.name
+            problems.append(f"{name}:{n}: {cells} cells in a table of {header} columns")
+    return problems
+
+
+def test_every_table_renders():
+    problems = [p for page in PAGES for p in table_problems(page)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_table_check_finds_a_row_with_more_cells_than_its_header(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "| a | b |\n|---|---|\n| 1 | 2 |\n| 1 | 2 | 3 |\n\n"
+        "| a \\| b | c |\n|---|---|\n\n```\n| not | a | table |\n```\n"
+    )
+    assert table_problems(page) == ["page.md:4: 3 cells in a table of 2 columns"]
+
+
 def test_ci_runs_the_readme_commands():
     """README's test command is what .ci/run runs: each of its `&&` steps is a line of .ci/run."""
     readme = read_blocks(REPO / "README.md")

@@ -311,21 +311,44 @@ def test_served_champion_classifies_png_pixels_like_predict(trained, tmp_path, m
     except mlflow.exceptions.MlflowException:  # this test alone: register one
         run_mlp(root, uri, data_dir, epochs=2)
         champion = client.get_model_version_by_alias("mnist-mlp", "champion")
-    assert PNG_TO_JSON in (REPO / "README.md").read_text()
     data = load_dataset("mnist", data_dir)
     png = tmp_path / "digit.png"
     Image.fromarray(data.test_images[0, 0].numpy()).save(png)
+    body = readme_request_body(png, data.test_images[:1].numpy())
+    answer = serve_and_post("models:/mnist-mlp@champion", body, tmp_path)
+    print(f"POST /invocations {len(body)} bytes -> {json.dumps(answer)}")  # shown with -s
+
+    (probs,) = answer["predictions"]  # one image: ten class probabilities
+    assert len(probs) == 10 and sum(probs) == pytest.approx(1.0, abs=1e-5)
+    served = data.classes[int(np.argmax(probs))]
+    by_predict = predict("--model", "models:/mnist-mlp@champion", png, cwd=root)
+    assert by_predict.returncode == 0, by_predict.stderr[-2000:]
+    _, label, probability = by_predict.stdout.strip().split("\t")
+    assert label == served
+    assert float(probability) == pytest.approx(max(probs), abs=5e-5)  # printed with 4 decimals
+    # The same model through its run: the same line.
+    by_run = predict("--model", f"runs:/{champion.run_id}/model", png, cwd=root)
+    assert by_run.returncode == 0, by_run.stderr[-2000:]
+    assert by_run.stdout == by_predict.stdout
+
+
+def readme_request_body(png: Path, pixels: np.ndarray) -> bytes:
+    """The JSON body README's one-liner makes of `png`: its raw uint8 `pixels`, as they are."""
+    assert PNG_TO_JSON in (REPO / "README.md").read_text()
     made = subprocess.run(
         [sys.executable, "-c", PNG_TO_JSON, png], capture_output=True, text=True, check=True
     )
     body = made.stdout.encode()
-    pixels = json.loads(body)["inputs"]
-    assert np.array_equal(np.array(pixels, dtype=np.uint8), data.test_images[:1].numpy())
+    assert np.array_equal(np.array(json.loads(body)["inputs"], dtype=np.uint8), pixels)
+    return body
 
+
+def serve_and_post(model_uri: str, body: bytes, tmp_path: Path) -> dict:
+    """`mlflow models serve` of `model_uri` on a free port; the JSON it answers `body` with."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    command = [MLFLOW, "models", "serve", "-m", "models:/mnist-mlp@champion",
+    command = [MLFLOW, "models", "serve", "-m", model_uri,
                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     # As in an activated virtual environment: the server execs `uvicorn` found on PATH.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -342,7 +365,7 @@ def test_served_champion_classifies_png_pixels_like_predict(trained, tmp_path, m
         )
         with urllib.request.urlopen(request, timeout=120) as response:
             assert response.status == 200
-            answer = json.loads(response.read())
+            return json.loads(response.read())
     finally:
         with contextlib.suppress(ProcessLookupError):  # the group may have exited already
             os.killpg(server.pid, signal.SIGTERM)
@@ -351,20 +374,6 @@ def test_served_champion_classifies_png_pixels_like_predict(trained, tmp_path, m
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-    print(f"POST /invocations {len(body)} bytes -> {json.dumps(answer)}")  # shown with -s
-
-    (probs,) = answer["predictions"]  # one image: ten class probabilities
-    assert len(probs) == 10 and sum(probs) == pytest.approx(1.0, abs=1e-5)
-    served = data.classes[int(np.argmax(probs))]
-    by_predict = predict("--model", "models:/mnist-mlp@champion", png, cwd=root)
-    assert by_predict.returncode == 0, by_predict.stderr[-2000:]
-    _, label, probability = by_predict.stdout.strip().split("\t")
-    assert label == served
-    assert float(probability) == pytest.approx(max(probs), abs=5e-5)  # printed with 4 decimals
-    # The same model through its run: the same line.
-    by_run = predict("--model", f"runs:/{champion.run_id}/model", png, cwd=root)
-    assert by_run.returncode == 0, by_run.stderr[-2000:]
-    assert by_run.stdout == by_predict.stdout
 
 
 # ---- a test image to try, and images of another kind (no training needed) ---------------------

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -203,26 +204,34 @@ def test_recipe_one_liner_and_comparison_sweep_offline(tmp_path, mlflow_template
     ws, env = make_workspace(tmp_path, SHRUNK, tracking_uri="unused")
     del env["MLFLOW_TRACKING_URI"]  # the workspace's own mlflow.db, as for a user
     shutil.copy(mlflow_template_db, ws / "mlflow.db")  # git-ignored; skips the schema migration
-    dvc = str(BIN / "dvc")
-    run([dvc, "repro", "download@cifar10"], ws, env)  # the data, once, in the shared cache
+    run([str(BIN / "dvc"), "repro", "download@cifar10"], ws, env)  # the data, once, in the cache
     run(["git", "add", "-A"], ws, env)
     run(["git", "commit", "-qm", "data"], ws, env)
+    check_the_readme_one_liner(ws, env)
+    run(["git", "checkout", "--", "params.yaml"], ws, env)
+    accuracy = queue_the_comparison(ws, env)
+    check_one_mlflow_run_per_variant(ws, accuracy)
 
-    # 1. The README's one-liner, as typed (plus the tiny sizes), in the workspace.
+
+def check_the_readme_one_liner(ws: Path, env: dict) -> None:
+    """The README's one-liner, as typed (plus the tiny sizes), trains the recipe's ResNet."""
     cmd = f"{readme_one_liner()} {' '.join(TINY)} train_cnn"
     proc = subprocess.run(cmd, shell=True, cwd=ws, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     params = yaml.safe_load((ws / "params.yaml").read_text())["cnn"]
     assert (params["arch"], params["optimizer"], params["flip_tta"]) == ("resnet", "sgd", True)
     metrics = json.loads((ws / "reports/cnn/metrics.json").read_text())
-    assert metrics["epochs"] == 2 and metrics["data_source"] == "synthetic"
+    described = json.loads((ws / "reports/cnn/run.json").read_text())
+    assert metrics["epochs"] == 2 and described["data_source"] == "synthetic"
     import torch
 
     saved = torch.load(ws / "models/cnn.pt", weights_only=True)
     assert saved["net"] == "resnet" and saved["model_args"]["flip_tta"] is True
-    run(["git", "checkout", "--", "params.yaml"], ws, env)
 
-    # 2. The comparison sweep, three variants, queued with one command.
+
+def queue_the_comparison(ws: Path, env: dict) -> dict[str, float]:
+    """The comparison sweep, three variants queued with one command and run; each experiment's
+    test accuracy as `dvc exp show` gives it."""
     compare = [sys.executable, "-m", "appliedtorch.recipes", "compare", "recipes/cnn-fast.yaml",
                "--name", "cmp", "--only", "batch_norm", *TINY]  # fmt: skip
     out = run(compare, ws, env).stdout
@@ -231,7 +240,7 @@ def test_recipe_one_liner_and_comparison_sweep_offline(tmp_path, mlflow_template
     names = ("cmp.baseline", "cmp.recipe", "cmp.batch_norm")
     for name in names:
         assert re.search(rf"{re.escape(name)}\s.*Success", status), status
-    shown = json.loads(run([dvc, "exp", "show", "--json"], ws, env).stdout)
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], ws, env).stdout)
     exps = {e["name"]: e for rev in shown for e in rev.get("experiments") or []}
     accuracy = {}
     for name in names:
@@ -240,8 +249,12 @@ def test_recipe_one_liner_and_comparison_sweep_offline(tmp_path, mlflow_template
         cnn = data["params"]["params.yaml"]["data"]["cnn"]
         assert cnn["batch_norm"] is (name != "cmp.baseline")
         assert cnn["arch"] == ("resnet" if name == "cmp.recipe" else "tutorial")
+    return accuracy
 
-    # One MLflow run each, tagged with the sweep and the variant, with the numbers DVC shows.
+
+def check_one_mlflow_run_per_variant(ws: Path, accuracy: dict[str, float]) -> None:
+    """One MLflow run each, tagged with the sweep and the variant, with the numbers DVC shows;
+    the recipe's logged model (a ResNet with flip TTA) still takes uint8 pixels."""
     client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     exp = client.get_experiment_by_name("cifar10-cnn")
     runs = client.search_runs([exp.experiment_id], "tags.sweep = 'cmp'")
@@ -252,7 +265,6 @@ def test_recipe_one_liner_and_comparison_sweep_offline(tmp_path, mlflow_template
         assert r.data.metrics["test_accuracy"] == accuracy[f"cmp.{variant}"]
     assert by_variant["recipe"].data.params["cnn.scheduler"] == "onecycle"
     assert by_variant["baseline"].data.params["cnn.optimizer"] == "adam"
-    # The recipe's logged model (a ResNet with flip TTA) still takes uint8 pixels.
     recipe_run = by_variant["recipe"].info.run_id
     mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
     try:

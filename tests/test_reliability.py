@@ -1,7 +1,8 @@
 """Reliability: kill and resume, divergence, a dead tracking server, reproducible stages.
 
 The stage-level tests run the real stage scripts as subprocesses; a real SIGKILL interrupts one.
-Timing values (`*_seconds`, `seconds`) are the only ones allowed to differ between runs (DESIGN.md).
+Timing values (`*_seconds`, `seconds`) are the only ones allowed to differ between runs
+(docs/architecture.md, "How a stage is written").
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ followed through the project) must be what its code deps name, a folder standing
 modules. Each stage script is also imported in a fresh interpreter and what it loaded compared
 with dvc.yaml (lazy imports are recorded during real stage runs by tests/test_pipeline.py, with
 `helpers.deps.deps_cover`). The import graph: no library module imports a stage, the shared
-layers (`core`, then `machine` and `tracking`) import only the layers below them, only `tracking`
-imports mlflow, and the download stages load none of it.
+layers (`core`, then `machine` and `tracking`) import only the layers below them, no domain
+subpackage imports another (but `classify` reads `data`), only `tracking` imports mlflow, and
+the download stages load none of it (docs/architecture.md draws it).
 """
 
 from __future__ import annotations
@@ -155,6 +156,25 @@ def test_shared_layers_import_only_the_layers_below():
                 if other:
                     bad[str(path.relative_to(REPO))] = other
         below |= layer
+    assert bad == {}
+
+
+# The domain subpackages, above the shared layers: each imports no other but what it reads here.
+DOMAIN_READS = {"data": set(), "classify": {"data"}, "pinn": set(), "demos": set(), "report": set()}
+
+
+def test_domain_subpackages_import_no_other_domain_subpackage():
+    bad = {}
+    for package, reads in DOMAIN_READS.items():
+        others = set(DOMAIN_READS) - reads - {package}
+        for path in sorted((SRC / package).rglob("*.py")):
+            names = sorted(
+                n
+                for n in imported_modules(path)
+                if n.startswith("appliedtorch.") and n.split(".")[1] in others
+            )
+            if names:
+                bad[str(path.relative_to(REPO))] = names
     assert bad == {}
 
 

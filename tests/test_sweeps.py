@@ -27,14 +27,7 @@ SWEEP = (0.02, 0.05)
 def test_queued_sweep_is_one_mlflow_run_per_experiment_in_the_workspace_db(
     tmp_path, mlflow_template_db
 ):
-    ws, env = make_workspace(tmp_path, {"device": "cpu"}, tracking_uri="unused")
-    del env["MLFLOW_TRACKING_URI"]  # the point: only the relative path in params.yaml
-    # Only the cheap stage, so that `dvc exp apply` finds every output of the pipeline.
-    pipeline = yaml.safe_load((ws / "dvc.yaml").read_text())
-    pipeline = {"stages": {"math_demos": pipeline["stages"]["math_demos"]}}
-    (ws / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    run(["git", "commit", "-qam", "math_demos only"], ws, env)
-    shutil.copy(mlflow_template_db, ws / "mlflow.db")  # git-ignored; skips the schema migration
+    ws, env = math_demos_workspace(tmp_path, mlflow_template_db)
     dvc = str(BIN / "dvc")
     head = run(["git", "rev-parse", "HEAD"], ws, env).stdout.strip()
 
@@ -67,24 +60,44 @@ def test_queued_sweep_is_one_mlflow_run_per_experiment_in_the_workspace_db(
         assert r.info.run_name == f"math_demos@{name}"
     steps = {lr: runs[name].data.metrics["gd.steps"] for lr, name in names.items()}
     assert steps[SWEEP[0]] > steps[SWEEP[1]]  # a larger step converges in fewer steps
-    # MLflow has the numbers `dvc exp show` reports.
-    shown = json.loads(run([dvc, "exp", "show", "--json"], ws, env).stdout)
+    check_mlflow_has_what_dvc_shows(ws, env, runs)
+    check_exp_apply_restores_a_run(ws, env, runs[names[SWEEP[0]]], SWEEP[0], tmp_path / "logged")
+
+
+def math_demos_workspace(tmp_path: Path, template_db: Path) -> tuple[Path, dict]:
+    """A workspace whose pipeline is only the cheap math_demos stage (so that `dvc exp apply`
+    finds every output), tracking into its own mlflow.db by params.yaml's relative path."""
+    ws, env = make_workspace(tmp_path, {"device": "cpu"}, tracking_uri="unused")
+    del env["MLFLOW_TRACKING_URI"]  # the point: only the relative path in params.yaml
+    pipeline = yaml.safe_load((ws / "dvc.yaml").read_text())
+    pipeline = {"stages": {"math_demos": pipeline["stages"]["math_demos"]}}
+    (ws / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run(["git", "commit", "-qam", "math_demos only"], ws, env)
+    shutil.copy(template_db, ws / "mlflow.db")  # git-ignored; skips the schema migration
+    return ws, env
+
+
+def check_mlflow_has_what_dvc_shows(ws: Path, env: dict, runs: dict) -> None:
+    """MLflow has the numbers `dvc exp show` reports, experiment by experiment."""
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], ws, env).stdout)
     exps = {e["name"]: e for rev in shown for e in rev.get("experiments") or []}
     for name, r in runs.items():
         metrics = exps[name]["revs"][0]["data"]["metrics"]["reports/math/metrics.json"]["data"]
         assert r.data.metrics["max_error_digits"] == metrics["max_error_digits"]
         assert r.data.metrics["max_error"] == metrics["max_error"]
 
-    # From a run back to its exact state: `dvc exp apply <dvc.exp_name>`.
-    chosen = runs[names[SWEEP[0]]]
-    run([dvc, "exp", "apply", chosen.data.tags["dvc.exp_name"]], ws, env)
+
+def check_exp_apply_restores_a_run(ws: Path, env: dict, chosen, lr: float, dst: Path) -> None:
+    """From a run back to its exact state: `dvc exp apply <dvc.exp_name>` gives its params (its
+    `lr`) and the metrics.json it logged."""
+    run([str(BIN / "dvc"), "exp", "apply", chosen.data.tags["dvc.exp_name"]], ws, env)
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    assert params["math"]["gd_lr"] == SWEEP[0]
+    assert params["math"]["gd_lr"] == lr
     applied = json.loads((ws / "reports/math/metrics.json").read_text())
     logged = mlflow.artifacts.download_artifacts(
         run_id=chosen.info.run_id,
         artifact_path="metrics.json",
-        dst_path=str(tmp_path / "logged"),
+        dst_path=str(dst),
         tracking_uri=f"sqlite:///{ws / 'mlflow.db'}",
     )
     assert json.loads(Path(logged).read_text()) == applied

@@ -48,12 +48,8 @@ TINY = {
     "mlp": {"epochs": 1, "train_limit": 600, "batch_size": 64},
 }
 SYNTHETIC_SIZES = {"mnist_train": 600, "mnist_test": 200, "cifar10_train": 100, "cifar10_test": 20}
-STAGES = (
-    "datasets",
-    "download",
-    "data",
-    "train_mlp",
-)  # the MNIST half of dvc.yaml: enough to share data and a model
+# The MNIST half of dvc.yaml: enough to share data and a model.
+STAGES = ("datasets", "download", "data", "train_mlp")
 
 # Skips only where a server binary or client library cannot be had; .ci/run installs them all.
 MISSING = missing_servers()
@@ -109,8 +105,10 @@ def make_clone_a(ws: Path, tracking_url: str) -> None:
     stages = {name: pipeline["stages"][name] for name in STAGES}
     stages["download"]["foreach"] = ["mnist"]
     stages["data"]["foreach"] = ["mlp"]
-    stages["data"]["do"]["deps"] = [d for d in stages["data"]["do"]["deps"] if "raw/" not in d]
-    stages["data"]["do"]["deps"].insert(0, "data/raw/mnist")
+    data_deps = stages["data"]["do"]["deps"]
+    stages["data"]["do"]["deps"] = [
+        d for d in data_deps if not d.startswith("data/raw/") or d == "data/raw/mnist"
+    ]
     # Registration is its own stage (after the outputs land); here for the MLP alone.
     register = pipeline["stages"]["register"]
     register["cmd"] = (
@@ -141,8 +139,45 @@ def test_two_clones_share_data_models_and_runs(tmp_path: Path, team_servers) -> 
     tracking_url, s3_url = team_servers
     started = time.monotonic()
     a, b = tmp_path / "clone-a", tmp_path / "clone-b"
-    key, secret = S3_CREDENTIALS["AWS_ACCESS_KEY_ID"], S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+    env_a = repro_and_push_clone_a(a, tracking_url, s3_url)
+    repro_a = time.monotonic() - started
 
+    client = mlflow.MlflowClient(tracking_url)
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    [run_a] = client.search_runs([experiment.experiment_id])
+    assert run_a.info.status == "FINISHED" and run_a.data.tags["dvc.stage"] == "train_mlp"
+    code_commit = sh(["git", "rev-parse", "HEAD~1"], a, env_a).strip()
+    assert run_a.data.tags["git.commit"] == code_commit
+    # The model went through the server into the bucket, not beside the client.
+    stored = s3_keys(s3_url, BUCKET, "mlflow-artifacts/")
+    assert any(k.endswith("MLmodel") for k in stored), stored
+    assert any(k.endswith(f"{run_a.info.run_id}/artifacts/metrics.json") for k in stored), stored
+    assert not (a / "mlartifacts").exists() and not (a / "mlflow.db").exists()
+    champion = client.get_model_version_by_alias("mnist-mlp", "champion")
+    assert champion.run_id == run_a.info.run_id
+
+    env_b = clone_and_pull_b(a, b, tmp_path)
+    check_the_served_champion_predicts_like_the_pulled_file(b, env_b, tracking_url)
+
+    # B's experiment lands in the same server experiment, beside A's run.
+    out = sh([DVC, "exp", "run", "-n", "b-lr", "-S", "mlp.lr=0.003"], b, env_b)
+    assert "Running stage 'train_mlp'" in out and "Running stage 'download" not in out, out
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.info.run_id for r in runs][0] == run_a.info.run_id and len(runs) == 2
+    run_b = runs[1]
+    assert run_b.info.status == "FINISHED"
+    assert run_b.data.tags["dvc.exp_name"] == "b-lr" and run_b.data.params["mlp.lr"] == "0.003"
+    assert run_b.data.tags["git.commit"] == sh(["git", "rev-parse", "HEAD"], a, env_a).strip()
+    versions = client.search_model_versions("name='mnist-mlp'")
+    assert {v.run_id for v in versions} == {run_a.info.run_id, run_b.info.run_id}
+
+    elapsed = time.monotonic() - started
+    print(f"two clones: A repro+push {repro_a:.1f} s, whole test {elapsed:.1f} s")
+
+
+def repro_and_push_clone_a(a: Path, tracking_url: str, s3_url: str) -> dict:
+    """Clone A, reproduced, committed and pushed to the S3 remote; its environment."""
+    key, secret = S3_CREDENTIALS["AWS_ACCESS_KEY_ID"], S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
     # Clone A: a repository with an S3 remote; its credentials in .dvc/config.local (git-ignored),
     # so no AWS variable reaches the stages: the MLflow client needs none.
     make_clone_a(a, tracking_url)
@@ -166,22 +201,11 @@ def test_two_clones_share_data_models_and_runs(tmp_path: Path, team_servers) -> 
     assert "access_key" not in config and "secret" not in config, config
     sh([DVC, "push"], a, env_a)
     assert s3_keys(s3_url, BUCKET, "dvc/"), "dvc push wrote nothing to the S3 remote"
-    repro_a = time.monotonic() - started
+    return env_a
 
-    client = mlflow.MlflowClient(tracking_url)
-    experiment = client.get_experiment_by_name("mnist-mlp")
-    [run_a] = client.search_runs([experiment.experiment_id])
-    assert run_a.info.status == "FINISHED" and run_a.data.tags["dvc.stage"] == "train_mlp"
-    code_commit = sh(["git", "rev-parse", "HEAD~1"], a, env_a).strip()
-    assert run_a.data.tags["git.commit"] == code_commit
-    # The model went through the server into the bucket, not beside the client.
-    stored = s3_keys(s3_url, BUCKET, "mlflow-artifacts/")
-    assert any(k.endswith("MLmodel") for k in stored), stored
-    assert any(k.endswith(f"{run_a.info.run_id}/artifacts/metrics.json") for k in stored), stored
-    assert not (a / "mlartifacts").exists() and not (a / "mlflow.db").exists()
-    champion = client.get_model_version_by_alias("mnist-mlp", "champion")
-    assert champion.run_id == run_a.info.run_id
 
+def clone_and_pull_b(a: Path, b: Path, tmp_path: Path) -> dict:
+    """Clone B pulls A's data and model and has nothing to reproduce; its environment."""
     # Clone B: a teammate. Credentials from the environment; the remote comes with git.
     env_b = clone_env(b, **S3_CREDENTIALS)
     sh(["git", "clone", "-q", str(a), str(b)], tmp_path, env_b)
@@ -192,7 +216,13 @@ def test_two_clones_share_data_models_and_runs(tmp_path: Path, team_servers) -> 
     assert status.endswith("Data and pipelines are up to date."), status
     again = sh([DVC, "repro"], b, env_b)
     assert "Running stage" not in again, again
+    return env_b
 
+
+def check_the_served_champion_predicts_like_the_pulled_file(
+    b: Path, env_b: dict, tracking_url: str
+) -> None:
+    """A's champion through the server, and clone B's pulled file, on one PNG digit."""
     # A's champion, loaded through the server, predicts what the pulled checkpoint predicts.
     from PIL import Image
 
@@ -209,18 +239,3 @@ def test_two_clones_share_data_models_and_runs(tmp_path: Path, team_servers) -> 
     _, file_label, file_prob = from_file.strip().split("\t")
     assert path == str(digit) and label in mnist.classes, from_server
     assert (label, float(prob)) == (file_label, pytest.approx(float(file_prob), abs=1e-4))
-
-    # B's experiment lands in the same server experiment, beside A's run.
-    out = sh([DVC, "exp", "run", "-n", "b-lr", "-S", "mlp.lr=0.003"], b, env_b)
-    assert "Running stage 'train_mlp'" in out and "Running stage 'download" not in out, out
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    assert [r.info.run_id for r in runs][0] == run_a.info.run_id and len(runs) == 2
-    run_b = runs[1]
-    assert run_b.info.status == "FINISHED"
-    assert run_b.data.tags["dvc.exp_name"] == "b-lr" and run_b.data.params["mlp.lr"] == "0.003"
-    assert run_b.data.tags["git.commit"] == sh(["git", "rev-parse", "HEAD"], a, env_a).strip()
-    versions = client.search_model_versions("name='mnist-mlp'")
-    assert {v.run_id for v in versions} == {run_a.info.run_id, run_b.info.run_id}
-
-    elapsed = time.monotonic() - started
-    print(f"two clones: A repro+push {repro_a:.1f} s, whole test {elapsed:.1f} s")

@@ -1,4 +1,4 @@
-"""tracking.py: URI resolution, run contents (params, metrics, tags), FAILED runs, DVC hashes."""
+"""appliedtorch.tracking: URI resolution, run contents (params, metrics, tags), FAILED runs, DVC hashes."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -354,7 +355,7 @@ def test_precision_recall_f1_match_a_hand_computed_confusion_matrix():
 # ---- outputs -----------------------------------------------------------------------------------
 
 
-def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
+def test_the_model_file_reloads_to_the_training_evaluation(mlp_result, mnist, tmp_path):
     model_path = tmp_path / "models" / "mlp.pt"
     again = save_verified_model(mlp_result, mnist, model_path)
     assert torch.equal(again.predictions, mlp_result.evaluation.predictions)
@@ -380,7 +381,17 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     assert by_pixels.loss == pytest.approx(mlp_result.evaluation.loss, rel=1e-5)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(8))
 
-    metrics, paths = write_reports(mlp_result, mnist, tmp_path / "reports")
+
+@pytest.fixture(scope="module")
+def mlp_reports(mlp_result, mnist, tmp_path_factory) -> tuple[dict, list[Path], Path]:
+    """`write_reports` of the module's MLP run: (metrics, the files written, their folder)."""
+    folder = tmp_path_factory.mktemp("mlp") / "reports"
+    metrics, paths = write_reports(mlp_result, mnist, folder)
+    return metrics, paths, folder
+
+
+def test_reports_are_the_run_s_files_with_numbers_only_metrics(mlp_result, mlp_reports):
+    metrics, paths, folder = mlp_reports
     names = {p.name for p in paths}
     assert names == {
         "metrics.json",
@@ -394,16 +405,20 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
         "predictions.png",
     }
     assert all(p.stat().st_size > 0 for p in paths)
-    assert metrics == json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert metrics == json.loads((folder / "metrics.json").read_text())
     assert metrics["test_accuracy"] == mlp_result.evaluation.accuracy
     assert metrics["test_samples"] == 300
-    described = json.loads((tmp_path / "reports" / "run.json").read_text())
+    described = json.loads((folder / "run.json").read_text())
     assert described["data_source"] == "synthetic"
     # numbers only: a table of them (dvc metrics show) has no string column
     assert all(isinstance(v, (int, float)) for v in metrics.values()), metrics
     # metrics.json holds the headline numbers; every per-class value is in per_class.json.
     assert len(metrics) <= 15 and not any(isinstance(v, dict) for v in metrics.values())
-    per_class = json.loads((tmp_path / "reports" / "per_class.json").read_text())
+
+
+def test_per_class_json_holds_accuracy_precision_recall_and_f1(mnist, mlp_reports):
+    metrics, _, folder = mlp_reports
+    per_class = json.loads((folder / "per_class.json").read_text())
     assert set(per_class["per_class_accuracy"]) == set(mnist.classes)
     # Recall is per-class accuracy under its other name; precision and F1 come with it.
     for name in ("precision", "recall", "f1"):
@@ -413,8 +428,10 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
     )
     assert metrics["macro_f1"] == pytest.approx(np.mean(list(per_class["f1"].values())))
 
+
+def test_confusion_json_counts_are_the_confusion_matrix(mlp_result, mnist, mlp_reports):
     # confusion.json: one record per test sample, counts equal to the confusion matrix.
-    records = json.loads((tmp_path / "reports" / "confusion.json").read_text())
+    records = json.loads((mlp_reports[2] / "confusion.json").read_text())
     assert len(records) == 300
     cm = mlp_result.evaluation.confusion(10)
     idx = {name: i for i, name in enumerate(mnist.classes)}
@@ -428,7 +445,10 @@ def test_reports_and_reloaded_model_file(mlp_result, mnist, tmp_path):
         cm, confusion_matrix(mnist.test_labels.numpy(), mlp_result.evaluation.predictions.numpy())
     )
 
-    header = (tmp_path / "reports" / "history.csv").read_text().splitlines()[0]
+
+def test_one_name_per_metric_in_history_csv_metrics_json_and_mlflow(mlp_result, mlp_reports):
+    metrics, _, folder = mlp_reports
+    header = (folder / "history.csv").read_text().splitlines()[0]
     # One name per metric: history.csv's columns are the per-epoch MLflow metrics' names, and
     # the run-level MLflow metrics are metrics.json's keys, flattened.
     assert header == "epoch," + ",".join(mlp_result.history[0].metrics())
@@ -475,13 +495,13 @@ def test_a_model_file_that_predicts_otherwise_is_not_left_behind(
 def test_stage_end_to_end(
     stage, dataset, experiment, section, sizes, min_accuracy, tmp_path, tracking_uri, params_file
 ):
-    arch = stage.removeprefix("train_")
+    name = stage.removeprefix("train_")
     data_dir = tmp_path / "data" / "raw" / dataset
     download(dataset, data_dir, source="synthetic", synthetic_sizes=sizes)
-    params = params_file({"device": "cpu", arch: section})
-    model, reports = tmp_path / "models" / f"{arch}.pt", tmp_path / "reports" / arch
+    params = params_file({"device": "cpu", name: section})
+    model, reports = tmp_path / "models" / f"{name}.pt", tmp_path / "reports" / name
     proc = run_script(
-        f"stages/{stage}.py",
+        "stages/train.py", "--section", name,
         "--params", params, "--data", data_dir, "--model", model, "--reports", reports,
         cwd=tmp_path,
     )  # fmt: skip
@@ -493,28 +513,43 @@ def test_stage_end_to_end(
     assert min_accuracy <= metrics["test_accuracy"] <= 1 and metrics["epochs"] == 2
     assert metrics["train_samples"] == section["train_limit"]
     _, saved = load_model(model)
-    assert saved["net"] == arch and saved["test_accuracy"] == metrics["test_accuracy"]
+    assert saved["net"] == name and saved["test_accuracy"] == metrics["test_accuracy"]
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.params[f"{arch}.epochs"] == "2"
-    # Every key of the section is a run param (the recipe keys included: optimizer, ...).
-    logged_params = run_params(load_params(params), arch)
+    check_run_params_and_tags(run, load_params(params), name, dataset)
+    check_run_metrics(client, run, metrics)
+    check_logged_model(exp, saved, load_dataset(dataset, data_dir))
+    described = json.loads((reports / "run.json").read_text())
+    assert run.data.tags["compute_dtype"] == described["compute_dtype"]
+    # how the stage's OpenMP threads waited: the suite's OMP_WAIT_POLICY, which it kept
+    expected = openmp.decide(dict(os.environ)).tag()
+    assert run.data.tags["openmp_wait"] == described["openmp_wait"] == expected
+    assert "openmp_wait" not in metrics  # it describes the run: not a DVC metric
+
+
+def check_run_params_and_tags(run, params, name: str, dataset: str) -> None:
+    """Every key of the section is a run param (the recipe keys included); the data's tags."""
+    assert run.data.params[f"{name}.epochs"] == "2"
+    logged_params = run_params(params, name)
     assert {k: "null" if v is None else str(v) for k, v in logged_params.items()} == {
         k: v for k, v in run.data.params.items() if k in logged_params
     }
     assert {
-        f"{arch}.optimizer",
-        f"{arch}.scheduler",
-        f"{arch}.label_smoothing",
+        f"{name}.optimizer",
+        f"{name}.scheduler",
+        f"{name}.label_smoothing",
     } <= logged_params.keys()
     assert run.data.tags["data.source"] == "synthetic"
     assert run.data.tags[f"data.{dataset}.md5"].endswith(".dir")
-    # One name per metric: the run's metrics are metrics.json's numbers under the same keys,
-    # plus the two per-epoch curves that have no summary value (and MLflow's own system/* use).
+
+
+def check_run_metrics(client, run, metrics: dict) -> None:
+    """One name per metric: the run's metrics are metrics.json's numbers under the same keys,
+    plus the two per-epoch curves that have no summary value (and MLflow's own system/* use)."""
     numbers = {k for k, v in flatten(metrics).items() if isinstance(v, (int, float))}
     logged = {k for k in run.data.metrics if not k.startswith("system/")}
     assert logged == numbers | {"epoch_seconds", "lr"}
@@ -525,11 +560,16 @@ def test_stage_end_to_end(
     assert history[-1].value == pytest.approx(metrics["test_accuracy"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "per_class.json", "history.csv", "confusion.json"} <= artifacts
+    assert metrics["macro_f1"] == run.data.metrics["macro_f1"]
+    assert not any(k.startswith("precision.") for k in run.data.metrics)
+
+
+def check_logged_model(exp, saved: dict, data: ImageData) -> None:
+    """The logged model takes uint8 pixels and returns probabilities; its signature says so and
+    its input example is the first test images."""
     (logged,) = mlflow.search_logged_models(
         experiment_ids=[exp.experiment_id], output_format="list"
     )
-    # The logged model takes uint8 pixels and returns probabilities; its signature says so and
-    # its input example is the first test images.
     model_uri = f"models:/{logged.model_id}"
     info = mlflow.models.get_model_info(model_uri)
     (spec,) = info.signature.inputs.inputs
@@ -537,19 +577,10 @@ def test_stage_end_to_end(
     assert (spec.type, spec.shape) == (np.dtype("uint8"), (-1, *saved["input_shape"]))
     assert (out.type, out.shape) == (np.dtype("float32"), (-1, 10))
     example = mlflow.models.Model.load(model_uri).load_input_example()
-    data = load_dataset(dataset, data_dir)
     assert example.dtype == np.uint8 and np.array_equal(example, data.test_images[:4].numpy())
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     probs = pyfunc.predict(data.test_images[:3].numpy())
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
-    assert metrics["macro_f1"] == run.data.metrics["macro_f1"]
-    assert not any(k.startswith("precision.") for k in run.data.metrics)
-    described = json.loads((reports / "run.json").read_text())
-    assert run.data.tags["compute_dtype"] == described["compute_dtype"]
-    # how the stage's OpenMP threads waited: the suite's OMP_WAIT_POLICY, which it kept
-    expected = openmp.decide(dict(os.environ)).tag()
-    assert run.data.tags["openmp_wait"] == described["openmp_wait"] == expected
-    assert "openmp_wait" not in metrics  # it describes the run: not a DVC metric
 
 
 def test_cnn_pools_before_relu_exactly_like_the_tutorial_order():

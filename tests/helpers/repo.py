@@ -83,6 +83,17 @@ def make_workspace(root: Path, overrides: dict, tracking_uri: str) -> tuple[Path
         )
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = workspace_env(ws, tracking_uri)
+    run(["git", "init", "-q", "-b", "main"], ws, env)
+    run([str(BIN / "dvc"), "init", "-q"], ws, env)
+    run([str(BIN / "dvc"), "config", "core.analytics", "false"], ws, env)
+    run(["git", "add", "-A"], ws, env)
+    run(["git", "commit", "-qm", "workspace"], ws, env)
+    return ws, env
+
+
+def workspace_env(ws: Path, tracking_uri: str) -> dict:
+    """The environment that runs DVC, git and the stages in the workspace `ws`."""
     env = {
         **os.environ,
         **GIT_ENV,
@@ -97,12 +108,7 @@ def make_workspace(root: Path, overrides: dict, tracking_uri: str) -> tuple[Path
     }
     # Bytecode writing on, as on every user's machine (this environment and CI turn it off).
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    run(["git", "init", "-q", "-b", "main"], ws, env)
-    run([str(BIN / "dvc"), "init", "-q"], ws, env)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], ws, env)
-    run(["git", "add", "-A"], ws, env)
-    run(["git", "commit", "-qm", "workspace"], ws, env)
-    return ws, env
+    return env
 
 
 def copy_workspace(built: tuple[Path, dict], dest: Path) -> tuple[Path, dict]:

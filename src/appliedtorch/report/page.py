@@ -4,8 +4,9 @@
 
 The page is self-contained (CSS inline, PNGs as base64 data URIs), so it opens from disk with no
 server. It is rendered from templates/index.html.j2 with autoescaping: every value from a file or
-a run is HTML-escaped. It reads only what the stages wrote under reports/ plus the run summaries it is given;
-the MLflow lookup lives in tracking.py (the only mlflow importer), called by stages/report.py.
+a run is HTML-escaped. It reads only what the stages wrote under reports/ plus the run summaries
+it is given; the MLflow lookup lives in `appliedtorch.tracking` (the only mlflow importer),
+called by stages/report.py.
 A stage whose outputs are missing gets a "not run yet" section instead of an error.
 """
 
