@@ -170,6 +170,7 @@ def tune(
     world: World = SINGLE,
     use_cache: bool = True,
     run_steps: int | None = None,
+    time_under_load: bool = False,
     **timing: Any,
 ) -> Tuning:
     """Resolve `bf16` and `threads` (`auto` or explicit) for training `model` on `device`.
@@ -177,7 +178,9 @@ def tune(
     Under torchrun every process probes and all take rank 0's choice (the same numerics on
     every rank). A choice timed on a CPU busier than its core count (load average) is not
     cached. A run of `run_steps` training steps too short for the probe (PROBE_SHARE) is not
-    probed. `timing` is passed to `autotune.time_candidates` (warmup, rounds, steps).
+    probed. On a machine busier than its core count nothing is timed (the cached choice or the
+    exact default) unless `time_under_load` (a benchmark, which reports the load it met).
+    `timing` is passed to `autotune.time_candidates` (warmup, rounds, steps).
     """
     dtypes, counts = bf16_options(bf16, device), thread_options(threads, device)
     if len(dtypes) * len(counts) == 1:
@@ -192,21 +195,7 @@ def tune(
     probe = probe_steps(len(options), **timing)
     if run_steps is not None and probe > PROBE_SHARE * run_steps:
         hit = lookup(QUESTION, list(options), device=device, shape_key=key) if use_cache else None
-        untimed = (
-            dtypes[0] if len(dtypes) == 1 else False,
-            counts[0] if len(counts) == 1 else None,
-        )
-        if hit is None:
-            log.info(
-                "bf16/threads auto: %s on %s threads, untimed: this run's %d training steps are "
-                "too few for a probe of %d",
-                DTYPE_NAMES[untimed[0]],
-                untimed[1] or "torch's default",
-                run_steps,
-                probe,
-            )
-        choice = world.broadcast_object(options[hit.choice] if hit else untimed)
-        return Tuning(*choice, probe=hit if hit and options[hit.choice] == choice else None)
+        return _too_short(options, dtypes, counts, hit, world, run_steps, probe)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         probe_model = copy.deepcopy(model)
         probe_optimizer = make_optimizer(probe_model)
@@ -221,7 +210,7 @@ def tune(
             device=device,
             shape_key=key,
             use_cache=use_cache,
-            busy_load=float(os.cpu_count() or 1),
+            busy_load=None if time_under_load else float(os.cpu_count() or 1),
             sync=sync,
             **timing,
         )
@@ -229,6 +218,30 @@ def tune(
     if choice != tuned.choice:  # rank 0 decided otherwise: its measurement is the one logged
         tuned = Tuned(choice, tuned.seconds, tuned.probe_seconds, tuned.cached, tuned.load)
     return Tuning(*options[choice], probe=tuned)
+
+
+def _too_short(
+    options: dict[str, tuple[bool, int | None]],
+    dtypes: list[bool],
+    counts: list[int | None],
+    hit: Tuned | None,
+    world: World,
+    run_steps: int,
+    probe: int,
+) -> Tuning:
+    """A run too short to pay for a probe: the cached choice, or the untimed default."""
+    untimed = (dtypes[0] if len(dtypes) == 1 else False, counts[0] if len(counts) == 1 else None)
+    if hit is None:
+        log.info(
+            "bf16/threads auto: %s on %s threads, untimed: this run's %d training steps are "
+            "too few for a probe of %d",
+            DTYPE_NAMES[untimed[0]],
+            untimed[1] or "torch's default",
+            run_steps,
+            probe,
+        )
+    choice = world.broadcast_object(options[hit.choice] if hit else untimed)
+    return Tuning(*choice, probe=hit if hit and options[hit.choice] == choice else None)
 
 
 def _with_threads(step: Callable[[], None], threads: int | None) -> Callable[[], None]:
