@@ -91,11 +91,11 @@ def survivors_frozen() -> Iterator[None]:
     """Inside the block, what survives a full garbage collection is frozen (`gc.freeze`), and at
     exit everything is: each object is walked by a full collection at most once.
 
-    A stage loads some 700 k objects with torch, MLflow and pandas; Python walks all of them in
-    each full collection (about ten while they load, two more as the interpreter exits), which
-    took 5-8 s of a training stage on two busy cores (docs/performance.md). The young
-    generations are collected as always; only cycles among objects that were alive at a full
-    collection wait for the process to end. Afterwards the collector is as it was."""
+    A stage loads hundreds of thousands of objects with torch, MLflow and pandas; Python walks
+    all of them in each full collection, about ten while they load and two more as the
+    interpreter exits: seconds of every stage (docs/performance.md). The young generations are
+    collected as always; only cycles among objects that were alive at a full collection wait for
+    the process to end. Afterwards the collector is as it was."""
     gc.callbacks.append(_freeze_after_full_collection)
     try:
         yield

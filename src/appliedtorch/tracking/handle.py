@@ -136,8 +136,8 @@ class StageRun:
 def no_requirement_scan() -> contextlib.AbstractContextManager[Any]:
     """Skip MLflow's check that this environment satisfies the logged requirements: they are this
     process's own torch and mlflow versions, so it cannot find a mismatch, and it reads the
-    metadata of every installed distribution (1 s of a training stage on a quiet 2-core machine,
-    several under load). Where MLflow has no such check, nothing is skipped."""
+    metadata of every installed distribution, a second or more (docs/performance.md). Where
+    MLflow has no such check, nothing is skipped."""
     from mlflow.utils import environment
 
     if not callable(getattr(environment, "warn_dependency_requirement_mismatches", None)):
