@@ -34,6 +34,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -272,11 +273,32 @@ def test_offline_quick_start(readme_ws, request, tmp_path):
     assert (toy / "params.yaml").read_bytes() == (REPO / "params.yaml").read_bytes()
 
 
+def test_real_images_offline(readme_ws, request):
+    """After the offline block (data.source: synthetic in params.yaml), README's real-images
+    block trains both nets on Debian's Fashion-MNIST, as its own `-S data.source` says."""
+    fashion = need_fashion_mnist()
+    ws, env = readme_ws
+    (block,) = blocks_for(request)
+    run_block(block.text, ws, env, timeout=900)
+    source = json.loads((ws / "data/raw/fashion-mnist/source.json").read_text())
+    assert source["source"] == f"debian:{fashion}"
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    for arch in ("mlp", "cnn"):
+        per_class = json.loads((ws / "reports" / arch / "per_class.json").read_text())
+        assert "Ankle boot" in per_class["recall"], arch
+        exp = client.get_experiment_by_name(f"fashion-mnist-{arch}")
+        (newest,) = client.search_runs([exp.experiment_id], max_results=1)
+        assert newest.data.tags["data.source"] == source["source"], arch
+
+
 def test_look_at_results(readme_ws, request):
     ws, env = readme_ws
     (block,) = blocks_for(request)
     out = run_block(block.text, ws, env)
     assert "reports/mlp/metrics.json" in out and "test_accuracy" in out, out
+    assert "max_error_digits" in out, out
     page = (ws / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "vega-embed" in page
     for plot in ("PINN_solution", "PINN_pointwise_error", "MLP_loss"):
@@ -302,11 +324,16 @@ def test_mlflow_ui(readme_ws, request):
         answer = wait_for_json(
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=50", proc, log
         )
+        started = psutil.Process(proc.pid).children(recursive=True)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     names = {e["name"] for e in answer["experiments"]}
     assert {"mnist-mlp", "cifar10-cnn", "pinn-ode", "math-demos"} <= names, names
+    # `mlflow ui` and its one worker: MLflow's defaults start 4 workers and a job runner's
+    # processes (15 in all), which one person browsing does not need.
+    commands = [" ".join(p.cmdline()[:4]) for p in started]
+    assert len(started) <= 2, commands
 
 
 def wait_for_json(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> dict:
@@ -323,40 +350,74 @@ def wait_for_json(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 
 def test_predict_after_quick_start(readme_ws, request):
+    """After the blocks above it (the real-images one included, where Debian's Fashion-MNIST is
+    installed), README's predict block classifies a test image of the MLP's dataset."""
     ws, env = readme_ws
     (block,) = blocks_for(request)
     out = run_block(block.text, ws, env).strip().splitlines()[-1]
     path, label, prob = out.split("\t")
-    assert path == "digit.png" and 0 < float(prob) <= 1, out
-    assert label, out
-
-
-def test_real_images_offline(fresh_ws, request):
-    fashion = need_fashion_mnist()
-    ws, env = fresh_ws
-    (block,) = blocks_for(request)
-    # README's state has data.source: upstream; the built workspace runs on synthetic data.
-    upstream = "dvc exp run -S data.source=upstream"
-    run_block(substitute(block.text, {"dvc exp run": upstream}), ws, env, timeout=900)
-    source = json.loads((ws / "data/raw/fashion-mnist/source.json").read_text())
-    assert source["source"] == f"debian:{fashion}"
-    for arch in ("mlp", "cnn"):
-        per_class = json.loads((ws / "reports" / arch / "per_class.json").read_text())
-        described = json.loads((ws / "reports" / arch / "run.json").read_text())
-        assert described["data_source"] == source["source"], arch
-        assert "Ankle boot" in per_class["recall"], arch
+    assert path == "test.png" and 0 < float(prob) <= 1, out
+    dataset = yaml.safe_load((ws / "params.yaml").read_text())["mlp"]["dataset"]
+    classes = json.loads((ws / "reports" / "mlp" / "per_class.json").read_text())["recall"]
+    assert label in classes, (dataset, out)
 
 
 def test_serve_after_quick_start(readme_ws, request):
     ws, env = readme_ws
     (block,) = blocks_for(request)
-    assert (ws / "digit.png").exists(), "README's predict block (run before) made digit.png"
+    assert (ws / "test.png").exists(), "README's predict block (run before) made test.png"
     port = str(free_port())
     out = run_block(substitute(block.text, {"5001": port}), ws, env, timeout=180)
     (line,) = [ln for ln in out.splitlines() if ln.startswith('{"predictions"')]
     answer = json.loads(line)
     (row,) = answer["predictions"]
     assert len(row) == 10 and abs(sum(row) - 1) < 1e-4, answer
+
+
+def test_readme_blocks_run_in_the_order_readme_gives_them():
+    """README's blocks that share one workspace (`readme_ws`) are run by tests defined in the
+    order of the blocks on the page: pytest runs a file's tests in that order, so each block
+    starts from the state the block above it left."""
+    tree = ast.parse(Path(__file__).read_text())
+    shared = [
+        f.name
+        for f in tree.body
+        if isinstance(f, ast.FunctionDef) and any(a.arg == "readme_ws" for a in f.args.args)
+    ]
+    on_page = []
+    for block in read_blocks(REPO / "README.md"):
+        name = block.marker[1].partition("::")[2] if block.marker else ""
+        if name in shared and name not in on_page:
+            on_page.append(name)
+    assert on_page == shared, f"README's order {on_page}, the tests' order {shared}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 36, for the lead and the PINN's owner: metrics.json holds headline numbers "
+    "only (counts, timings but train_seconds, macro precision and recall, strings: details "
+    "files and MLflow), errors as *_digits (-log10), not raw values DVC rounds to 0.0",
+)
+def test_readmes_metrics_table_fits_200_columns_with_no_error_shown_as_zero(fresh_ws):
+    ws, env = fresh_ws
+    readme = [b for b in read_blocks(REPO / "README.md") if "dvc metrics show" in b.text]
+    command = readme[0].text.split("dvc metrics show")[1].split("#")[0]
+    wide = {**env, "COLUMNS": "1000"}  # as wide as the table is
+    out = run([str(BIN / "dvc"), "metrics", "show", *command.split()], ws, wide).stdout
+    lines = out.splitlines()
+    widest = max(lines, key=len)
+    assert len(widest) <= 200, f"{len(widest)} columns:\n{out}"
+    header = re.split(r"\s{2,}", lines[0].strip())
+    shown = {
+        row[0]: dict(zip(header, row, strict=True))
+        for row in (re.split(r"\s{2,}", ln.strip()) for ln in lines[1:])
+    }
+    values = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], ws, env).stdout)
+    (workspace,) = values.values()
+    for path, data in workspace["data"].items():
+        for key, value in data["data"].items():
+            if "error" in key and isinstance(value, float) and value != 0:
+                assert float(shown[path][key]) != 0, f"{path}: {key} = {value} shown as 0"
 
 
 def test_predict_forms(fresh_ws, request):
@@ -465,6 +526,8 @@ def test_seeds_commands(fresh_ws, request):
     low, high = metrics["test_accuracy_ci95_low"], metrics["test_accuracy_ci95_high"]
     assert low <= metrics["test_accuracy_mean"] <= high
     assert len((ws / "reports/mlp/members.csv").read_text().splitlines()) == 1 + 2
+    status = run([str(BIN / "dvc"), "status"], ws, env).stdout
+    assert "up to date" in status, f"the block's `dvc repro` left stages stale:\n{status}"
 
     # The comparison cut to one change of the recipe (baseline, recipe and that change), and
     # run as the text says: queue, start, and once the queue is done, the results.
@@ -493,7 +556,11 @@ def test_sweep(fresh_ws, request):
     ):
         assert time.monotonic() < deadline, "the queue did not finish"
         time.sleep(2)
-    out = run_block(compare.text, ws, env)
+    # As wide as the tables are (not cut to a terminal): they must fit 200 columns.
+    out = run_block(compare.text, ws, {**env, "COLUMNS": "1000"})
     assert "lr-grid-1" in out and "lr-grid-2" in out and "mlp.lr" in out, out
+    assert "test_accuracy" in out and "…" not in out, out
+    widest = max(out.splitlines(), key=len)
+    assert len(widest) <= 200, f"{len(widest)} columns:\n{out}"
     page = (ws / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and 'id = "MLP_loss"' in page

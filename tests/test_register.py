@@ -104,6 +104,21 @@ def test_registers_the_trained_model_once_and_moves_champion(ws, tracking_uri, m
     assert versions(client) == {"1": run_id}
 
 
+def test_a_normal_registration_prints_no_mlflow_warning(
+    ws, tracking_uri, monkeypatch, capsys, caplog
+):
+    """The model is registered from its logged-model URI: MLflow's "has no artifacts at artifact
+    path 'model'" WARNING (what `runs:/<id>/model` gives) reads like a failure."""
+    run_id, metrics = train_run(ws, accuracy=0.5, seconds=1.0)
+    land(ws, metrics)
+    code, err = register(monkeypatch, capsys)
+    assert code == 0, err
+    said = err + caplog.text
+    assert "WARNING" not in said and "has no artifacts" not in said, said
+    version = mlflow.MlflowClient(tracking_uri).get_model_version(NAME, "1")
+    assert version.run_id == run_id and version.source.startswith("models:/m-"), version
+
+
 def test_registers_the_run_whose_outputs_landed(ws, tracking_uri, monkeypatch, capsys):
     """A later run with the same params whose outputs did not land is not registered; a better
     model that landed becomes champion."""

@@ -147,6 +147,18 @@ def test_classifier_sections_follow_their_dataset():
     assert default == report.SECTIONS  # the defaults are the tutorial's names
 
 
+def test_accuracy_chart_rows_name_the_net_and_the_dataset(tmp_path):
+    """Both nets on one dataset: two rows that say which is which."""
+    for folder in ("mlp", "cnn"):
+        write_stage(tmp_path / "reports", folder, MLP_METRICS, [])
+    sections = report.sections_for({s: ("fashion-mnist", "Fashion-MNIST") for s in ("mlp", "cnn")})
+    page = report.build_report(tmp_path / "reports", {}, sections=sections)
+    chart = page[page.index('<svg class="accuracy-chart"') :]
+    chart = chart[: chart.index("</svg>")]
+    labels = re.findall(r'<text x="4" [^>]*>([^<]+)</text>', chart)
+    assert labels == ["MLP on Fashion-MNIST", "CNN on Fashion-MNIST"], labels
+
+
 def test_format_value():
     assert report.format_value("test_accuracy", 0.98765) == "98.77 %"
     assert report.format_value("gd.steps", 111.0) == "111"

@@ -10,6 +10,7 @@ read in full. The bounds leave room for synthetic stand-ins of twice the upstrea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from appliedtorch.data.datasets import CIFAR10_BATCHES
 from appliedtorch.data.params import DataParams
@@ -83,4 +84,33 @@ def too_large(what: str, cap: int) -> str:
 
 def redo(name: str) -> str:
     """What to do when data/raw/<name> is missing or damaged."""
-    return f"run `dvc repro download@{name}` (or `dvc pull` from the team remote)"
+    return f"run {download_command(name)} (or `dvc pull` from the team remote)"
+
+
+def download_command(name: str, start: Path | None = None) -> str:
+    """The command that brings data/raw/<name> into the workspace at or above `start` (the
+    working directory): `dvc repro download@<name>`, or, where no classifier section names the
+    dataset (its download stage then fetches nothing), the `-S` that names it."""
+    if name in (named_datasets(start) or {name}):
+        return f"`dvc repro download@{name}`"
+    return (
+        f"`dvc exp run -S mlp.dataset={name} download@{name}` (download@{name} fetches it only "
+        "while mlp.dataset or cnn.dataset names it)"
+    )
+
+
+def named_datasets(start: Path | None = None) -> set[str] | None:
+    """The datasets params.yaml names in `mlp.dataset` and `cnn.dataset`, in the DVC project at
+    or above `start`; None where there is no project or no params.yaml to read."""
+    here = (start or Path.cwd()).resolve()
+    root = next((d for d in (here, *here.parents) if (d / ".dvc").is_dir()), None)
+    if root is None:
+        return None
+    try:
+        import yaml
+
+        params = yaml.safe_load((root / "params.yaml").read_text(errors="replace"))
+        sections = [params.get(s) for s in ("mlp", "cnn")]
+        return {str(s["dataset"]) for s in sections if isinstance(s, dict) and "dataset" in s}
+    except Exception:  # noqa: BLE001 - a hint must never hide the error it belongs to
+        return None

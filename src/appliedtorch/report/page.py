@@ -392,7 +392,7 @@ def build_report(
         summary=[_summary_row(item, run) for item, run in loaded],
         accuracy_chart=accuracy_chart(
             [
-                (item.section.title.split(":")[0], item.metrics or {})
+                (_chart_label(item.section), item.metrics or {})
                 for item, _ in loaded
                 if item.section.dataset
             ]
@@ -402,6 +402,12 @@ def build_report(
             for item, run in loaded
         ],
     )
+
+
+def _chart_label(section: StageSection) -> str:
+    """A classifier's row in the accuracy chart, by net and dataset (`MLP on Fashion-MNIST`): both
+    nets may train on the same dataset."""
+    return f"{section.params_section.upper()} on {section.title.split(':')[0]}"
 
 
 @functools.cache

@@ -122,14 +122,29 @@ class StageRun:
         # variable (docs); these classifiers are small for a GPU anyway.
         if torch.cuda.is_available():
             os.environ.setdefault("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")
-        return mlflow.pytorch.log_model(
-            model_cpu,
-            name=name,
-            signature=signature,
-            input_example=input_example,
-            pip_requirements=[f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"],
-            metadata=dict(metadata or {}),
-        )
+        with no_requirement_scan():
+            return mlflow.pytorch.log_model(
+                model_cpu,
+                name=name,
+                signature=signature,
+                input_example=input_example,
+                pip_requirements=[f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"],
+                metadata=dict(metadata or {}),
+            )
+
+
+def no_requirement_scan() -> contextlib.AbstractContextManager[Any]:
+    """Skip MLflow's check that this environment satisfies the logged requirements: they are this
+    process's own torch and mlflow versions, so it cannot find a mismatch, and it reads the
+    metadata of every installed distribution, a second or more (docs/performance.md). Where
+    MLflow has no such check, nothing is skipped."""
+    from mlflow.utils import environment
+
+    if not callable(getattr(environment, "warn_dependency_requirement_mismatches", None)):
+        return contextlib.nullcontext()
+    from unittest import mock
+
+    return mock.patch.object(environment, "warn_dependency_requirement_mismatches", lambda _: None)
 
 
 @functools.cache

@@ -60,7 +60,7 @@ def should_promote(new: Mapping[str, str], champion: Mapping[str, str] | None) -
 def register_version(
     client: Any, run_id: str, name: str, test_accuracy: float, model_uri: str | None = None
 ) -> dict[str, Any]:
-    """Register run `run_id`'s logged model (`model_uri`, default `runs:/<run_id>/model`) as a
+    """Register run `run_id`'s logged model (`model_uri`, default its model named `model`) as a
     version of `name`, tagged with the run id, and move `champion` to it when `should_promote`
     says so. A version already tagged with this run id is kept as it is (no duplicate).
     Returns what was done; the run is tagged with it too."""
@@ -78,7 +78,8 @@ def register_version(
         "data.source": tags.get("data.source", ""),
         "run_id": run_id,
     }
-    mv = mlflow.register_model(model_uri or f"runs:/{run_id}/model", name, tags=version_tags)
+    source = model_uri or logged_model_uri(client, run_id)
+    mv = mlflow.register_model(source, name, tags=version_tags)
     champion = None
     with contextlib.suppress(mlflow.exceptions.MlflowException):
         champion = client.get_model_version_by_alias(name, CHAMPION)
@@ -90,6 +91,24 @@ def register_version(
     for key, value in (result | {"registry.decision": why}).items():
         client.set_tag(run_id, key, str(value))
     return result | {"registry.new": True}
+
+
+def logged_model_uri(client: Any, run_id: str, name: str = "model") -> str:
+    """`models:/<model id>` of the model run `run_id` logged as `name` (the newest, if several).
+
+    MLflow 3 keeps a logged model apart from the run's artifacts: registering `runs:/<id>/model`
+    finds it too, but only after a WARNING that the run "has no artifacts at artifact path
+    'model'", which reads like a failure in every normal registration."""
+    run = client.get_run(run_id)
+    found = client.search_logged_models(
+        [run.info.experiment_id],
+        filter_string=f"name = '{name}' AND source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+        max_results=1,
+    )
+    if not found:
+        return f"runs:/{run_id}/{name}"  # MLflow then says what is missing
+    return f"models:/{found[0].model_id}"
 
 
 def run_that_logged(
