@@ -30,16 +30,12 @@ let text = ''; process.stdin.on('data', d => text += d).on('end', async () => {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 36, for the lead: dvc.yaml's confusion plots take `template: confusion_by_class`"
-    " (.dvc/plots/), `x: predicted`, `y: {<file>: actual}`; confusion.json's records carry"
-    " actual_index and predicted_index (classify/outputs.py: confusion_records)",
-)
 def test_vega_confusion_matrix_reads_like_the_png(tmp_path):
     if shutil.which("node") is None or not (VEGA / "vega-lite").is_dir():
         pytest.skip("needs node and `npm ci --prefix plots`")
-    from appliedtorch.classify.outputs import confusion_records  # the writer of confusion.json
+    from appliedtorch.classify.artifacts.outputs import (
+        confusion_records,  # the writer of confusion.json
+    )
 
     classes = list(DATASETS_BY_NAME["fashion-mnist"].classes)  # not in alphabetical order
     labels = [k for k in range(10) for _ in range(2)]

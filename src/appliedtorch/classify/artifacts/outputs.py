@@ -229,10 +229,7 @@ def write_reports(
     title = f"{data.name}{' (synthetic data)' if data.source == 'synthetic' else ''}"
     history = history_frame(result.history)
     write_text(out / "history.csv", history.to_csv(index=False))
-    # DVC's `confusion` template reads one record per sample.
-    actual = [classes[i] for i in ev.labels.tolist()]
-    predicted = [classes[i] for i in ev.predictions.tolist()]
-    records = [{"actual": a, "predicted": p} for a, p in zip(actual, predicted, strict=True)]
+    records = confusion_records(ev.labels.tolist(), ev.predictions.tolist(), classes)
     write_json(out / "confusion.json", records)
     write_json(out / "per_class.json", per_class_metrics(result))
     test_images = data.test_images[: result.config.train_limit]
@@ -254,6 +251,18 @@ def write_reports(
     names = ["metrics.json", "run.json", "per_class.json", "history.csv", "confusion.json"]
     names += list(figures)
     return metrics, [out / name for name in names]
+
+
+def confusion_records(
+    labels: Sequence[int], predictions: Sequence[int], classes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """confusion.json: one record per test sample, as DVC's confusion templates read them; the
+    class indices let .dvc/plots/confusion_by_class.json order both axes as the PNG does (the
+    dataset's order, not the alphabet's)."""
+    return [
+        {"actual": classes[a], "predicted": classes[p], "actual_index": a, "predicted_index": p}
+        for a, p in zip(labels, predictions, strict=True)
+    ]
 
 
 def write_members(result: TrainResult, out_dir: str | Path) -> Path:
