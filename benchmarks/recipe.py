@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from appliedtorch.classify.params import CNNParams
-from appliedtorch.classify.training.loop import model_args_for, model_name, train_classifier
+from appliedtorch.classify.training.loop import model_args_for, net_name, train_classifier
 from appliedtorch.core.errors import AppliedTorchError, DivergenceError, ParamsError
 from appliedtorch.core.params import read_yaml
 from appliedtorch.data.datasets import DATASETS
@@ -135,10 +135,10 @@ def summary(
     train, train_sd = mean_sd([r["train_seconds"] for r in done])
     evals, evals_sd = mean_sd([r["eval_seconds"] for r in done])
     per_image = flops.train_flops_per_sample(
-        model_name(config), model_args_for(config, data), tuple(data.train_images.shape[1:])
+        net_name(config), model_args_for(config, data), tuple(data.train_images.shape[1:])
     )
     return {
-        "net": model_name(config),
+        "net": net_name(config),
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "train_images": len(data.train_images),

@@ -72,7 +72,7 @@ from appliedtorch.classify.nets.models import build_model
 from appliedtorch.classify.params import ClassifierParams
 from appliedtorch.classify.training import tuning
 from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Normalizer
-from appliedtorch.classify.training.loop import evaluate, model_args_for, model_name
+from appliedtorch.classify.training.loop import evaluate, model_args_for, net_name
 from appliedtorch.core.utils import resolve_device, thread_count, write_json
 from appliedtorch.data.loading import ImageData
 from appliedtorch.machine import openmp
@@ -157,7 +157,7 @@ def arithmetic(
 ) -> dict[str, Any]:
     """Achieved GFLOP/s of an epoch of `seconds` (FLOPs counted by torch) against the peak."""
     per_sample = flops.train_flops_per_sample(
-        model_name(config), model_args_for(config, data), tuple(data.train_images.shape[1:])
+        net_name(config), model_args_for(config, data), tuple(data.train_images.shape[1:])
     )
     achieved = flops.achieved(per_sample, len(data.train_images), seconds)
     peak, how = peak_gflops(device, fmt, threads)
