@@ -113,8 +113,23 @@ class StackedBatches:
         return self.members[0].sizes()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batches in zip(*self.members, strict=True):
-            yield torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+        first = self.members[0]
+        if first.normalized is None or first.shuffle is None:  # augmented: each member's draws
+            for batches in zip(*self.members, strict=True):
+                yield torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+            return
+        # Normalised once: every member's permutation drawn as its `Batches` draws it, then one
+        # gather per step for all members (N gathers and a stack were N times the launches).
+        n = len(first.images)
+        rows = torch.stack(
+            [
+                m.world.shard(torch.randperm(n, generator=m.shuffle, device=m.device))
+                for m in self.members
+            ]
+        )  # (N, samples)
+        for start in range(0, self.samples, first.batch_size):
+            at = rows[:, start : start + first.batch_size]  # (N, B)
+            yield first.normalized[at], first.labels[at]  # (N, B, C, H, W), (N, B)
 
 
 class VmappedStep:
