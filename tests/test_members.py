@@ -44,13 +44,29 @@ def mnist():
 @pytest.fixture(scope="module")
 def pair(mnist):
     """The same members, one after another and together."""
-    apart = train_seeds(mnist, MLP.model_copy(update={"members_together": False}), seed=SEED)
-    joint = train_seeds(mnist, MLP.model_copy(update={"members_together": True}), seed=SEED)
-    return apart, joint
+    apart, joint = ([], []), ([], [])
+    for logged, flag in zip((apart, joint), (False, True), strict=True):
+        config = MLP.model_copy(update={"members_together": flag})
+        result = train_seeds(mnist, config, seed=SEED, callback=logged[1].append)
+        logged[0].append(result)
+    return apart[0][0], joint[0][0], apart[1], joint[1]
+
+
+def test_members_together_log_each_members_epochs_as_one_after_another(pair):
+    *_, apart, joint = pair  # the stats the stage logs to MLflow, as `member_<k>/<metric>`
+
+    def by_key(logged):
+        return {(s.epoch, k): v for s in logged for k, v in s.metrics().items()}
+
+    a, j = by_key(apart), by_key(joint)
+    assert sorted(j) == sorted(a) and len(j) == MLP.seeds * MLP.epochs * len(apart[0].metrics())
+    for key, value in a.items():
+        if "seconds" not in key[1]:  # timings aside
+            assert j[key] == pytest.approx(value, rel=1e-4, abs=0.01 if "accuracy" in key[1] else 0)
 
 
 def test_members_together_have_the_sequential_members_weights(pair):
-    apart, joint = pair
+    apart, joint, *_ = pair
     for a, j in zip(apart.members, joint.members, strict=True):
         for (name, p), q in zip(
             a.model.state_dict().items(), j.model.state_dict().values(), strict=True
@@ -59,7 +75,7 @@ def test_members_together_have_the_sequential_members_weights(pair):
 
 
 def test_members_together_have_the_sequential_members_metrics(pair):
-    apart, joint = pair
+    apart, joint, *_ = pair
     for a, j in zip(apart.members, joint.members, strict=True):
         for ha, hj in zip(a.history, j.history, strict=True):
             assert hj.train_loss == pytest.approx(ha.train_loss, rel=1e-4)
@@ -70,13 +86,13 @@ def test_members_together_have_the_sequential_members_metrics(pair):
 
 
 def test_members_together_are_different_runs(pair):
-    _, joint = pair
+    _, joint, *_ = pair
     first, second = (m.model.fc1.weight for m in joint.members[:2])
     assert not torch.equal(first, second)
 
 
 def test_members_together_give_the_same_model_file_and_members_table(mnist, pair, tmp_path):
-    apart, joint = pair
+    apart, joint, *_ = pair
     assert list(member_frame(joint).columns) == list(member_frame(apart).columns)
     assert len(member_frame(joint)) == MLP.seeds
     for name, result in (("apart", apart), ("joint", joint)):
