@@ -15,8 +15,8 @@ from appliedtorch.classify.nets.models import Ensemble, load_model
 from appliedtorch.classify.params import CNNParams, MLPParams
 from appliedtorch.classify.runs.distributed import SINGLE
 from appliedtorch.classify.runs.ensemble import MemberStates, member_frame, train_seeds
-from appliedtorch.classify.runs.together import VmappedStep, build_members, together
-from appliedtorch.core.errors import ParamsError
+from appliedtorch.classify.runs.together import VmappedStep, build_members, check_losses, together
+from appliedtorch.core.errors import DivergenceError, ParamsError
 from appliedtorch.params import parse_params
 from helpers import REPO
 from helpers.data import make_data
@@ -114,6 +114,14 @@ def test_members_together_draw_their_own_dropout_masks(mnist):
     labels = torch.zeros(2, 8, dtype=torch.int64)
     losses = step.losses(step.params, step.buffers, images, labels)  # what the training step runs
     assert losses[0] != losses[1]
+
+
+def test_a_diverging_member_is_named_with_its_step():
+    losses = torch.ones(4, 3)
+    losses[2, 1] = float("nan")
+    with pytest.raises(DivergenceError, match=r"member 1's loss became nan at epoch 7, step 3"):
+        check_losses(losses, 7, 0.5, "mlp")
+    check_losses(torch.ones(4, 3), 7, 0.5, "mlp")  # finite: no error
 
 
 @pytest.mark.parametrize(

@@ -135,13 +135,17 @@ class StackedBatches:
 class VmappedStep:
     """Forward, loss and backward of all members at once, then one step of the stacked tensors."""
 
-    def __init__(self, model: nn.Module, members: Sequence[nn.Module], config: ClassifierParams):
-        params, self.buffers = stack_module_state(list(members))  # (N, ...) leaves
-        self.params = params
-        self.names = list(params)
+    def __init__(
+        self,
+        model: nn.Module,
+        members: Sequence[nn.Module],
+        config: ClassifierParams,
+        bf16: bool = False,
+    ):
+        self.params, self.buffers = stack_module_state(list(members))  # (N, ...) leaves
         self.base = copy.deepcopy(model).to("meta")  # the structure functional_call runs
         self.base.train()
-        self.label_smoothing, self.bf16 = config.label_smoothing, False
+        self.label_smoothing, self.bf16 = config.label_smoothing, bf16
         self.losses = vmap(self._loss, randomness="different")
 
     def _loss(self, params, buffers, images, labels):  # type: ignore[no-untyped-def]
@@ -199,8 +203,7 @@ def train_together(
     )
     stacked = StackedBatches(train, generators, config.augment)
     tuning = resolve_tuning(members[0], config, stacked.members[0], dev, SINGLE, None)
-    step = VmappedStep(members[0], members, config)
-    step.bf16 = tuning.bf16
+    step = VmappedStep(members[0], members, config, bf16=tuning.bf16)
     optimizer = make_optimizer(list(step.params.values()), config, dev, members_dim=True)
     scheduler = make_scheduler(optimizer, config, len(stacked))
     histories: list[list[EpochStats]] = [[] for _ in members]
