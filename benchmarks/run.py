@@ -44,7 +44,9 @@ import os  # isort: skip
 # The user's own setting, for the tutorial's loop (benchmarks/tutorial_loop.py), read before
 # appliedtorch sets its default; then, as in the stages, appliedtorch before torch loads OpenMP.
 USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
-import appliedtorch  # noqa: F401  # isort: skip
+from appliedtorch.machine import openmp  # isort: skip
+
+openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 
 import argparse
 import contextlib
@@ -75,7 +77,6 @@ from appliedtorch.classify.training.batches import NORMALIZATION, Batches, Norma
 from appliedtorch.classify.training.loop import evaluate, model_args_for, net_name
 from appliedtorch.core.utils import resolve_device, thread_count, write_json
 from appliedtorch.data.loading import ImageData
-from appliedtorch.machine import openmp
 from appliedtorch.machine.hardware import cpu_description, cpu_peak_gflops, native_bf16
 from appliedtorch.params import load_params
 from appliedtorch.pinn.params import PINNParams
