@@ -181,10 +181,12 @@ def test_seeds_under_torchrun_are_refused_in_one_line_before_any_work(tmp_path, 
 
 
 @pytest.mark.slow
-def test_stage_with_three_seeds_end_to_end(tmp_path, tracking_uri, params_file):
+@pytest.mark.parametrize("together", ["auto", True])  # auto: one after another on the CPU
+def test_stage_with_three_seeds_end_to_end(tmp_path, tracking_uri, params_file, together):
     data_dir = tmp_path / "data" / "raw" / "mnist"
     download("mnist", data_dir, source="synthetic", synthetic_sizes=(600, 200))
-    params = params_file({"device": "cpu", "mlp": {"seeds": 3, "epochs": 1}})
+    section = {"seeds": 3, "epochs": 1, "members_together": together}
+    params = params_file({"device": "cpu", "mlp": section})
     model, reports = tmp_path / "models" / "mlp.pt", tmp_path / "reports" / "mlp"
     proc = run_script(
         "stages/train.py", "--section", "mlp", "--params", params, "--data", data_dir, "--model", model,

@@ -30,6 +30,7 @@ DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 # Choices both classifier sections offer (`auto`: where the device computes bf16 natively).
 Schedule = Literal["constant", "step", "cosine", "onecycle"]
 BF16 = Literal["auto"] | bool
+Together = Literal["auto"] | bool
 
 
 def _thread_count(value: Any) -> Any:
@@ -53,6 +54,9 @@ class ClassifierParams(Section):
     # Members trained in one run, member k with seed + k: metrics.json gets their mean, sd and 95 %
     # CI, and the model is their ensemble (classify/runs/ensemble.py). 1: one net, as the tutorial.
     seeds: int = Field(1, ge=1, le=MAX_SEEDS)
+    # The members as one vmapped model (classify/runs/together.py): auto = on CUDA (on the CPU one
+    # after another measured faster: benchmarks/members.py) | true | false (one after another)
+    members_together: Together = "auto"
     epochs: int = Field(5, gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
     lr: float = Field(0.001, gt=0)  # the peak lr with warm-up or onecycle

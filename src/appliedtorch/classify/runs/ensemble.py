@@ -7,9 +7,10 @@
 
 One training run is one draw: member k trains with seed `seed + k` (weight initialisation,
 dropout, shuffling and augmentation all follow from it) and is otherwise the same run. The
-members train one after another in this process: on the CPU that is the measured choice (a
-vmapped MLP ensemble was not faster there; see docs/experiments.md), and it leaves every member
-bit-identical to a `seeds: 1` run with seed `seed + k`. `bf16: auto` and `threads: auto` are
+members train one after another in this process, each bit-identical to a `seeds: 1` run with
+seed `seed + k`; with `members_together` (true, or auto on CUDA) they train as one vmapped model
+(runs/together.py), each equal to that run within float tolerance (dropout masks aside). On the
+CPU one after another is the measured choice (benchmarks/members.py). `bf16: auto` and `threads: auto` are
 resolved (timed) once, for member 0, and the others train with its choice.
 
 The saved and logged model is the members' `Ensemble` (a deep ensemble: their probabilities
@@ -27,12 +28,14 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliedtorch.classify.nets.models import Ensemble
 from appliedtorch.classify.runs.distributed import SINGLE, World
 from appliedtorch.classify.runs.resume import ResumeState, resume_path
+from appliedtorch.classify.runs.together import together, train_together
 from appliedtorch.classify.training.batches import Batches, Normalizer
 from appliedtorch.classify.training.loop import evaluate, train_classifier
 from appliedtorch.classify.training.results import EpochStats, Evaluation, TrainResult
@@ -93,6 +96,11 @@ class MemberStates:
     ) -> MemberStates:
         paths = [member_resume_path(model_path, k) for k in range(members)]
         return cls([ResumeState.open(p, fingerprint, world, epochs) for p in paths])
+
+    @property
+    def epochs_done(self) -> int:
+        """The most epochs any member's saved state has finished (0: no member started)."""
+        return max(s.epochs_done for s in self.states)
 
     @property
     def run_id(self) -> str | None:
@@ -162,6 +170,11 @@ def train_seeds(
     check_launch(config)
     if world.distributed:
         raise AppliedTorchError(f"{config.section}.seeds > 1 cannot train under torchrun")
+    resumed = isinstance(resume, MemberStates) and resume.epochs_done > 0
+    if together(config, device, resumed=resumed, world=world):
+        callbacks = [partial(member_epoch, callback, k) for k in range(config.seeds)]
+        members = train_together(data, config, seed=seed, device=device, callbacks=callbacks)
+        return ensemble_result(members, data, config)
     members: list[TrainResult] = []
     for k in range(config.seeds):
         log.info("member %d of %d (seed %d)", k + 1, config.seeds, member_seed(seed, k))
@@ -171,10 +184,6 @@ def train_seeds(
                 update={"bf16": members[0].bf16, "threads": members[0].threads}
             )
 
-        def member_callback(stats: EpochStats, k: int = k) -> None:
-            if callback is not None:
-                callback(MemberEpoch(**dataclasses.asdict(stats), member=k))
-
         state = resume.member(k) if isinstance(resume, MemberStates) else None
         members.append(
             train_classifier(
@@ -182,12 +191,18 @@ def train_seeds(
                 each,
                 seed=member_seed(seed, k),
                 device=device,
-                callback=member_callback,
+                callback=partial(member_epoch, callback, k),
                 resume=state,
                 world=world,
             )
         )
     return ensemble_result(members, data, config)
+
+
+def member_epoch(callback: Callable[[EpochStats], None] | None, k: int, stats: EpochStats) -> None:
+    """Hand member `k`'s epoch to the run's callback as a `MemberEpoch`."""
+    if callback is not None:
+        callback(MemberEpoch(**dataclasses.asdict(stats), member=k))
 
 
 def ensemble_result(

@@ -172,15 +172,15 @@ def train_classifier(
     if resume is not None and resume.world != world:
         raise ValueError("the resume state belongs to another process group than `world`")
     dev = resolve_device(device)
-    batch_size = _local_batch_size(config, world)  # a bad split fails before any work
+    batch_size = local_batch_size(config, world)  # a bad split fails before any work
     keep_freed_memory(dev)  # for the probe's steps too
-    mean, std = _normalization(data)
+    mean, std = normalization(data)
     normalize = Normalizer(mean, std, dev, config.channels_last)
     model_args = model_args_for(config, data)
     model, net, optimizer, shuffle, augment = _build(config, model_args, dev, seed, world)
-    train, test = _batches(data, config, batch_size, normalize, shuffle, augment, world)
+    train, test = make_batches(data, config, batch_size, normalize, shuffle, augment, world)
     scheduler = make_scheduler(optimizer, config, len(train))
-    tuning = _tuning(model, config, train, dev, world, resume)
+    tuning = resolve_tuning(model, config, train, dev, world, resume)
     streams = {"shuffle": shuffle, "augment": augment}  # one generator in one process
     done = resume.restore(model, optimizer, scheduler, streams) if resume else 0
     history = [EpochStats(**h) for h in resume.history] if resume else []
@@ -211,7 +211,7 @@ def train_classifier(
     )
 
 
-def _tuning(
+def resolve_tuning(
     model: nn.Module,
     config: ClassifierParams,
     train: Batches,
@@ -265,7 +265,7 @@ class _Epochs:
         s = self.config
         lr = self.optimizer.param_groups[0]["lr"]
         progress = Progress(self.train, epoch, s.epochs, show=self.world.is_main)
-        with _Stopwatch(self.train.device) as clock:
+        with Stopwatch(self.train.device) as clock:
             losses = StepLosses(self.train, epoch, lr, s.section, progress)
             train_loss = train_one_epoch(
                 self.net,
@@ -332,7 +332,8 @@ def model_args_for(config: ClassifierParams, data: ImageData) -> dict[str, Any]:
     return {k: args[k] for k in ordered if k in cls.always_saved or args[k] != defaults[k]}
 
 
-def _normalization(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The dataset's per-channel (mean, std), checked against its number of channels."""
     mean, std = NORMALIZATION.get(data.name, NORMALIZATION["cifar10"])
     if len(mean) != data.train_images.shape[1]:
         raise AppliedTorchError(
@@ -370,7 +371,7 @@ def _build(
     return model, net, optimizer, shuffle, augment
 
 
-def _batches(
+def make_batches(
     data: ImageData,
     config: ClassifierParams,
     batch_size: int,
@@ -408,7 +409,7 @@ def _batches(
     return train, test
 
 
-def _local_batch_size(config: ClassifierParams, world: World) -> int:
+def local_batch_size(config: ClassifierParams, world: World) -> int:
     """Each process's share of a global batch of `config.batch_size` samples."""
     if config.batch_size % world.size:
         raise AppliedTorchError(
@@ -428,13 +429,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _Stopwatch:
+class Stopwatch:
     """Seconds spent in a block, with the device's queued work included (a sync at both ends)."""
 
     def __init__(self, device: torch.device):
         self.device, self.seconds = device, 0.0
 
-    def __enter__(self) -> _Stopwatch:
+    def __enter__(self) -> Stopwatch:
         _sync(self.device)
         self.start = time.perf_counter()
         return self

@@ -7,6 +7,7 @@ scheduler = make_scheduler(optimizer, params.cnn, steps_per_epoch=len(train_batc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -20,16 +21,23 @@ _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torc
 
 
 def make_optimizer(
-    model: nn.Module, config: ClassifierParams, device: torch.device
+    model: nn.Module | Sequence[torch.Tensor],
+    config: ClassifierParams,
+    device: torch.device,
+    *,
+    members_dim: bool = False,
 ) -> torch.optim.Optimizer:
     """The configured optimizer; the fused kernel (one op for all parameters) where this build
     has it. Weight decay applies to the weights of convolutions and linear layers (2-D and up),
-    not to biases and norm scales (nanoGPT's configure_optimizers)."""
-    params: Any = list(model.parameters())
+    not to biases and norm scales (nanoGPT's configure_optimizers). `members_dim`: the tensors
+    are members' parameters stacked along a first dimension (runs/together.py), which the
+    weight-decay rule does not count."""
+    params: Any = list(model.parameters() if isinstance(model, nn.Module) else model)
     if config.weight_decay:
+        weights = 3 if members_dim else 2
         params = [
-            {"params": [p for p in params if p.dim() >= 2]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for p in params if p.dim() >= weights]},
+            {"params": [p for p in params if p.dim() < weights], "weight_decay": 0.0},
         ]
     # weight_decay always given: AdamW's own default is 0.01, on every parameter.
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
