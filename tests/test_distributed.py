@@ -201,6 +201,7 @@ def test_train_mlp_stage_under_torchrun(tmp_path, tracking_uri, params_file):
     p = load_params(params)
     one = train_classifier(load_dataset("mnist", data_dir), p.mlp, seed=p.seed, device="cpu")
     metrics = json.loads((reports / "metrics.json").read_text())
+    metrics |= json.loads((reports / "details.json").read_text())
     assert metrics["test_loss"] == pytest.approx(one.evaluation.loss, rel=1e-3)
     assert abs(metrics["test_accuracy"] - one.evaluation.accuracy) <= 0.02
     assert metrics["train_samples"] == 1024 and model.exists()

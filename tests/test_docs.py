@@ -513,7 +513,7 @@ def test_extension_examples(fresh_ws, request):
     cnn = yaml.safe_load((ws / "params.yaml").read_text())["cnn"]
     # The second line runs on the params the first one left (README: -S writes params.yaml).
     assert (cnn["arch"], cnn["batch_norm"], cnn["optimizer"]) == ("resnet", True, "sgd")
-    metrics = json.loads((ws / "reports" / "cnn" / "metrics.json").read_text())
+    metrics = json.loads((ws / "reports" / "cnn" / "details.json").read_text())
     assert metrics["epochs"] >= 1, metrics
 
 

@@ -43,6 +43,7 @@ def train(kind: str, fashion_dir: Path, tmp_path: Path, params_file, section: di
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert model.exists()
     metrics = json.loads((reports / "metrics.json").read_text())
+    metrics |= json.loads((reports / "details.json").read_text())
     metrics["per_class"] = json.loads((reports / "per_class.json").read_text())
     metrics["run"] = json.loads((reports / "run.json").read_text())
     return metrics

@@ -220,7 +220,7 @@ def check_the_readme_one_liner(ws: Path, env: dict) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     params = yaml.safe_load((ws / "params.yaml").read_text())["cnn"]
     assert (params["arch"], params["optimizer"], params["flip_tta"]) == ("resnet", "sgd", True)
-    metrics = json.loads((ws / "reports/cnn/metrics.json").read_text())
+    metrics = json.loads((ws / "reports/cnn/details.json").read_text())
     described = json.loads((ws / "reports/cnn/run.json").read_text())
     assert metrics["epochs"] == 2 and described["data_source"] == "synthetic"
     import torch
@@ -335,7 +335,7 @@ def test_the_cost_is_said_before_queueing(tmp_path):
     assert re.search(r"cost of cnn: 3 variants, 6 training runs, 54 epochs in all \(no "
                      r"reports/cnn/metrics\.json here", proc.stderr), proc.stderr  # fmt: skip
     (tmp_path / "reports" / "cnn").mkdir(parents=True)
-    (tmp_path / "reports" / "cnn" / "metrics.json").write_text('{"mean_epoch_seconds": 100}')
+    (tmp_path / "reports" / "cnn" / "details.json").write_text('{"mean_epoch_seconds": 100}')
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # the workspace whose run it was
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.read_text())

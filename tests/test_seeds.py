@@ -249,7 +249,7 @@ def test_stage_with_three_seeds_end_to_end(tmp_path, tracking_uri, params_file, 
 def fake_subprocess(monkeypatch, shown: list[dict]) -> list[list[str]]:
     """recipes' subprocess.run recording every command: git shows a dvc.lock with the data,
     `dvc exp show --json` prints `shown`, anything else (queueing) succeeds."""
-    from appliedtorch import recipes
+    from appliedtorch import exp_show, recipes
 
     ran: list[list[str]] = []
 
@@ -262,7 +262,12 @@ def fake_subprocess(monkeypatch, shown: list[dict]) -> list[list[str]]:
             return subprocess.CompletedProcess(cmd, 0, json.dumps(shown), "")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
+    def read_bounded(cmd):  # exp_show reads dvc's output bounded, through its own pipe
+        proc = run(cmd)
+        return proc.returncode, proc.stdout, proc.stderr
+
     monkeypatch.setattr(recipes.subprocess, "run", run)
+    monkeypatch.setattr(exp_show, "read_bounded", read_bounded)
     return ran
 
 

@@ -7,7 +7,7 @@ would take over, and what the runs cost.
 `<section>.seeds` applies to every variant (the baseline too), `-S <section>.seeds=N` wins over
 it, and `--seeds N` over both; when two disagree, one warning line says which won. The cost is
 runs x epochs x seconds per epoch, the last as measured by the last run in this workspace
-(`mean_epoch_seconds` in reports/<section>/metrics.json) where there is one.
+(`mean_epoch_seconds` in reports/<section>/details.json) where there is one.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def seeds_for_every_variant(
 
 
 def epoch_seconds(root: Path, section: str) -> float | None:
-    """Seconds per epoch the last `section` run in this workspace measured, if it is readable."""
-    path = root / "reports" / section / "metrics.json"
+    """Seconds per epoch the last `section` run in this workspace measured, if it is readable
+    (details.json: the numbers beside metrics.json's headline)."""
+    path = root / "reports" / section / "details.json"
     try:
         with open(path, "rb") as f:
             metrics = json.loads(f.read(MAX_METRICS_BYTES + 1))

@@ -200,7 +200,7 @@ def png_data_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-DETAILS = ("run.json", "per_class.json", "phases.json", "demos.json")
+DETAILS = ("details.json", "run.json", "per_class.json", "phases.json", "demos.json")
 
 # A stage's metrics.json is ~2 KB, nested 2 levels (per-class tables); anything far past that is
 # not a stage's: a file of many MB, or nesting deep enough to exhaust Python's recursion.

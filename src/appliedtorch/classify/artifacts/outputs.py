@@ -146,6 +146,18 @@ def summary_metrics(result: TrainResult) -> dict[str, Any]:
     }
 
 
+# metrics.json's keys: what `dvc metrics show` and `dvc exp show` put side by side. The other
+# numbers go to details.json (and to MLflow, with these), so the table fits a terminal.
+HEADLINE = ("test_accuracy", "test_loss", "macro_f1", "train_seconds")
+
+
+def split_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics.json, details.json): the headline and, with seeds > 1, the members' test
+    accuracy mean and 95 % CI; every other number in the details."""
+    headline = {k: v for k, v in metrics.items() if k in HEADLINE or k.startswith("test_accuracy_")}
+    return headline, {k: v for k, v in metrics.items() if k not in headline}
+
+
 def run_description(result: TrainResult, source: str) -> dict[str, str]:
     """run.json: what describes the run rather than its result (the data's source, the dtype
     trained in, how idle OpenMP threads waited, what `auto` measured), beside metrics.json
@@ -217,9 +229,10 @@ def final_metrics(
 def write_reports(
     result: TrainResult, data: ImageData, out_dir: str | Path
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Write metrics.json, history.csv, confusion.json and the four figures.
+    """Write metrics.json (the headline), details.json, run.json, per_class.json, history.csv,
+    confusion.json and the four figures.
 
-    Returns the metrics and the paths written."""
+    Returns every number (headline and details: what MLflow gets) and the paths written."""
     from appliedtorch.classify.artifacts import figures as plots
     from appliedtorch.core.plots import save_figure
     from appliedtorch.core.utils import write_json, write_text
@@ -247,8 +260,11 @@ def write_reports(
         save_figure(fig, out / name)
     write_json(out / "run.json", run_description(result, data.source))
     metrics = summary_metrics(result)
-    write_json(out / "metrics.json", metrics)  # last: it marks a complete run
-    names = ["metrics.json", "run.json", "per_class.json", "history.csv", "confusion.json"]
+    headline, details = split_metrics(metrics)
+    write_json(out / "details.json", details)
+    write_json(out / "metrics.json", headline)  # last: it marks a complete run
+    names = ["metrics.json", "details.json", "run.json", "per_class.json", "history.csv"]
+    names.append("confusion.json")
     names += list(figures)
     return metrics, [out / name for name in names]
 
