@@ -210,7 +210,8 @@ def levenberg_marquardt(
     gram = jac.T @ jac
     scale = max(float(gram.diagonal().mean()), torch.finfo(theta.dtype).tiny)
     mu = 1e-3 * scale
-    for step in Steps(steps, "levenberg-marquardt"):
+    progress = Steps(steps, "levenberg-marquardt")
+    for step in progress:
         grad = jac.T @ r
         while mu < LM_MAX * scale:
             try:
@@ -228,6 +229,7 @@ def levenberg_marquardt(
             log.info("Levenberg-Marquardt converged after %d steps (no step lowers the loss)", step)
             break
         losses.append(loss)
+        progress.loss = loss
         r, jac = jacobian(theta)
         gram = jac.T @ jac
         if on_step:  # it reads the trained tensors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,17 @@ def loss_log_points(result: PINNResult, max_points: int = 100) -> list[tuple[int
 
 
 def write_reports(
-    result: PINNResult, reports: str | Path, n_points: int = 1000
+    result: PINNResult,
+    reports: str | Path,
+    n_points: int = 1000,
+    beside: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> tuple[dict[str, float], list[Path]]:
     """solution.csv, solution.png, error.png, loss.png, phases.json, then metrics.json (last: it
     marks a complete run). solution.csv (x, u, exact, abs_error on the evaluation grid) is the data DVC
     draws as the solution and pointwise-error plots (dvc.yaml `plots:`).
 
-    Returns the metrics with the phases' (what MLflow gets) and the paths written."""
+    `beside(metrics)` adds a classical solver's numbers to metrics.json. Returns the metrics
+    with the phases' (what MLflow gets) and the paths written."""
     import pandas as pd
 
     import appliedtorch.pinn.figures as plots
@@ -124,6 +129,8 @@ def write_reports(
     phases = phase_metrics(result)
     write_json(reports / "phases.json", phases)
     metrics = summary_metrics(result, n_points)
+    if beside:
+        metrics |= beside(metrics)
     write_json(reports / "metrics.json", metrics)
     names = ("solution.csv", *figures, "phases.json", "metrics.json")
     return {**metrics, **phases}, [reports / name for name in names]

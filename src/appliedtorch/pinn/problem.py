@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +26,22 @@ UA, UB = 0.0, 1.0
 def exact_solution(x: Tensor) -> Tensor:
     """The analytic solution sin x."""
     return torch.sin(x)
+
+
+# The family u'' + k·u = 0 with the same boundary values has a solution for 0 < k < 4 only:
+# at k = 4, sin(√k·π/2) = 0 (k = 1 is the problem above).
+K_LOW, K_HIGH = 0.0, 4.0
+
+
+def exact_solution_k(x: Tensor, k: Tensor | float) -> Tensor:
+    """u(x; k) = sin(√k·x) / sin(√k·π/2): the solution of u'' + k·u = 0 for 0 < k < 4."""
+    root = torch.sqrt(torch.as_tensor(k, dtype=x.dtype))
+    return torch.sin(root * x) / torch.sin(root * B)
+
+
+def closed_form(x: np.ndarray, k: float) -> np.ndarray:
+    """exact_solution_k in NumPy (for SciPy's least squares and the observations)."""
+    return np.sin(math.sqrt(k) * x) / math.sin(math.sqrt(k) * B)
 
 
 class PINNNet(nn.Module):
