@@ -50,7 +50,7 @@ def main() -> None:
         params,
         p.tracking.uri,
         {"device.resolved": "cpu"},
-        p.tracking.system_metrics,
+        system_metrics=p.tracking.system_metrics,
     ) as run:
         result = family.train(cfg)
         with output_set(args.model.parent, args.reports) as out:

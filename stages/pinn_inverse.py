@@ -51,7 +51,12 @@ def main() -> None:
     tags = {"device.resolved": "cpu", "observations.md5": file_md5(args.observations)}
     params = run_params(p, "pinn_inverse")
     with stage_run(
-        "pinn-inverse", "pinn_inverse", params, p.tracking.uri, tags, p.tracking.system_metrics
+        "pinn-inverse",
+        "pinn_inverse",
+        params,
+        p.tracking.uri,
+        tags,
+        system_metrics=p.tracking.system_metrics,
     ) as run:
         result = inverse.fit(cfg, x, u)
         ls = inverse.least_squares_k(x, u, cfg.k_init)

@@ -199,7 +199,9 @@ def load(path: str | Path) -> FamilyNet:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise AppliedTorchError(f"{path}: no such model; run `dvc repro pinn_family`") from None
-    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+    except AppliedTorchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means: not our model file
         raise AppliedTorchError(f"{bad} ({type(exc).__name__})") from None
     try:
         cfg, state = blob["config"], blob["state_dict"]
