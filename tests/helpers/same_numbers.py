@@ -43,6 +43,17 @@ TINY = {
     "mlp": {"epochs": 2, "batch_size": 32, "bf16": False},
     "cnn": {"epochs": 2, "batch_size": 32, "step_size": 1, "bf16": False},
     "pinn": {"adam_steps": 200, "lbfgs_steps": 30, "lm_steps": 50},
+    "pinn_inverse": {"adam_steps": 100, "lbfgs_steps": 30, "lm_steps": 50},
+    "pinn_family": {
+        "hidden_sizes": [6, 6],
+        "x_points": 12,
+        "k_points": 6,
+        "adam_steps": 50,
+        "lbfgs_steps": 10,
+        "lm_steps": 30,
+        "eval_k_points": 20,
+        "eval_x_points": 100,
+    },
 }
 
 STAGES = {
@@ -66,6 +77,20 @@ STAGES = {
     ],
     "pinn": ["stages/pinn.py", "--model", "{w}/models/pinn.pt", "--reports", "{w}/reports/pinn"],
     "math": ["stages/math_demos.py", "--reports", "{w}/reports/math"],
+    "pinn_inverse": [
+        "stages/pinn_inverse.py",
+        "--observations",
+        "{w}/data/pinn/observations.csv",
+        "--reports",
+        "{w}/reports/pinn_inverse",
+    ],
+    "pinn_family": [
+        "stages/pinn_family.py",
+        "--model",
+        "{w}/models/pinn_family.pt",
+        "--reports",
+        "{w}/reports/pinn_family",
+    ],
 }
 
 
@@ -122,6 +147,7 @@ def collect() -> dict:
 
         for name in ("mnist", "cifar10"):
             run(["stages/download.py", "--dataset", name, "--out", f"{{w}}/data/{name}"])
+        run(["stages/pinn_observations.py", "--out", "{w}/data/pinn/observations.csv"])
         out: dict = {"cpu": cpu_signature(), "stages": {}}
         for stage, args in STAGES.items():
             run(args)
