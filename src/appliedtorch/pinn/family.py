@@ -160,7 +160,7 @@ def _train(cfg: Any) -> FamilyResult:
             result.loss,
         ),
     }
-    total = time.perf_counter()
+    total, cpu = time.perf_counter(), time.process_time()
     for name, run in phases.items():
         if getattr(cfg, f"{name}_steps"):
             start, tic = len(result.loss), time.perf_counter()
@@ -169,6 +169,7 @@ def _train(cfg: Any) -> FamilyResult:
             result.seconds[name] = time.perf_counter() - tic
             log.info("%s: loss %.3e, %.2f s", name, result.loss[-1], result.seconds[name])
     result.seconds["total"] = time.perf_counter() - total
+    result.seconds["cpu"] = time.process_time() - cpu  # this process, all threads
     return result
 
 

@@ -91,6 +91,7 @@ def write_reports(
         "final_loss_digits": error_digits(result.loss[-1]) if result.loss else float("nan"),
         "weights": sum(p.numel() for p in result.net.parameters()),
         "seconds": result.seconds["total"],
+        "cpu_seconds": result.seconds["cpu"],  # less than `seconds` on a busy machine
     }
     write_json(reports / "metrics.json", metrics)
     names = ("error_by_k.csv", *figures, "metrics.json")

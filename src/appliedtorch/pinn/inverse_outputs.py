@@ -41,6 +41,7 @@ def summary_metrics(
         "final_loss": result.loss[-1] if result.loss else math.nan,
         "points": points,
         "seconds": result.seconds["total"],
+        "cpu_seconds": result.seconds["cpu"],  # less than `seconds` on a busy machine
         "lstsq_seconds": ls.seconds,
     }
     metrics["k_error_digits"] = error_digits(metrics["k_error"])

@@ -142,11 +142,7 @@ def lbfgs(
             return loss
 
         opt.step(closure)
-        if not all(bool(torch.isfinite(p).all()) for p in params):
-            with torch.no_grad():  # a line search ran into overflow: keep the last good point
-                for p, b in zip(params, backup, strict=True):
-                    p.copy_(b)
-            log.warning("L-BFGS produced non-finite weights; kept the last good ones")
+        if _restored(params, backup):
             break
         iters = opt.state[params[0]].get("n_iter", 0)
         for i in range(1, iters + 1):
@@ -160,6 +156,17 @@ def lbfgs(
         done += 1
         log.debug("L-BFGS stopped after %d iterations; restart %d", iters, done)
     return done
+
+
+def _restored(params: list[Tensor], backup: list[Tensor]) -> bool:
+    """Put `backup` back if a line search ran into overflow (non-finite weights); whether it did."""
+    if all(bool(torch.isfinite(p).all()) for p in params):
+        return False
+    with torch.no_grad():
+        for p, b in zip(params, backup, strict=True):
+            p.copy_(b)
+    log.warning("L-BFGS produced non-finite weights; kept the last good ones")
+    return True
 
 
 def flat(params: list[Tensor]) -> Tensor:
@@ -206,28 +213,16 @@ def levenberg_marquardt(
 
     r, jac = jacobian(theta)
     loss = float(r @ r)
-    eye = torch.eye(theta.numel(), dtype=theta.dtype)
     gram = jac.T @ jac
     scale = max(float(gram.diagonal().mean()), torch.finfo(theta.dtype).tiny)
     mu = 1e-3 * scale
     progress = Steps(steps, "levenberg-marquardt")
     for step in progress:
-        grad = jac.T @ r
-        while mu < LM_MAX * scale:
-            try:
-                delta = torch.linalg.solve(gram + mu * eye, -grad)
-            except RuntimeError:  # singular or non-finite system: damp harder
-                mu *= LM_UP
-                continue
-            r_new = values(theta + delta)
-            loss_new = float(r_new @ r_new)
-            if loss_new < loss:  # NaN compares false: treated as a rejected step
-                theta, loss, mu = theta + delta, loss_new, mu / LM_DOWN
-                break
-            mu *= LM_UP
-        else:
+        accepted = _damped_step(gram, jac.T @ r, mu, LM_MAX * scale, theta, loss, values)
+        if accepted is None:
             log.info("Levenberg-Marquardt converged after %d steps (no step lowers the loss)", step)
             break
+        theta, loss, mu = accepted
         losses.append(loss)
         progress.loss = loss
         r, jac = jacobian(theta)
@@ -241,3 +236,29 @@ def levenberg_marquardt(
         for p, t in zip(params, unflatten(theta, like), strict=True):
             p.copy_(t)
     return r, jac
+
+
+def _damped_step(
+    gram: Tensor,
+    grad: Tensor,
+    mu: float,
+    limit: float,
+    theta: Tensor,
+    loss: float,
+    values: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, float, float] | None:
+    """One accepted L-M step (θ, loss, damping), damping harder until a step lowers the loss;
+    None when even damping `limit` does not (converged)."""
+    eye = torch.eye(theta.numel(), dtype=theta.dtype)
+    while mu < limit:
+        try:
+            delta = torch.linalg.solve(gram + mu * eye, -grad)
+        except RuntimeError:  # singular or non-finite system: damp harder
+            mu *= LM_UP
+            continue
+        r_new = values(theta + delta)
+        loss_new = float(r_new @ r_new)
+        if loss_new < loss:  # NaN compares false: treated as a rejected step
+            return theta + delta, loss_new, mu / LM_DOWN
+        mu *= LM_UP
+    return None
