@@ -25,7 +25,7 @@ SMALL = dict(
     k_points=8,
     adam_steps=100,
     lbfgs_steps=50,
-    lm_steps=150,
+    lm_steps=300,
     eval_k_points=40,
     eval_x_points=200,
 )
