@@ -111,16 +111,21 @@ def training_grid(cfg: Any, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
 
 
 def unseen_k(cfg: Any) -> np.ndarray:
-    """`eval_k_points` values of k, each midway between two neighbouring training values (so
-    none was trained on), spread over the range by the training nodes' own spacing."""
+    """`eval_k_points` values of k, none a training value: each gap between neighbouring
+    training values gets a share of them in proportion to its width, evenly spaced inside it
+    (at (j + 1/2)/m of the gap), so each lies at least half its own spacing from a node."""
     nodes = chebyshev(cfg.k_points, cfg.k_min, cfg.k_max)
-    mids = (nodes[:-1] + nodes[1:]) / 2
-    # Evenly spread values, each moved to the nearest midpoint-or-between value that is not a
-    # node: a value in a gap is kept unless it falls within 1e-6 of a node.
-    ks = np.linspace(cfg.k_min, cfg.k_max, cfg.eval_k_points + 2)[1:-1]
-    near = np.min(np.abs(ks[:, None] - nodes[None, :]), axis=1) < 1e-6
-    ks[near] = mids[np.searchsorted(nodes, ks[near]).clip(1, len(mids)) - 1]
-    return ks
+    gaps = np.diff(nodes)
+    share = cfg.eval_k_points * gaps / gaps.sum()
+    counts = np.floor(share).astype(int)
+    extra = cfg.eval_k_points - counts.sum()  # the largest remainders get one more
+    counts[np.argsort(share - counts)[::-1][:extra]] += 1
+    ks = [
+        lo + gap * (np.arange(m) + 0.5) / m
+        for lo, gap, m in zip(nodes[:-1], gaps, counts, strict=True)
+        if m
+    ]
+    return np.concatenate(ks)
 
 
 @dataclass

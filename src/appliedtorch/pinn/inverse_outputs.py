@@ -47,6 +47,7 @@ def summary_metrics(
     metrics["k_error_digits"] = error_digits(metrics["k_error"])
     metrics["k_difference_digits"] = error_digits(metrics["k_difference"])
     metrics["pde_rms_digits"] = error_digits(metrics["pde_rms"])
+    metrics["k_standard_error_digits"] = error_digits(metrics["k_standard_error"])
     return metrics
 
 

@@ -69,6 +69,10 @@ def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float
     with torch.no_grad():
         metrics["boundary_error"] = float((result.net(xb) - ub).abs().max())
     metrics["final_loss"] = result.loss[-1] if result.loss else float("nan")
+    # The other small numbers as digits too (issue 36: `dvc metrics show` printed them as 0.0)
+    metrics["l2_relative_error_digits"] = error_digits(metrics["l2_relative_error"])
+    if result.loss:
+        metrics["final_loss_digits"] = error_digits(metrics["final_loss"])
     metrics["seconds"] = result.seconds["total"]
     return metrics
 
