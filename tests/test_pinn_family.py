@@ -178,9 +178,10 @@ def test_stage_writes_model_reports_and_the_error_by_k(tmp_path, params_file, tr
     proc = run_script("stages/pinn_family.py", *args)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((reports / "metrics.json").read_text())
-    assert metrics["max_abs_error"] < 1e-2 and metrics["eval_k_points"] == 40  # seed 42
+    details = json.loads((reports / "details.json").read_text())
+    assert metrics["max_abs_error"] < 1e-2 and details["eval_k_points"] == 40  # seed 42
     assert metrics["max_error_digits"] == pytest.approx(-math.log10(metrics["max_abs_error"]))
-    assert metrics["min_distance_to_training_k"] > 0
+    assert details["min_distance_to_training_k"] > 0 and details["cpu_seconds"] > 0
     table = np.loadtxt(reports / "error_by_k.csv", delimiter=",", skiprows=1)
     assert table.shape == (40, 2) and table[:, 1].max() == metrics["max_abs_error"]
     for name in ("error_by_k.png", "solutions.png", "loss.png"):

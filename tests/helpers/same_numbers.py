@@ -156,7 +156,8 @@ def collect() -> dict:
             # metrics.json holds the headline; the details have their own files (a classifier's
             # per_class.json, the PINN's phases.json, the demos' demos.json) and the recorded
             # numbers hold them all.
-            for details in ("per_class.json", "phases.json", "demos.json"):
+            details_files = ("per_class.json", "phases.json", "demos.json", "bvp.json")
+            for details in (*details_files, "details.json"):
                 if (reports / details).exists():
                     metrics |= json.loads((reports / details).read_text())
             entry = {"metrics": {k: v for k, v in _flat(metrics).items() if not _timing(k)}}

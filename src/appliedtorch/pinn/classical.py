@@ -48,7 +48,8 @@ def solve_bvp_baseline(tolerance: float, eval_points: int = 1000) -> BVPResult:
 
 
 def comparison(pinn: dict[str, float], bvp: BVPResult) -> dict[str, float]:
-    """solve_bvp's numbers for metrics.json, and the PINN's error and time over solve_bvp's.
+    """solve_bvp's numbers, the PINN's error and time over solve_bvp's, and the PINN's other
+    small numbers as digits (what `dvc metrics show` prints as 0.0).
 
     The time ratio ends in `_seconds`: only timing keys may differ between two identical runs."""
     return {
@@ -58,6 +59,8 @@ def comparison(pinn: dict[str, float], bvp: BVPResult) -> dict[str, float]:
         "bvp_seconds": bvp.seconds,
         "error_ratio_pinn_to_bvp": pinn["max_abs_error"] / max(bvp.max_abs_error, 1e-300),
         "time_ratio_pinn_to_bvp_seconds": pinn["seconds"] / max(bvp.seconds, 1e-9),
+        "l2_relative_error_digits": error_digits(pinn["l2_relative_error"]),
+        "final_loss_digits": error_digits(pinn["final_loss"]),
     }
 
 

@@ -20,6 +20,10 @@ from appliedtorch.core.utils import error_digits
 from appliedtorch.pinn.family import FamilyNet, FamilyResult, chebyshev, errors_by_k, unseen_k
 from appliedtorch.pinn.problem import exact_solution_k, grid
 
+# metrics.json: the forward PINN's key names, so `dvc metrics show` adds no column for them;
+# details.json holds the rest.
+HEADLINE = ("max_abs_error", "max_error_digits", "seconds")
+
 
 def error_figure(ks: np.ndarray, errors: np.ndarray, trained: np.ndarray) -> Figure:
     """Max error over x for each unseen k, with the training values of k marked."""
@@ -58,7 +62,8 @@ def solutions_figure(net: FamilyNet, ks: list[float]) -> Figure:
 def write_reports(
     result: FamilyResult, cfg: Any, reports: str | Path
 ) -> tuple[dict[str, float], list[Path]]:
-    """error_by_k.csv, the figures, then metrics.json; (metrics, paths written)."""
+    """error_by_k.csv, the figures, details.json, then metrics.json (HEADLINE); (all the metrics,
+    paths written)."""
     import pandas as pd
 
     from appliedtorch.core.plots import save_figure
@@ -93,6 +98,7 @@ def write_reports(
         "seconds": result.seconds["total"],
         "cpu_seconds": result.seconds["cpu"],  # less than `seconds` on a busy machine
     }
-    write_json(reports / "metrics.json", metrics)
-    names = ("error_by_k.csv", *figures, "metrics.json")
+    write_json(reports / "details.json", {k: v for k, v in metrics.items() if k not in HEADLINE})
+    write_json(reports / "metrics.json", {k: metrics[k] for k in HEADLINE})
+    names = ("error_by_k.csv", *figures, "details.json", "metrics.json")
     return metrics, [reports / name for name in names]

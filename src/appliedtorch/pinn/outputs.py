@@ -58,6 +58,11 @@ def save_verified(net: PINNNet, path: str | Path, n_points: int = 1000) -> dict[
     return after
 
 
+# solve_bvp's numbers that metrics.json holds beside the PINN's (few: `dvc metrics show` draws
+# one column per key of every stage); its error, the ratios and the rest go to bvp.json.
+HEADLINE_BVP = ("bvp_max_error_digits", "bvp_nodes", "bvp_seconds")
+
+
 def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float]:
     """metrics.json: the errors against sin x, the boundary error, the final loss and seconds.
 
@@ -69,10 +74,6 @@ def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float
     with torch.no_grad():
         metrics["boundary_error"] = float((result.net(xb) - ub).abs().max())
     metrics["final_loss"] = result.loss[-1] if result.loss else float("nan")
-    # The other small numbers as digits too (issue 36: `dvc metrics show` printed them as 0.0)
-    metrics["l2_relative_error_digits"] = error_digits(metrics["l2_relative_error"])
-    if result.loss:
-        metrics["final_loss_digits"] = error_digits(metrics["final_loss"])
     metrics["seconds"] = result.seconds["total"]
     return metrics
 
@@ -108,7 +109,8 @@ def write_reports(
     marks a complete run). solution.csv (x, u, exact, abs_error on the evaluation grid) is the data DVC
     draws as the solution and pointwise-error plots (dvc.yaml `plots:`).
 
-    `beside(metrics)` adds a classical solver's numbers to metrics.json. Returns the metrics
+    `beside(metrics)` gives a classical solver's numbers: HEADLINE_BVP to metrics.json, the
+    others to bvp.json (written before metrics.json). Returns the metrics
     with the phases' (what MLflow gets) and the paths written."""
     import pandas as pd
 
@@ -133,11 +135,15 @@ def write_reports(
     phases = phase_metrics(result)
     write_json(reports / "phases.json", phases)
     metrics = summary_metrics(result, n_points)
-    if beside:
-        metrics |= beside(metrics)
+    names: tuple[str, ...] = ("solution.csv", *figures, "phases.json", "metrics.json")
+    details: dict[str, float] = {}
+    if beside:  # the headline beside the PINN's in metrics.json, the rest in bvp.json
+        details = beside(metrics)
+        metrics |= {k: details.pop(k) for k in HEADLINE_BVP}
+        write_json(reports / "bvp.json", details)
+        names = (*names[:-1], "bvp.json", names[-1])
     write_json(reports / "metrics.json", metrics)
-    names = ("solution.csv", *figures, "phases.json", "metrics.json")
-    return {**metrics, **phases}, [reports / name for name in names]
+    return {**metrics, **phases, **details}, [reports / name for name in names]
 
 
 def input_example(net: PINNNet, k: int = 5) -> Any:

@@ -167,7 +167,7 @@ def png_data_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-DETAILS = ("per_class.json", "phases.json", "demos.json")
+DETAILS = ("per_class.json", "phases.json", "demos.json", "bvp.json", "details.json")
 
 # A stage's metrics.json is ~2 KB, nested 2 levels (per-class tables); anything far past that is
 # not a stage's: a file of many MB, or nesting deep enough to exhaust Python's recursion.

@@ -1,6 +1,6 @@
 """How a stage appears in the report (`StageSection`), and the three PINN problems' sections.
 
-    from appliedtorch.report.sections import PINN_SECTIONS  # pinn, pinn_inverse, pinn_family
+from appliedtorch.report.sections import PINN_SECTIONS  # pinn, pinn_inverse, pinn_family
 """
 
 from __future__ import annotations
