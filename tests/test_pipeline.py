@@ -24,10 +24,13 @@ from helpers.repo import copy_workspace, run
 pytestmark = pytest.mark.slow  # every test reads the session's full `dvc repro`
 
 STAGES = ("download", "train_mlp", "train_cnn", "pinn", "math_demos", "register", "report")
+STAGES += ("pinn_observations", "pinn_inverse", "pinn_family")
 SUBPACKAGES = ("core", "machine", "tracking", "data", "classify", "pinn", "demos", "report")
 EXPERIMENTS = {
     "math-demos": "math_demos",
     "pinn-ode": "pinn",
+    "pinn-inverse": "pinn_inverse",
+    "pinn-family": "pinn_family",
     "mnist-mlp": "train_mlp",
     "cifar10-cnn": "train_cnn",
 }
@@ -159,12 +162,15 @@ def test_dvc_plots_show_renders_every_plot_with_this_workspace_data(built):
     assert not shown.get("errors"), shown.get("errors")
     series = {"MLP loss", "CNN loss", "Test accuracy", "PINN solution"}
     series |= {"MLP confusion matrix", "CNN confusion matrix"}
-    series |= {"PINN pointwise error"}
+    series |= {"PINN pointwise error", "PINN inverse fit", "PINN inverse k over training"}
+    series |= {"PINN family error by k"}
     images = {
         f"reports/{arch}/{name}.png"
         for arch in ("mlp", "cnn")
         for name in ("loss", "confusion_matrix", "per_class_accuracy", "predictions")
     }
+    images |= {f"reports/pinn_inverse/{n}.png" for n in ("fit", "residual", "k_trace")}
+    images |= {f"reports/pinn_family/{n}.png" for n in ("error_by_k", "solutions", "loss")}
     assert set(plots) == series | images, sorted(plots)
     kinds = {name: [p.get("type") for p in plots[name]] for name in plots}
     assert all(kinds[name] == ["vega"] for name in series), kinds
