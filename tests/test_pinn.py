@@ -117,10 +117,12 @@ def test_solve_bvp_meets_its_tolerance_against_sin_x(tolerance):
 
 def test_solve_bvp_comparison_puts_the_pinn_over_solve_bvp():
     bvp = classical.BVPResult(max_abs_error=1e-10, nodes=161, seconds=0.02)
-    got = classical.comparison({"max_abs_error": 1e-8, "seconds": 4.0}, bvp)
+    pinn = {"max_abs_error": 1e-8, "l2_relative_error": 1e-9, "final_loss": 1e-14, "seconds": 4.0}
+    got = classical.comparison(pinn, bvp)
     assert got["error_ratio_pinn_to_bvp"] == pytest.approx(100)
     assert got["time_ratio_pinn_to_bvp_seconds"] == pytest.approx(200)
     assert got["bvp_max_error_digits"] == pytest.approx(10) and got["bvp_nodes"] == 161
+    assert got["final_loss_digits"] == pytest.approx(14)
 
 
 def test_a_long_phase_prints_a_progress_line_in_a_log(caplog):
