@@ -97,9 +97,11 @@ def test_dvc_metrics_show_fits_a_wide_terminal(built):
     ws, env = built
     table = run([str(BIN / "dvc"), "metrics", "show"], ws, env).stdout
     width = max(len(line) for line in table.splitlines())
-    assert width <= 440, f"dvc metrics show is {width} characters wide:\n{table}"
+    # 404 before the inverse and family stages and solve_bvp's headline (issue 34) added ~106;
+    # issue 36 takes the default pipeline's table to 200 (its string columns move to tags).
+    assert width <= 520, f"dvc metrics show is {width} characters wide:\n{table}"
     assert "max_error_digits" in table and "per_class_accuracy" not in table
-    for stage in ("mlp", "cnn", "pinn", "math"):
+    for stage in ("mlp", "cnn", "pinn", "math", "pinn_inverse", "pinn_family"):
         assert len(json.loads((ws / "reports" / stage / "metrics.json").read_text())) <= 16
 
 
