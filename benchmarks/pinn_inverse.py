@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--k-true", type=float, help="instead of pinn_inverse.k_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1 (got {args.seeds})")
 
     p = load_params(args.params)
     cfg = p.pinn_inverse
