@@ -28,28 +28,28 @@ from appliedtorch.machine import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from appliedtorch.classify.nets.models import build_model  # noqa: E402
-from appliedtorch.classify.training.loop import model_args_for, net_name  # noqa: E402
-from appliedtorch.classify.training.steps import AutogradStep  # noqa: E402
-from appliedtorch.core.utils import write_json  # noqa: E402
-from appliedtorch.data.loading import ImageData  # noqa: E402
-from appliedtorch.params import load_params  # noqa: E402
+from appliedtorch.classify.nets.models import build_model
+from appliedtorch.classify.training.loop import model_args_for, net_name
+from appliedtorch.classify.training.steps import AutogradStep
+from appliedtorch.core.utils import write_json
+from appliedtorch.data.loading import ImageData
+from appliedtorch.params import load_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import members  # noqa: E402
-import run  # noqa: E402
-import train_speed  # noqa: E402
+import members
+import run
+import train_speed
 
 Step = Callable[[torch.Tensor, torch.Tensor], Any]
 

@@ -18,19 +18,19 @@ from appliedtorch.machine import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import os
+import platform
+from typing import Any
 
-import torch  # noqa: E402
+import torch
 
-from appliedtorch.classify.params import ClassifierParams  # noqa: E402
-from appliedtorch.classify.runs.ensemble import train_seeds  # noqa: E402
-from appliedtorch.data.loading import ImageData, synthetic_in_memory  # noqa: E402
-from appliedtorch.machine.hardware import cpu_description  # noqa: E402
-from appliedtorch.params import load_params  # noqa: E402
+from appliedtorch.classify.params import ClassifierParams
+from appliedtorch.classify.runs.ensemble import train_seeds
+from appliedtorch.data.loading import ImageData, synthetic_in_memory
+from appliedtorch.machine.hardware import cpu_description
+from appliedtorch.params import load_params
 
 DATASET = {"mlp": "mnist", "cnn": "cifar10"}
 

@@ -28,23 +28,23 @@ from appliedtorch.machine import openmp
 
 openmp.settle()  # before torch loads (this process only reads MLflow; the stages decide their own)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-import yaml  # noqa: E402
+import yaml
 
-from appliedtorch.core.utils import write_json  # noqa: E402
-from appliedtorch.machine.hardware import cpu_description  # noqa: E402
+from appliedtorch.core.utils import write_json
+from appliedtorch.machine.hardware import cpu_description
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -4,6 +4,8 @@
 
 Writes models/pinn.pt (state dict + config, checked by reloading it) and reports/pinn/
 (metrics.json, solution.csv, solution.png, error.png, loss.png); logs one MLflow run in `pinn-ode`.
+scipy.integrate.solve_bvp solves the same problem beside it (`pinn.bvp_tolerance`): its error,
+nodes and time, and the PINN's over them, go to metrics.json as `bvp_*` and `*_ratio_*`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from appliedtorch.core.cli import run_stage
 from appliedtorch.core.params import run_params
 from appliedtorch.core.utils import check_writable, output_set, seed_everything
 from appliedtorch.params import load_params
-from appliedtorch.pinn import outputs, solver
+from appliedtorch.pinn import classical, outputs, solver
 from appliedtorch.pinn.budget import check_budget
 from appliedtorch.tracking.run import stage_run
 
@@ -44,17 +46,26 @@ def main() -> None:
         "pinn-ode", "pinn", params, uri, tags, system_metrics=p.tracking.system_metrics
     ) as run:
         result = solver.solve(p.pinn)
+        bvp = classical.solve_bvp_baseline(p.pinn.bvp_tolerance, p.pinn.eval_points)
         # One set: the model and every report file appear together, or none of them changes.
         with output_set(args.model.parent, args.reports) as out:
             outputs.save_verified(result.net, out.path(args.model), p.pinn.eval_points)
             metrics, staged = outputs.write_reports(
-                result, out.path(args.reports), p.pinn.eval_points
+                result,
+                out.path(args.reports),
+                p.pinn.eval_points,
+                beside=lambda pinn: classical.comparison(pinn, bvp),
             )
             log.info(
-                "max |u - sin x| = %.3e, relative L2 %.3e, %.2f s",
+                "max |u - sin x| = %.3e, relative L2 %.3e, %.2f s; solve_bvp (tol %g): %.3e "
+                "with %d nodes, %.3f s",
                 metrics["max_abs_error"],
                 metrics["l2_relative_error"],
                 metrics["seconds"],
+                p.pinn.bvp_tolerance,
+                bvp.max_abs_error,
+                bvp.nodes,
+                bvp.seconds,
             )
             for step, loss in outputs.loss_log_points(result):
                 run.log_metrics({"loss": loss}, step=step)

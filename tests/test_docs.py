@@ -464,6 +464,30 @@ def test_pinn_commands(fresh_ws, request):
     assert "seed" in out.lower(), out
 
 
+def test_pinn_beyond_the_tutorial(fresh_ws, request):
+    """docs/pinn.md's solve_bvp table, inverse experiment, own CSV, benchmark and family CLI."""
+    ws, env = fresh_ws
+    shutil.copytree(REPO / "benchmarks", ws / "benchmarks")
+    bvp, experiment, own_csv, bench, cli = blocks_for(request)
+    out = run_block(bvp.text, ws, env)
+    assert "solve_bvp tol 1e-10" in out and "PINN (params.yaml)" in out, out
+    out = run_block(experiment.text, ws, env)
+    params = yaml.safe_load((ws / "params.yaml").read_text())["pinn_inverse"]
+    assert (params["k_true"], params["noise_sd"]) == (2.3, 0.02)
+    assert "k_lstsq" in out and "k_difference_digits" in out, out
+    metrics = json.loads((ws / "reports" / "pinn_inverse" / "metrics.json").read_text())
+    assert abs(metrics["k_hat"] - 2.3) < 0.1, metrics
+    run_block(own_csv.text, ws, env)
+    mine = json.loads((ws / "reports" / "my_inverse" / "metrics.json").read_text())
+    assert abs(mine["k_lstsq"] - 2.25) < 1e-9 and abs(mine["k_hat"] - 2.25) < 1e-3, mine
+    out = run_block(substitute(bench.text, {"--seeds 20": "--seeds 2"}), ws, env)
+    assert "RMSE of k over 2 seeds" in out and "noise-free" in out, out
+    out = run_block(cli.text, ws, env)
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["x", "u", "exact", "error"] and len(lines[1:6]) == 5, out
+    assert (ws / "u_at_k_2.5.csv").read_text().count("\n") == 102
+
+
 def test_failed_stage_recovery(fresh_ws, request):
     """A stage failing under `dvc repro` loses its outputs; the documented command restores them."""
     ws, env = fresh_ws

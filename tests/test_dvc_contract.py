@@ -67,19 +67,24 @@ def downstream(ws: Path, env: dict, stages: set[str]) -> set[str]:
 DOWNLOADS = {"download@mnist", "download@fashion-mnist", "download@cifar10"}
 PICKS = {"data@mlp", "data@cnn"}  # each section's dataset record
 TRAINING = {"train_mlp", "train_cnn"}
-ALL = {"datasets"} | DOWNLOADS | PICKS | TRAINING | {"pinn", "math_demos", "report", "register"}
+PINNS = {"pinn", "pinn_observations", "pinn_inverse", "pinn_family"}
+ALL = {"datasets"} | DOWNLOADS | PICKS | TRAINING | PINNS | {"math_demos", "report", "register"}
 EDITS = {  # file edited (under src/appliedtorch): (stages whose deps change, stages that rerun)
     "pinn/solver.py": ({"pinn"}, {"pinn", "report"}),
-    # a schema edit reruns the stages that read its section, not every stage that checks it
-    "pinn/params.py": ({"pinn", "report"}, {"pinn", "report"}),
+    "pinn/inverse.py": ({"pinn_inverse"}, {"pinn_inverse", "report"}),
+    "pinn/family.py": ({"pinn_family"}, {"pinn_family", "report"}),
+    "pinn/problem.py": (PINNS, PINNS | {"report"}),
+    # a schema edit reruns the stages that read its sections, not every stage that checks it
+    "pinn/params.py": (PINNS | {"report"}, PINNS | {"report"}),
     "demos/checks.py": ({"math_demos"}, {"math_demos", "report"}),
     "classify/training/loop.py": (TRAINING, TRAINING | {"report", "register"}),
     "report/page.py": ({"report"}, {"report"}),
-    "data/fetch.py": (DOWNLOADS, ALL - {"datasets", "pinn", "math_demos"}),
-    "data/loading.py": (DOWNLOADS | TRAINING, ALL - {"datasets", "pinn", "math_demos"}),
+    "data/fetch.py": (DOWNLOADS, ALL - PINNS - {"datasets", "math_demos"}),
+    "data/loading.py": (DOWNLOADS | TRAINING, ALL - PINNS - {"datasets", "math_demos"}),
+    # pinn_observations writes a CSV and logs no run: no MLflow code
     "tracking/run.py": (
-        ALL - DOWNLOADS - PICKS - {"datasets"},
-        ALL - DOWNLOADS - PICKS - {"datasets"},
+        ALL - DOWNLOADS - PICKS - {"datasets", "pinn_observations"},
+        ALL - DOWNLOADS - PICKS - {"datasets", "pinn_observations"},
     ),
     "core/utils.py": (ALL, ALL),
 }

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from appliedtorch.pinn import classical, outputs, problem, solver
 from appliedtorch.pinn import figures as plots
-from appliedtorch.pinn import outputs, problem, solver
 from appliedtorch.pinn.params import PINNParams
 from helpers import run_script
 
@@ -109,6 +109,34 @@ def test_figures_use_log_scales_and_mark_phases():
     assert len(sol.axes[0].get_lines()) == 2
 
 
+@pytest.mark.parametrize("tolerance", [1e-6, 1e-8, 1e-10])
+def test_solve_bvp_meets_its_tolerance_against_sin_x(tolerance):
+    bvp = classical.solve_bvp_baseline(tolerance, eval_points=1000)
+    assert bvp.max_abs_error < tolerance and bvp.nodes >= 11 and bvp.seconds > 0
+
+
+def test_solve_bvp_comparison_puts_the_pinn_over_solve_bvp():
+    bvp = classical.BVPResult(max_abs_error=1e-10, nodes=161, seconds=0.02)
+    pinn = {"max_abs_error": 1e-8, "l2_relative_error": 1e-9, "final_loss": 1e-14, "seconds": 4.0}
+    got = classical.comparison(pinn, bvp)
+    assert got["error_ratio_pinn_to_bvp"] == pytest.approx(100)
+    assert got["time_ratio_pinn_to_bvp_seconds"] == pytest.approx(200)
+    assert got["bvp_max_error_digits"] == pytest.approx(10) and got["bvp_nodes"] == 161
+    assert got["final_loss_digits"] == pytest.approx(14)
+
+
+def test_a_long_phase_prints_a_progress_line_in_a_log(caplog):
+    """Not a terminal (pytest captures stderr): a line every `every` seconds, here every step."""
+    from appliedtorch.pinn.optim import Steps
+
+    caplog.set_level("INFO", logger="appliedtorch.pinn.optim")
+    progress = Steps(3, "pinn adam", every=0.0)
+    for _ in progress:
+        progress.loss = 0.5
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and lines[0].startswith("pinn adam: step 1/3, loss 5.000e-01")
+
+
 def test_stage_rejects_bad_params_before_any_work(tmp_path, params_file):
     params = params_file({"pinn": {"dtype": "float16"}})
     proc = run_script(
@@ -134,6 +162,14 @@ def test_stage_writes_reports_model_and_mlflow_run(tmp_path, params_file, tracki
     assert metrics["boundary_error"] == 0.0  # hard ansatz
     assert metrics["max_error_digits"] == pytest.approx(-math.log10(metrics["max_abs_error"]))
     assert metrics["max_error_digits"] > 4 and metrics["seconds"] > 0
+    # solve_bvp beside it (pinn.bvp_tolerance 1e-8), and the PINN's error and time over its
+    bvp = json.loads((reports / "bvp.json").read_text())
+    assert metrics["bvp_max_error_digits"] > 9 and metrics["bvp_nodes"] > 10
+    assert bvp["bvp_max_abs_error"] < 1e-9 and metrics["bvp_seconds"] > 0
+    assert bvp["error_ratio_pinn_to_bvp"] == pytest.approx(
+        metrics["max_abs_error"] / bvp["bvp_max_abs_error"]
+    )
+    assert bvp["time_ratio_pinn_to_bvp_seconds"] > 0 and not set(bvp) & set(metrics)
     phases = json.loads((reports / "phases.json").read_text())
     assert (phases["adam_steps"], phases["lbfgs_steps"], phases["lm_steps"]) == (150, 40, 80)
     assert not set(phases) & set(metrics)  # each number in one file

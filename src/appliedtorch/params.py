@@ -21,7 +21,7 @@ from appliedtorch.core.params import MAX_DEVICE_INDEX, MAX_SEED, Section, Tracki
 from appliedtorch.core.utils import flatten
 from appliedtorch.data.params import DataParams
 from appliedtorch.demos.params import MathParams
-from appliedtorch.pinn.params import PINNParams
+from appliedtorch.pinn.params import PINNFamilyParams, PINNInverseParams, PINNParams
 
 
 class Params(Section):
@@ -33,6 +33,8 @@ class Params(Section):
     mlp: MLPParams
     cnn: CNNParams
     pinn: PINNParams
+    pinn_inverse: PINNInverseParams = Field(default_factory=PINNInverseParams)
+    pinn_family: PINNFamilyParams = Field(default_factory=PINNFamilyParams)
     math: MathParams
     tracking: TrackingParams
 

@@ -17,7 +17,7 @@ from helpers import REPO
 
 # Which subpackage holds each params section's schema (src/appliedtorch/<package>/params.py).
 SECTION_PACKAGES = {"data": "data", "mlp": "classify", "cnn": "classify", "pinn": "pinn"}
-SECTION_PACKAGES |= {"math": "demos"}
+SECTION_PACKAGES |= {"pinn_inverse": "pinn", "pinn_family": "pinn", "math": "demos"}
 
 
 def _stages(dvc_yaml: Path) -> dict[str, dict]:

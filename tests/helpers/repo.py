@@ -42,6 +42,17 @@ SHRUNK = {
     "mlp": {"epochs": 2, "train_limit": 1000},
     "cnn": {"epochs": 1, "train_limit": 500},
     "pinn": {"adam_steps": 300, "lbfgs_steps": 50},
+    "pinn_inverse": {"adam_steps": 100, "lbfgs_steps": 30, "lm_steps": 50},
+    "pinn_family": {
+        "hidden_sizes": [6, 6],
+        "x_points": 12,
+        "k_points": 6,
+        "adam_steps": 50,
+        "lbfgs_steps": 10,
+        "lm_steps": 30,
+        "eval_k_points": 20,
+        "eval_x_points": 100,
+    },
 }
 
 

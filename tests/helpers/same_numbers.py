@@ -43,6 +43,17 @@ TINY = {
     "mlp": {"epochs": 2, "batch_size": 32, "bf16": False},
     "cnn": {"epochs": 2, "batch_size": 32, "step_size": 1, "bf16": False},
     "pinn": {"adam_steps": 200, "lbfgs_steps": 30, "lm_steps": 50},
+    "pinn_inverse": {"adam_steps": 100, "lbfgs_steps": 30, "lm_steps": 50},
+    "pinn_family": {
+        "hidden_sizes": [6, 6],
+        "x_points": 12,
+        "k_points": 6,
+        "adam_steps": 50,
+        "lbfgs_steps": 10,
+        "lm_steps": 30,
+        "eval_k_points": 20,
+        "eval_x_points": 100,
+    },
 }
 
 STAGES = {
@@ -70,6 +81,20 @@ STAGES = {
     ],
     "pinn": ["stages/pinn.py", "--model", "{w}/models/pinn.pt", "--reports", "{w}/reports/pinn"],
     "math": ["stages/math_demos.py", "--reports", "{w}/reports/math"],
+    "pinn_inverse": [
+        "stages/pinn_inverse.py",
+        "--observations",
+        "{w}/data/pinn/observations.csv",
+        "--reports",
+        "{w}/reports/pinn_inverse",
+    ],
+    "pinn_family": [
+        "stages/pinn_family.py",
+        "--model",
+        "{w}/models/pinn_family.pt",
+        "--reports",
+        "{w}/reports/pinn_family",
+    ],
 }
 
 
@@ -126,6 +151,7 @@ def collect() -> dict:
 
         for name in ("mnist", "cifar10"):
             run(["stages/download.py", "--dataset", name, "--out", f"{{w}}/data/{name}"])
+        run(["stages/pinn_observations.py", "--out", "{w}/data/pinn/observations.csv"])
         out: dict = {"cpu": cpu_signature(), "stages": {}}
         for stage, args in STAGES.items():
             run(args)
@@ -134,13 +160,8 @@ def collect() -> dict:
             # metrics.json holds the headline; the details have their own files (a classifier's
             # per_class.json, the PINN's phases.json, the demos' demos.json) and the recorded
             # numbers hold them all.
-            for details in (
-                "details.json",
-                "run.json",
-                "per_class.json",
-                "phases.json",
-                "demos.json",
-            ):
+            details_files = ("per_class.json", "phases.json", "demos.json", "bvp.json", "run.json")
+            for details in (*details_files, "details.json"):
                 if (reports / details).exists():
                     metrics |= json.loads((reports / details).read_text())
             entry = {"metrics": {k: v for k, v in _flat(metrics).items() if not _timing(k)}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,11 @@ def save_verified(net: PINNNet, path: str | Path, n_points: int = 1000) -> dict[
     return after
 
 
+# solve_bvp's numbers that metrics.json holds beside the PINN's (few: `dvc metrics show` draws
+# one column per key of every stage); its error, the ratios and the rest go to bvp.json.
+HEADLINE_BVP = ("bvp_max_error_digits", "bvp_nodes", "bvp_seconds")
+
+
 def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float]:
     """metrics.json: the errors against sin x, the boundary error, the final loss and seconds.
 
@@ -94,13 +100,18 @@ def loss_log_points(result: PINNResult, max_points: int = 100) -> list[tuple[int
 
 
 def write_reports(
-    result: PINNResult, reports: str | Path, n_points: int = 1000
+    result: PINNResult,
+    reports: str | Path,
+    n_points: int = 1000,
+    beside: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> tuple[dict[str, float], list[Path]]:
     """solution.csv, solution.png, error.png, loss.png, phases.json, then metrics.json (last: it
     marks a complete run). solution.csv (x, u, exact, abs_error on the evaluation grid) is the data DVC
     draws as the solution and pointwise-error plots (dvc.yaml `plots:`).
 
-    Returns the metrics with the phases' (what MLflow gets) and the paths written."""
+    `beside(metrics)` gives a classical solver's numbers: HEADLINE_BVP to metrics.json, the
+    others to bvp.json (written before metrics.json). Returns the metrics
+    with the phases' (what MLflow gets) and the paths written."""
     import pandas as pd
 
     import appliedtorch.pinn.figures as plots
@@ -124,9 +135,15 @@ def write_reports(
     phases = phase_metrics(result)
     write_json(reports / "phases.json", phases)
     metrics = summary_metrics(result, n_points)
+    names: tuple[str, ...] = ("solution.csv", *figures, "phases.json", "metrics.json")
+    details: dict[str, float] = {}
+    if beside:  # the headline beside the PINN's in metrics.json, the rest in bvp.json
+        details = beside(metrics)
+        metrics |= {k: details.pop(k) for k in HEADLINE_BVP}
+        write_json(reports / "bvp.json", details)
+        names = (*names[:-1], "bvp.json", names[-1])
     write_json(reports / "metrics.json", metrics)
-    names = ("solution.csv", *figures, "phases.json", "metrics.json")
-    return {**metrics, **phases}, [reports / name for name in names]
+    return {**metrics, **phases, **details}, [reports / name for name in names]
 
 
 def input_example(net: PINNNet, k: int = 5) -> Any:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -21,12 +22,26 @@ A, B = 0.0, math.pi / 2
 
 UA, UB = 0.0, 1.0
 
-# Levenberg-Marquardt damping: shrink after an accepted step, grow after a rejected one; a damping
-
 
 def exact_solution(x: Tensor) -> Tensor:
     """The analytic solution sin x."""
     return torch.sin(x)
+
+
+# The family u'' + k·u = 0 with the same boundary values has a solution for 0 < k < 4 only:
+# at k = 4, sin(√k·π/2) = 0 (k = 1 is the problem above).
+K_LOW, K_HIGH = 0.0, 4.0
+
+
+def exact_solution_k(x: Tensor, k: Tensor | float) -> Tensor:
+    """u(x; k) = sin(√k·x) / sin(√k·π/2): the solution of u'' + k·u = 0 for 0 < k < 4."""
+    root = torch.sqrt(torch.as_tensor(k, dtype=x.dtype))
+    return torch.sin(root * x) / torch.sin(root * B)
+
+
+def closed_form(x: np.ndarray, k: float) -> np.ndarray:
+    """exact_solution_k in NumPy (for SciPy's least squares and the observations)."""
+    return np.sin(math.sqrt(k) * x) / math.sin(math.sqrt(k) * B)
 
 
 class PINNNet(nn.Module):
@@ -83,12 +98,15 @@ def _line(x: Tensor) -> Tensor:
 
 
 def taylor(layers: list[tuple[Tensor, Tensor]], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """N, N', N'' of the tanh MLP at x (N, 1), pushed through the layers together.
+    """N, N', N'' of the tanh MLP at x (N, d), pushed through the layers together; the
+    derivatives are along the first input (x; a parametric net's other inputs are constants).
 
     Weights may be (out, in) or per sample (N, out, in); the per-sample form gives the Jacobian
     of every residual with respect to every weight from one backward pass.
     """
-    z = torch.stack([x, torch.ones_like(x), torch.zeros_like(x)], dim=1)  # (N, 3, 1): N, N', N''
+    dx = torch.zeros_like(x)
+    dx[:, 0] = 1
+    z = torch.stack([x, dx, torch.zeros_like(x)], dim=1)  # (N, 3, d): N, N', N''
     for k, (w, b) in enumerate(layers):
         z = z @ w.transpose(-1, -2)  # (N, 3, out)
         h, d1, d2 = z[:, 0] + b, z[:, 1], z[:, 2]
@@ -98,6 +116,11 @@ def taylor(layers: list[tuple[Tensor, Tensor]], x: Tensor) -> tuple[Tensor, Tens
             h, d1, d2 = t, s * d1, s * d2 - 2 * t * s * d1 * d1
         z = torch.stack([h, d1, d2], dim=1)
     return z[:, 0], z[:, 1], z[:, 2]
+
+
+def layer_pairs(tensors: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """[w1, b1, w2, b2, ...] (a net's parameters in order) as (weight, bias) per layer."""
+    return list(zip(tensors[0::2], tensors[1::2], strict=True))
 
 
 def ansatz(boundary: str, x: Tensor, n: Tensor, n1: Tensor, n2: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,22 +27,9 @@ import jinja2
 
 from appliedtorch.core.utils import flatten, read_regular
 from appliedtorch.report.chart import accuracy_chart
+from appliedtorch.report.sections import PINN_SECTIONS, StageSection
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageSection:
-    """How one stage appears in the report: where its outputs are and which numbers lead."""
-
-    stage: str  # DVC stage name (`dvc repro <stage>`)
-    title: str
-    folder: str  # reports/<folder>/
-    experiment: str  # MLflow experiment
-    params_section: str  # params.yaml section the stage logs (params.md5 is computed from it)
-    figures: tuple[tuple[str, str], ...]  # (file name, caption); names as in dvc.yaml
-    headline: tuple[str, ...]  # metrics.json keys shown first, in this order
-    dataset: str | None = None
 
 
 _CLASSIFIER_FIGURES = (
@@ -89,26 +76,7 @@ SECTIONS: tuple[StageSection, ...] = (
         _CLASSIFIER_HEADLINE,
         "cifar10",
     ),
-    StageSection(
-        "pinn",
-        "PINN: u'' + u = 0 on [0, π/2], u(0) = 0, u(π/2) = 1 (exact: sin x)",
-        "pinn",
-        "pinn-ode",
-        "pinn",
-        (
-            ("solution.png", "Network solution against sin x"),
-            ("error.png", "Pointwise error"),
-            ("loss.png", "Training loss"),
-        ),
-        (
-            "max_abs_error",
-            "max_error_digits",
-            "l2_relative_error",
-            "boundary_error",
-            "final_loss",
-            "seconds",
-        ),
-    ),
+    *PINN_SECTIONS,
     StageSection(
         "math_demos",
         "Math demos, each checked against its analytic answer",
@@ -200,7 +168,7 @@ def png_data_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-DETAILS = ("details.json", "run.json", "per_class.json", "phases.json", "demos.json")
+DETAILS = ("details.json", "run.json", "per_class.json", "phases.json", "demos.json", "bvp.json")
 
 # A stage's metrics.json is ~2 KB, nested 2 levels (per-class tables); anything far past that is
 # not a stage's: a file of many MB, or nesting deep enough to exhaust Python's recursion.
