@@ -392,12 +392,6 @@ def test_readme_blocks_run_in_the_order_readme_gives_them():
     assert on_page == shared, f"README's order {on_page}, the tests' order {shared}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 36, for the lead and the PINN's owner: metrics.json holds headline numbers "
-    "only (counts, timings but train_seconds, macro precision and recall, strings: details "
-    "files and MLflow), errors as *_digits (-log10), not raw values DVC rounds to 0.0",
-)
 def test_readmes_metrics_table_fits_200_columns_with_no_error_shown_as_zero(fresh_ws):
     ws, env = fresh_ws
     readme = [b for b in read_blocks(REPO / "README.md") if "dvc metrics show" in b.text]
@@ -458,7 +452,7 @@ def test_pinn_commands(fresh_ws, request):
     run_block(substitute(recipe.text, {"pinn.adam_steps=10000": "pinn.adam_steps=300"}), ws, env)
     params = yaml.safe_load((ws / "params.yaml").read_text())["pinn"]
     assert (params["boundary"], params["dtype"], params["lm_steps"]) == ("soft", "float32", 0)
-    metrics = json.loads((ws / "reports" / "pinn" / "metrics.json").read_text())
+    metrics = json.loads((ws / "reports" / "pinn" / "details.json").read_text())
     assert 0 < metrics["max_abs_error"] < 1, metrics
     out = run_block(substitute(seeds.text, {"pinn_seeds.py": "pinn_seeds.py --seeds 1"}), ws, env)
     assert "seed" in out.lower(), out
@@ -479,6 +473,7 @@ def test_pinn_beyond_the_tutorial(fresh_ws, request):
     assert abs(metrics["k_hat"] - 2.3) < 0.1, metrics
     run_block(own_csv.text, ws, env)
     mine = json.loads((ws / "reports" / "my_inverse" / "metrics.json").read_text())
+    mine |= json.loads((ws / "reports" / "my_inverse" / "details.json").read_text())
     assert abs(mine["k_lstsq"] - 2.25) < 1e-9 and abs(mine["k_hat"] - 2.25) < 1e-3, mine
     out = run_block(substitute(bench.text, {"--seeds 20": "--seeds 2"}), ws, env)
     assert "RMSE of k over 2 seeds" in out and "noise-free" in out, out

@@ -158,14 +158,16 @@ def test_stage_writes_reports_model_and_mlflow_run(tmp_path, params_file, tracki
     assert proc.returncode == 0, proc.stderr
 
     metrics = json.loads((reports / "metrics.json").read_text())
+    assert set(metrics) == {"max_error_digits", "seconds", "bvp_max_error_digits"}  # headline
+    metrics |= json.loads((reports / "details.json").read_text())
     assert metrics["max_abs_error"] < 1e-4
     assert metrics["boundary_error"] == 0.0  # hard ansatz
     assert metrics["max_error_digits"] == pytest.approx(-math.log10(metrics["max_abs_error"]))
     assert metrics["max_error_digits"] > 4 and metrics["seconds"] > 0
     # solve_bvp beside it (pinn.bvp_tolerance 1e-8), and the PINN's error and time over its
     bvp = json.loads((reports / "bvp.json").read_text())
-    assert metrics["bvp_max_error_digits"] > 9 and metrics["bvp_nodes"] > 10
-    assert bvp["bvp_max_abs_error"] < 1e-9 and metrics["bvp_seconds"] > 0
+    assert metrics["bvp_max_error_digits"] > 9 and bvp["bvp_nodes"] > 10
+    assert bvp["bvp_max_abs_error"] < 1e-9 and bvp["bvp_seconds"] > 0
     assert bvp["error_ratio_pinn_to_bvp"] == pytest.approx(
         metrics["max_abs_error"] / bvp["bvp_max_abs_error"]
     )

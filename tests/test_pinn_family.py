@@ -178,7 +178,9 @@ def test_stage_writes_model_reports_and_the_error_by_k(tmp_path, params_file, tr
     proc = run_script("stages/pinn_family.py", *args)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((reports / "metrics.json").read_text())
+    assert set(metrics) == {"max_error_digits", "seconds"}  # the headline
     details = json.loads((reports / "details.json").read_text())
+    metrics |= details
     assert metrics["max_abs_error"] < 1e-2 and details["eval_k_points"] == 40  # seed 42
     assert metrics["max_error_digits"] == pytest.approx(-math.log10(metrics["max_abs_error"]))
     assert details["min_distance_to_training_k"] > 0 and details["cpu_seconds"] > 0

@@ -60,7 +60,10 @@ def save_verified(net: PINNNet, path: str | Path, n_points: int = 1000) -> dict[
 
 # solve_bvp's numbers that metrics.json holds beside the PINN's (few: `dvc metrics show` draws
 # one column per key of every stage); its error, the ratios and the rest go to bvp.json.
-HEADLINE_BVP = ("bvp_max_error_digits", "bvp_nodes", "bvp_seconds")
+# metrics.json: what `dvc metrics show` puts beside the other stages' headlines (digits, not the
+# errors themselves, which a table of 3 to 5 decimals shows as 0.0); the rest in details.json.
+HEADLINE = ("max_error_digits", "seconds")
+HEADLINE_BVP = ("bvp_max_error_digits",)
 
 
 def summary_metrics(result: PINNResult, n_points: int = 1000) -> dict[str, float]:
@@ -105,7 +108,8 @@ def write_reports(
     n_points: int = 1000,
     beside: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> tuple[dict[str, float], list[Path]]:
-    """solution.csv, solution.png, error.png, loss.png, phases.json, then metrics.json (last: it
+    """solution.csv, solution.png, error.png, loss.png, phases.json, details.json (the numbers
+    beside the headline), then metrics.json (HEADLINE; last: it
     marks a complete run). solution.csv (x, u, exact, abs_error on the evaluation grid) is the data DVC
     draws as the solution and pointwise-error plots (dvc.yaml `plots:`).
 
@@ -142,7 +146,10 @@ def write_reports(
         metrics |= {k: details.pop(k) for k in HEADLINE_BVP}
         write_json(reports / "bvp.json", details)
         names = (*names[:-1], "bvp.json", names[-1])
-    write_json(reports / "metrics.json", metrics)
+    headline = {k: v for k, v in metrics.items() if k in HEADLINE or k in HEADLINE_BVP}
+    write_json(reports / "details.json", {k: v for k, v in metrics.items() if k not in headline})
+    write_json(reports / "metrics.json", headline)
+    names = (*names[:-1], "details.json", names[-1])
     return {**metrics, **phases, **details}, [reports / name for name in names]
 
 
