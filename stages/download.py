@@ -25,7 +25,7 @@ from pathlib import Path
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.utils import output_set, write_json
 from appliedtorch.data.datasets import DATASETS, dataset
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download.fetch import download
 from appliedtorch.data.limits import Limits
 from appliedtorch.data.usage import SOURCE_FILE, is_used, unused_record
 from appliedtorch.params import load_params

@@ -38,7 +38,7 @@ import yaml
 from PIL import Image
 
 from appliedtorch.data import synthetic
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download.fetch import download
 from helpers import REPO, merge
 from helpers.models import tiny_model_file
 from helpers.stage_runs import stage_script

@@ -32,10 +32,11 @@ import torch
 import torchvision
 
 from appliedtorch.core.errors import DataError
-from appliedtorch.data import datasets, extract, synthetic, transport
-from appliedtorch.data import fetch as data
+from appliedtorch.data import datasets, synthetic
 from appliedtorch.data.datasets import DATASETS_BY_NAME, UpstreamFile
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download import extract, transport
+from appliedtorch.data.download import fetch as data
+from appliedtorch.data.download.fetch import download
 from appliedtorch.data.limits import MAX_DOWNLOAD_BYTES, MAX_MEMBER_BYTES, Limits
 from appliedtorch.data.loading import load_dataset
 from helpers import REPO
@@ -916,7 +917,7 @@ def test_the_verified_line_names_the_os_copy_not_upstream(
     mnist = dataclasses.replace(DATASETS_BY_NAME["mnist"], files=files, bases=unreachable)
     monkeypatch.setitem(DATASETS_BY_NAME, "mnist", mnist)
     monkeypatch.setattr(datasets, "OS_DATASETS", os_root)
-    with caplog.at_level("INFO", logger="appliedtorch.data.fetch"):
+    with caplog.at_level("INFO", logger="appliedtorch.data.download.fetch"):
         record = download("mnist", tmp_path / "ws" / "mnist", "upstream", retries=0)
     assert record["source"] == f"debian:{os_root / 'mnist'}"
     (line,) = [r.getMessage() for r in caplog.records if "verified against" in r.getMessage()]

@@ -20,7 +20,7 @@ from appliedtorch.classify.runs.resume import resume_path
 from appliedtorch.classify.training.batches import Batches, Normalizer
 from appliedtorch.classify.training.loop import train_classifier
 from appliedtorch.core.errors import AppliedTorchError
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download.fetch import download
 from appliedtorch.data.loading import ImageData, load_dataset, synthetic_in_memory
 from appliedtorch.params import load_params
 from helpers import PYTHON, REPO

@@ -79,7 +79,7 @@ EDITS = {  # file edited (under src/appliedtorch): (stages whose deps change, st
     "demos/checks.py": ({"math_demos"}, {"math_demos", "report"}),
     "classify/training/loop.py": (TRAINING, TRAINING | {"report", "register"}),
     "report/page.py": ({"report"}, {"report"}),
-    "data/fetch.py": (DOWNLOADS, ALL - PINNS - {"datasets", "math_demos"}),
+    "data/download/fetch.py": (DOWNLOADS, ALL - PINNS - {"datasets", "math_demos"}),
     "data/loading.py": (DOWNLOADS | TRAINING, ALL - PINNS - {"datasets", "math_demos"}),
     # pinn_observations writes a CSV and logs no run: no MLflow code
     "tracking/run.py": (

@@ -27,9 +27,10 @@ import numpy as np
 import pytest
 import yaml
 
-from appliedtorch.data import synthetic, transport
+from appliedtorch.data import synthetic
 from appliedtorch.data.datasets import DATASETS_BY_NAME
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download import transport
+from appliedtorch.data.download.fetch import download
 from appliedtorch.data.limits import Limits
 from helpers import REPO, merge
 from helpers.stage_runs import one_error_line, run_stage_here

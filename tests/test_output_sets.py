@@ -266,7 +266,7 @@ def test_a_read_only_reports_disk_is_one_line(workspace, monkeypatch, capsys):
 def test_train_mlp_on_a_full_reports_disk_keeps_the_previous_model(workspace, monkeypatch, capsys):
     """Before: models/mlp.pt rewritten, then a traceback and a mix of old and new reports. Now
     the model file and reports/mlp/ are one set: none of them changes."""
-    from appliedtorch.data.fetch import download
+    from appliedtorch.data.download.fetch import download
 
     download("mnist", workspace / "data/raw/mnist", "synthetic", synthetic_sizes=(40, 20))
     params = yaml.safe_load((workspace / "params.yaml").read_text())

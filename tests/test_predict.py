@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download.fetch import download
 from appliedtorch.data.loading import load_dataset
 from appliedtorch.tracking import should_promote
 from helpers import REPO, run_script

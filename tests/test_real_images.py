@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from appliedtorch.data.datasets import DATASETS_BY_NAME
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download.fetch import download
 from helpers import run_script
 from helpers.data import need_fashion_mnist
 

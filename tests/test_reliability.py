@@ -25,7 +25,7 @@ from appliedtorch.classify.params import MLPParams
 from appliedtorch.classify.runs.resume import ResumeState, fingerprint, resume_path
 from appliedtorch.classify.training.loop import train_classifier
 from appliedtorch.core.errors import TrackingError
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download.fetch import download
 from appliedtorch.tracking import resolve_tracking_uri
 from helpers import REPO, merge
 from helpers.data import make_data

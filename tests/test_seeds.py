@@ -32,7 +32,7 @@ from appliedtorch.classify.runs.ensemble import (
 )
 from appliedtorch.classify.training.loop import train_classifier
 from appliedtorch.core.errors import ParamsError
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download.fetch import download
 from appliedtorch.data.loading import load_dataset
 from appliedtorch.params import load_params
 from helpers import REPO, run_script

@@ -35,7 +35,7 @@ from appliedtorch.classify.training.results import Evaluation
 from appliedtorch.core.errors import DivergenceError
 from appliedtorch.core.params import run_params
 from appliedtorch.core.utils import flatten, thread_count
-from appliedtorch.data.fetch import download
+from appliedtorch.data.download.fetch import download
 from appliedtorch.data.loading import ImageData, load_dataset
 from appliedtorch.machine import openmp
 from appliedtorch.params import load_params

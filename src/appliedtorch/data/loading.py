@@ -1,6 +1,6 @@
 """Datasets on disk and in memory: checking data/raw/<name> and loading it into uint8 tensors.
 
-The download stage (`appliedtorch.data.fetch`) puts one dataset into `data/raw/<name>/` in
+The download stage (`appliedtorch.data.download.fetch`) puts one dataset into `data/raw/<name>/` in
 torchvision's on-disk layout (extracted, so loading is fast), plus `source.json` saying where it
 came from:
 

@@ -18,7 +18,7 @@ class SyntheticSizes(Section):
     """Sizes of the generated stand-ins for MNIST and CIFAR-10 (`data.source: synthetic`)."""
 
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    # At most twice upstream's sizes: what a mirror's files may hold (appliedtorch.data.fetch).
+    # At most twice upstream's sizes: what a mirror's files may hold (appliedtorch.data.download.fetch).
     mnist_train: int = Field(60000, gt=0, le=120_000)
     mnist_test: int = Field(10000, gt=0, le=20_000)
     cifar10_train: int = Field(50000, gt=0, le=100_000)

@@ -31,9 +31,11 @@ import appliedtorch.data.synthetic as synthetic
 from appliedtorch.core.errors import DataError
 from appliedtorch.core.utils import pid_alive, signals_held
 from appliedtorch.data.datasets import Dataset, UpstreamFile, dataset
-from appliedtorch.data.extract import BadArchive, TooLarge, extract, gunzip
+from appliedtorch.data.download.extract import BadArchive, TooLarge, extract, gunzip
+from appliedtorch.data.download.hints import next_step
+from appliedtorch.data.download.md5sums import parse_md5sums
+from appliedtorch.data.download.transport import Fetched, FetchError, fetch_file, is_url
 from appliedtorch.data.formats import read_dataset
-from appliedtorch.data.hints import next_step
 from appliedtorch.data.limits import (
     MAX_BACKOFF_SECONDS,
     MAX_DOWNLOAD_BYTES,
@@ -43,8 +45,6 @@ from appliedtorch.data.limits import (
     brief,
 )
 from appliedtorch.data.loading import MD5SUMS, SOURCE_FILE
-from appliedtorch.data.md5sums import parse_md5sums
-from appliedtorch.data.transport import Fetched, FetchError, fetch_file, is_url
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from appliedtorch.core.errors import DataError
 from appliedtorch.data.datasets import CIFAR10_BATCHES, CIFAR10_FOLDER, Dataset
+from appliedtorch.data.download.transport import Fetched
 from appliedtorch.data.limits import (
     CHUNK,
     MAX_ARCHIVE_MEMBERS,
@@ -26,7 +27,6 @@ from appliedtorch.data.limits import (
     brief,
     too_large,
 )
-from appliedtorch.data.transport import Fetched
 
 
 class TooLarge(Exception):
