@@ -240,7 +240,7 @@ def test_a_pinn_past_ulimit_v_is_refused_up_front_in_one_line(tmp_path):
     assert re.match(
         r"error: pinn\.hidden_sizes \[8192, 8192, 8192\] \(134 M weights\) needs ~4\.\d GB .*; "
         rf"this process has [\d.]+ [GM]B left under the virtual-memory limit RLIMIT_AS "
-        rf"\(ulimit -v {ULIMIT_KB}, 6\.1 GB\); use fewer",
+        rf"\(ulimit -v {ULIMIT_KB}, 6\.1 GB\)(, and needs ~[\d.]+ GB of it)?; use fewer",
         lines[-1],
     ), lines[-1]
     assert not (tmp_path / "reports").exists() and not (tmp_path / "models").exists()
@@ -262,6 +262,45 @@ def test_a_pinn_past_ulimit_d_is_refused_up_front_in_one_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert re.search(
         r"needs ~\d+ MB .*; this process has \d+ MB left under the data-segment limit "
-        r"RLIMIT_DATA \(ulimit -d 1000000, 1\.0 GB\); use fewer",
+        r"RLIMIT_DATA \(ulimit -d 1000000, 1\.0 GB\)(, and needs ~[\d.]+ [GM]B of it)?; use fewer",
         lines[-1],
     ), lines[-1]
+
+
+# What a process has mapped once it has imported what the CNN stage imports (torch, MLflow, ...).
+MAPPED = """
+import runpy, sys
+runpy.run_path(sys.argv[1], run_name="imported")
+print(next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmSize:")))
+"""
+
+
+def test_the_default_cnn_past_its_address_space_is_refused_before_any_data(tmp_path):
+    """Under `ulimit -v` leaving ~1.1 GB past what the stage maps at its start, the default CNN
+    (~0.6 GB of tensors) ran out of address space after minutes of training; its budget counts
+    address space as the allocator spends it, so it is refused up front in one line."""
+    import subprocess
+
+    from helpers import PYTHON
+
+    script = REPO / "stages" / "train.py"
+    mapped = subprocess.run(
+        [PYTHON, "-c", MAPPED, str(script)], capture_output=True, text=True, timeout=300
+    )
+    limit_kb = int(mapped.stdout.split()[-1]) + 1_100_000
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["device"], raw["tracking"]["uri"] = "cpu", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    cmd = (
+        f"ulimit -v {limit_kb} && exec {PYTHON} {script} --params params.yaml --section cnn "
+        "--model models/cnn.pt --reports reports/cnn"
+    )  # no data: the budget is checked before any is read
+    proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.match(
+        r"error: cnn\.width 32 with cnn\.arch tutorial .* needs ~\d+ MB .*; this process has "
+        r"[\d.]+ [GM]B left under the virtual-memory limit RLIMIT_AS .*, and needs ~[\d.]+ GB",
+        lines[-1],
+    ), lines[-1]
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "models").exists()
