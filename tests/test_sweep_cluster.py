@@ -113,11 +113,17 @@ def runs(db: Path) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
-def kill_second_node_while_training(cluster: dict, driver: subprocess.Popen) -> str:
-    """Once node 1 trains a point whose MLflow run has begun, kill the node; the point's name."""
+def kill_second_node_while_training(
+    cluster: dict, driver: subprocess.Popen, log: Path, after: int = 2
+) -> str:
+    """Once `after` points finished and node 1 trains one whose MLflow run has begun, kill the
+    node; the point's name. (Late, so that the two nodes share most of the sweep.)"""
     node = cluster["nodes"].procs[1]
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and driver.poll() is None:
+        if len(re.findall(r"\bnode 127", log.read_text())) < after:
+            time.sleep(0.5)
+            continue
         for pid in descendants_running(node.pid, "stages/train_mlp.py"):
             name = environ_of(pid).get("DVC_EXP_NAME", "")
             named = [r for r in runs(cluster["db"]) if r.data.tags.get("dvc.exp_name") == name]
@@ -143,7 +149,7 @@ def swept(cluster):
             text=True,
         )
         try:
-            killed = kill_second_node_while_training(cluster, driver)
+            killed = kill_second_node_while_training(cluster, driver, log)
             assert driver.wait(timeout=900) == 0, log.read_text()[-5000:]
         finally:
             if driver.poll() is None:
