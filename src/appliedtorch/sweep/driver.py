@@ -67,7 +67,12 @@ def cluster(address: str | None, cpus: int | None) -> Iterator[Any]:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        ray.init(num_cpus=cpus, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,  # nothing reads it; it costs a process and memory
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
     try:
         yield ray
     finally:

@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class Job:
     tracking_uri: str
     parent_id: str
     clones: str = ""  # directory for the clone on the node; '' = the node's temporary directory
-    env: dict[str, str] = field(default_factory=dict)  # added to the commands' environment
 
 
 def exp_ref(commit: str, name: str) -> str:
@@ -132,7 +131,6 @@ def train_in_clone(job: Job, work: Path) -> None:
     work.parent.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
-        **job.env,
         "MLFLOW_TRACKING_URI": job.tracking_uri,
         "DVC_NO_ANALYTICS": "1",
         # The clone's code runs the stages, as the experiment's commit has it.
