@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -162,5 +163,7 @@ def dvc_ok(root: Path, *args: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Decide the OpenMP wait before torch loads, then run the subcommand."""
     openmp.settle()
+    # `dvc` (recipes.shown_experiments runs it by name) from this interpreter's environment.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     run_stage(lambda: run(args) if args.command == "run" else reproduce(args), "sweep")

@@ -133,6 +133,8 @@ def train_in_clone(job: Job, work: Path) -> None:
         **os.environ,
         "MLFLOW_TRACKING_URI": job.tracking_uri,
         "DVC_NO_ANALYTICS": "1",
+        # dvc.yaml's `python stages/...` and DVC itself: this node's environment first.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         # The clone's code runs the stages, as the experiment's commit has it.
         "PYTHONPATH": os.pathsep.join(
             filter(None, [str(work / "src"), os.environ.get("PYTHONPATH")])
