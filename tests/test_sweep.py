@@ -159,3 +159,11 @@ def test_the_command_refuses_a_dirty_workspace_in_one_line(repo):
         "error: uncommitted changes (params.yaml): the nodes clone the last commit; commit and "
         "push them"
     ]
+
+
+def test_a_variant_named_twice_or_baseline_changed_is_refused():
+    params = REPO / "params.yaml"
+    with pytest.raises(ParamsError, match="--variant baseline: named twice"):
+        grid.variant_table([["baseline", "mlp.lr=1"]], [], None, params)
+    with pytest.raises(ParamsError, match="--variant a: named twice"):
+        grid.variant_table([["a", "mlp.lr=1"], ["a", "mlp.lr=2"]], [], None, params)

@@ -67,6 +67,8 @@ def variant_table(
     `--variant NAME KEY=VALUE...`, each combination of `--grid KEY=V1,V2`, and a recipe's."""
     table: dict[str, dict[str, Any]] = {"baseline": {}}
     for name, *items in named:
+        if name in table:
+            raise ParamsError(f"--variant {name}: named twice (`baseline` is params.yaml as is)")
         table[check_name(name, "--variant")] = parse_sets(items)
     if grids:
         table.update(combinations(grids))
