@@ -66,9 +66,17 @@ class Namespace:
     """A network namespace held open by a `sleep` the test started, with `lo` up."""
 
     def __enter__(self) -> Namespace:
-        self.holder = subprocess.Popen(["unshare", "-n", "sleep", "infinity"])
+        self.holder = subprocess.Popen(
+            ["unshare", "-n", "sleep", "infinity"], stderr=subprocess.PIPE, text=True
+        )
         deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{self.holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        while True:
+            if self.holder.poll() is not None:  # e.g. a container without CAP_SYS_ADMIN
+                raise RuntimeError(f"unshare -n failed: {self.holder.stderr.read().strip()}")
+            with contextlib.suppress(OSError):  # the process is between fork and exec
+                here = os.readlink("/proc/self/ns/net")
+                if os.readlink(f"/proc/{self.holder.pid}/ns/net") != here:
+                    break
             assert time.monotonic() < deadline, "unshare -n did not enter a new namespace"
             time.sleep(0.05)
         if shutil.which("ip"):
