@@ -124,7 +124,8 @@ def kill_second_node_while_training(
         if len(re.findall(r"\bnode 127", log.read_text())) < after:
             time.sleep(0.5)
             continue
-        for pid in descendants_running(node.pid, "stages/train_mlp.py"):
+        # stages/train_mlp.py, or stages/train.py --section mlp
+        for pid in descendants_running(node.pid, "stages/train"):
             name = environ_of(pid).get("DVC_EXP_NAME", "")
             named = [r for r in runs(cluster["db"]) if r.data.tags.get("dvc.exp_name") == name]
             if name and any(r.info.status == "RUNNING" for r in named):
