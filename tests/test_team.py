@@ -24,6 +24,7 @@ import yaml
 
 from appliedtorch.data.loading import load_dataset
 from helpers import REPO
+from helpers.repo import mnist_mlp_stages
 from helpers.servers import (
     S3_CREDENTIALS,
     missing_servers,
@@ -48,8 +49,6 @@ TINY = {
     "mlp": {"epochs": 1, "train_limit": 600, "batch_size": 64},
 }
 SYNTHETIC_SIZES = {"mnist_train": 600, "mnist_test": 200, "cifar10_train": 100, "cifar10_test": 20}
-# The MNIST half of dvc.yaml: enough to share data and a model.
-STAGES = ("datasets", "download", "data", "train_mlp")
 
 # Skips only where a server binary or client library cannot be had; .ci/run installs them all.
 MISSING = missing_servers()
@@ -102,13 +101,7 @@ def make_clone_a(ws: Path, tracking_url: str) -> None:
     """The project's MNIST stages with tiny params and the team's tracking server in params.yaml."""
     ws.mkdir()
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    stages = {name: pipeline["stages"][name] for name in STAGES}
-    stages["download"]["foreach"] = ["mnist"]
-    stages["data"]["foreach"] = ["mlp"]
-    data_deps = stages["data"]["do"]["deps"]
-    stages["data"]["do"]["deps"] = [
-        d for d in data_deps if not d.startswith("data/raw/") or d == "data/raw/mnist"
-    ]
+    stages = mnist_mlp_stages(pipeline)
     # Registration is its own stage (after the outputs land); here for the MLP alone.
     register = pipeline["stages"]["register"]
     register["cmd"] = (

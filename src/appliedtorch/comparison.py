@@ -119,8 +119,10 @@ def result_text(est: dict[str, Any], base: dict[str, Any], is_base: bool) -> str
     half = 100 * (est["high"] - est["low"]) / 2
     text = (
         f"n={est['n']}  {pct:.2f} % ± {half:.2f}  [{100 * est['low']:.2f}, "
-        f"{100 * est['high']:.2f}] %  ensemble {100 * est['ensemble']:.2f} %"
+        f"{100 * est['high']:.2f}] %"
     )
+    if "ensemble" in est:  # a sweep's variant of single nets has none (sweep/results.py)
+        text += f"  ensemble {100 * est['ensemble']:.2f} %"
     if is_base:
         return text
     p = welch_p(est, base)

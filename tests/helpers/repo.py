@@ -187,3 +187,17 @@ def build_pipeline(root: Path, template_db: Path) -> tuple[Path, dict]:
     run(["git", "add", "-A"], ws, plain)
     run(["git", "commit", "-qm", "built"], ws, plain)
     return ws, plain
+
+
+def mnist_mlp_stages(pipeline: dict) -> dict:
+    """The MNIST half of a parsed dvc.yaml: `datasets`, `download@mnist`, `data@mlp` (on the
+    MNIST directory only) and `train_mlp`: a workspace that shares or sweeps the MLP alone."""
+    names = ("datasets", "download", "data", "train_mlp")
+    stages = {name: pipeline["stages"][name] for name in names}
+    stages["download"]["foreach"] = ["mnist"]
+    stages["data"]["foreach"] = ["mlp"]
+    deps = stages["data"]["do"]["deps"]
+    stages["data"]["do"]["deps"] = [
+        d for d in deps if not d.startswith("data/raw/") or d == "data/raw/mnist"
+    ]
+    return stages

@@ -7,7 +7,8 @@
 - `lineage`: git, DVC, sweep and data tags, DVC's md5 of a directory, the params hash;
 - `handle`: `StageRun`, what a stage body logs through;
 - `run`: `stage_run` (one stage execution, one MLflow run) and the newest runs for the report;
-- `registry`: registration, the `champion` rule, loading a logged model without pickle.
+- `registry`: registration, the `champion` rule, loading a logged model without pickle;
+- `sweep`: a sweep's parent run and its children (appliedtorch.sweep).
 
 Every module imports mlflow inside the functions that need it, and the names below are
 re-exported for `from appliedtorch.tracking import stage_run`. Nothing that downloads data
@@ -41,6 +42,7 @@ from appliedtorch.tracking.run import (
     mark_model_training,
     stage_run,
 )
+from appliedtorch.tracking.sweep import claim_child, end_parent, open_parent, retire_others
 from appliedtorch.tracking.uri import (
     HTTP_DEFAULTS,
     bound_store_retries,
@@ -68,22 +70,26 @@ __all__ = [
     "check_reachable",
     "check_sqlite_file",
     "check_uri",
+    "claim_child",
     "data_tags",
     "database_writes",
     "dataset_inputs",
     "dvc_md5",
+    "end_parent",
     "ensure_schema",
     "find_repo_root",
     "latest_runs",
     "lineage_tags",
     "load_logged_model",
     "mark_model_training",
+    "open_parent",
     "params_md5",
     "redact",
     "register_trained",
     "register_version",
     "repo_root",
     "resolve_tracking_uri",
+    "retire_others",
     "should_promote",
     "stage_run",
     "sweep_name",
