@@ -6,10 +6,10 @@
 On one device, in one process, on synthetic data of the upstream sizes (MNIST 60,000, CIFAR-10
 50,000 training images; `--quick`: 1 %):
 
-- **epochs**: the tutorial's loop (`train_speed.tutorial_epoch`: PIL transforms in a DataLoader,
+- **epochs**: the tutorial's loop (`loops.tutorial_epoch`: PIL transforms in a DataLoader,
   batches moved to the device one by one; its first `--tutorial-batches` batches, extrapolated)
   against the project's `train_classifier` with params.yaml's `mlp` and `cnn` sections (one whole
-  epoch), each with its achieved GFLOP/s and % of the card's data-sheet peak (`run.arithmetic`).
+  epoch), each with its achieved GFLOP/s and % of the card's data-sheet peak (`flops.epoch_arithmetic`).
 - **members**: `seeds: N` members one after another against together (one vmapped model), and
   one seed alone (`members.measure`): the N-seed cost against one seed's.
 - **captured step**: the MLP's training step (forward, backward, Adam with `capturable=True`) in
@@ -47,9 +47,9 @@ from appliedtorch.data.loading import ImageData
 from appliedtorch.params import load_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops
+import loops
 import members
-import run
-import train_speed
 
 Step = Callable[[torch.Tensor, torch.Tensor], Any]
 
@@ -63,12 +63,12 @@ def epochs(
     arch: str, data: ImageData, params_path: str, device: str, tutorial_batches: int
 ) -> dict[str, Any]:
     """One epoch of the tutorial's loop (extrapolated from its first batches) and the project's."""
-    config = train_speed.timed_section(load_params(params_path), arch)
+    config = loops.timed_section(load_params(params_path), arch)
     config = config.model_copy(update={"dataset": data.name})
     full = -(-len(data.train_images) // config.batch_size)
-    _, seconds, done = train_speed.tutorial_epoch(arch, data, config, tutorial_batches, device)
+    _, seconds, done = loops.tutorial_epoch(data, config, tutorial_batches, device)
     tutorial = seconds * full / done
-    project, accuracy, _, bf16 = train_speed.project_epoch(data, config, None, device)
+    project, accuracy, _, bf16 = loops.project_epoch(data, config, None, device)
     fmt = "bf16" if bf16 else "fp32"
     threads = torch.get_num_threads()
     return {
@@ -78,8 +78,8 @@ def epochs(
         "speedup": tutorial / project,
         "project_accuracy": accuracy,
         "project_bf16": bf16,
-        "tutorial_arithmetic": run.arithmetic(arch, data, config, tutorial, threads, fmt, device),
-        "project_arithmetic": run.arithmetic(arch, data, config, project, threads, fmt, device),
+        "tutorial_arithmetic": flops.epoch_arithmetic(data, config, tutorial, threads, fmt, device),
+        "project_arithmetic": flops.epoch_arithmetic(data, config, project, threads, fmt, device),
     }
 
 
@@ -230,7 +230,7 @@ def main() -> None:
     device = torch.device(args.device)
     out: dict[str, Any] = {"machine": members.machine(args.device), "quick": args.quick}
     for arch in ("mlp", "cnn"):
-        data = train_speed.load_synthetic(train_speed.DATASET[arch], scale)
+        data = loops.load_synthetic(loops.DATASET[arch], scale)
         out[f"{arch}_net"] = flops_note(arch, data, args.params)
         out[f"{arch}_epoch"] = epochs(arch, data, args.params, args.device, args.tutorial_batches)
     for arch, n, train in (("mlp", args.seeds, 60_000), ("cnn", args.cnn_seeds, 50_000)):

@@ -122,7 +122,8 @@ def stage_names(ws: Path, env: dict[str, str]) -> list[str]:
 
 
 def stage_commands(ws: Path) -> dict[str, str]:
-    """Each non-download stage's cmd from dvc.yaml, `${key.path}` filled in from params.yaml."""
+    """Each stage's cmd from dvc.yaml but the data stages' (`datasets`, `download@`, `data@`:
+    foreach stages and the one before them), `${key.path}` filled in from params.yaml."""
     params = yaml.safe_load((ws / "params.yaml").read_text())
 
     def value(match: re.Match) -> str:
@@ -135,17 +136,21 @@ def stage_commands(ws: Path) -> dict[str, str]:
     return {
         name: re.sub(r"\$\{([\w.-]+)\}", value, " ".join(str(body["cmd"]).split()))
         for name, body in stages.items()
-        if "cmd" in body and not name.startswith("download")
+        if "cmd" in body and name != "datasets"
     }
 
 
 def stage_work(ws: Path, stage: str, cmd: str) -> float:
-    """Seconds of the stage's own work, as its metrics.json reports it (0 for the others)."""
+    """Seconds of the stage's own work, as its metrics.json and details.json report it (0 for
+    the others)."""
     match = re.search(r"--reports (\S+)", cmd)
     metrics = ws / match.group(1) / "metrics.json" if match else None
     if metrics is None or not metrics.is_file():
         return 0.0
     m = json.loads(metrics.read_text())
+    details = metrics.with_name("details.json")
+    if details.is_file():
+        m |= json.loads(details.read_text())
     if "train_seconds" in m:
         return m["train_seconds"] + m.get("eval_seconds", 0.0)
     return float(m.get("seconds", 0.0)) if stage.startswith("pinn") else 0.0

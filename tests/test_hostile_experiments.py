@@ -157,3 +157,14 @@ def test_output_past_the_byte_bound_is_refused(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(exp_show, "MAX_SHOWN_BYTES", 1000)
     with pytest.raises(exp_show.AppliedTorchError, match=r"printed more than .* refused"):
         exp_show.read_bounded([sys.executable, "-c", "print('x' * 5000)"])
+
+
+def test_a_few_seeds_ci_past_zero_and_one_is_a_result_not_a_refusal():
+    """Student's t at n = 2 or 3 is wide: a 95 % CI of a mean accuracy may reach below 0 or above
+    1, and the comparison shows it (the mean and the ensemble must still be fractions)."""
+    from appliedtorch.comparison import estimate
+
+    wide = {**GOOD, "test_accuracy_ci95_low": -0.416, "test_accuracy_ci95_high": 1.2}
+    data = experiment("cmp.baseline", wide)["revs"][0]["data"]
+    got = estimate(data, "cnn")
+    assert (got["low"], got["high"], got["n"]) == (-0.416, 1.2, 3)

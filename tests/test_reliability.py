@@ -30,6 +30,7 @@ from appliedtorch.tracking import resolve_tracking_uri
 from helpers import REPO, merge
 from helpers.data import make_data
 from helpers.servers import silent_server
+from helpers.stage_runs import stage_script
 
 # Small, but every stage does all of its work (the CNN: dropout, augmentation and a StepLR drop).
 SMALL = {
@@ -115,12 +116,10 @@ def stage_cmd(ws: Path, stage: str, out: Path) -> list[str]:
         "train_cnn": ["--data", ws / "data/raw/cifar10", "--model", out / "models/cnn.pt",
                       "--reports", out / "reports/cnn"],
     }[stage]  # fmt: skip
-    return [
-        sys.executable,
-        str(REPO / "stages" / f"{stage}.py"),
-        "--params",
-        str(ws / "params.yaml"),
-    ] + [str(a) for a in args]
+    script, picks = stage_script(stage)
+    return [sys.executable, str(script), *picks, "--params", str(ws / "params.yaml")] + [
+        str(a) for a in args
+    ]
 
 
 def start(ws: Path, stage: str, out: Path, env: dict | None = None) -> subprocess.Popen:

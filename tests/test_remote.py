@@ -48,24 +48,24 @@ def tree_md5s(root: Path) -> dict[str, str]:
 
 
 def make_repo(ws: Path) -> None:
-    """The project's download stage alone (the other stages' inputs are not needed here)."""
+    """The project's data stages alone, `datasets` and `download` (the other stages' inputs are
+    not needed here)."""
     ws.mkdir()
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    (ws / "dvc.yaml").write_text(
-        yaml.safe_dump({"stages": {"download": pipeline["stages"]["download"]}})
-    )
+    stages = {name: pipeline["stages"][name] for name in ("datasets", "download")}
+    (ws / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["source"] = "synthetic"
     params["data"]["synthetic"].update(TINY)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (ws / "stages").mkdir()
-    shutil.copy(REPO / "stages" / "download.py", ws / "stages")
-    # The stage's code deps, as dvc.yaml lists them (the stage runs the installed package).
-    for dep in pipeline["stages"]["download"]["do"]["deps"]:
+    # The stages' code deps, as dvc.yaml lists them (the stages run the installed package).
+    deps = stages["datasets"]["deps"] + stages["download"]["do"]["deps"]
+    for dep in dict.fromkeys(d for d in deps if d.startswith(("stages/", "src/"))):
         src, dst = REPO / dep, ws / dep
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(src, dst, ignore=ignore, dirs_exist_ok=True)
         else:
             shutil.copy(src, dst)
 

@@ -193,7 +193,10 @@ def test_stage_with_three_seeds_end_to_end(tmp_path, tracking_uri, params_file, 
         "--reports", reports, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((reports / "metrics.json").read_text())
+    headline = json.loads((reports / "metrics.json").read_text())
+    metrics = headline | json.loads((reports / "details.json").read_text())
+    # the members' test accuracy mean and CI beside the ensemble's in the headline
+    assert {"test_accuracy_mean", "test_accuracy_ci95_low"} <= headline.keys()
     members = pd.read_csv(reports / "members.csv")
     assert members["member"].tolist() == [0, 1, 2]
     for name in ("test_accuracy", "test_loss", "macro_f1"):

@@ -49,7 +49,10 @@ def estimate(data: dict[str, Any], section: str, metric: str = "test_accuracy") 
         name = f"{metric}{field}"
         if name not in metrics:
             raise exp_show.Unusable(f"{file} has {metric}_mean but no {name}")
-        out[key] = exp_show.checked(exp_show.Fraction, metrics[name], f"{file} {name}")
+        schema = {"sd": exp_show.Spread, "low": exp_show.Finite, "high": exp_show.Finite}
+        out[key] = exp_show.checked(
+            schema.get(key, exp_show.Fraction), metrics[name], f"{file} {name}"
+        )
     if n < 2 or not out["low"] <= out["mean"] <= out["high"]:
         raise exp_show.Unusable(
             f"{file} {metric}: members' statistics of {n} seed(s) with mean {out['mean']:.4g} "

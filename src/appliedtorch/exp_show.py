@@ -27,6 +27,10 @@ MAX_INT_DIGITS = 30  # no count, seed or size the comparison reads has more
 MAX_NAME = 255  # a git ref component longer than this cannot be a file on most filesystems
 
 Fraction = TypeAdapter(Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)])
+# A 95 % CI of a few seeds' mean accuracy reaches past [0, 1] (Student's t is wide at n = 2):
+# its bounds are finite numbers; a standard deviation is one that is not negative.
+Finite = TypeAdapter(Annotated[float, Field(strict=True, allow_inf_nan=False)])
+Spread = TypeAdapter(Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)])
 
 
 class Unusable(AppliedTorchError):

@@ -98,6 +98,8 @@ def make_workspace(root: Path, overrides: dict, tracking_uri: str) -> tuple[Path
     run(["git", "init", "-q", "-b", "main"], ws, env)
     run([str(BIN / "dvc"), "init", "-q"], ws, env)
     run([str(BIN / "dvc"), "config", "core.analytics", "false"], ws, env)
+    # The project's own plot templates (the confusion matrices'), committed as a clone has them.
+    shutil.copytree(REPO / ".dvc" / "plots", ws / ".dvc" / "plots")
     run(["git", "add", "-A"], ws, env)
     run(["git", "commit", "-qm", "workspace"], ws, env)
     return ws, env
