@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -231,7 +232,11 @@ def test_stage_with_three_seeds_end_to_end(tmp_path, tracking_uri, params_file, 
         expected = load_model(model)[0](images).numpy()
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
 
-    # appliedtorch-predict on the ensemble file
+    check_predict_on_the_ensemble_file(model, data_dir, tmp_path, saved)
+
+
+def check_predict_on_the_ensemble_file(model: Path, data_dir: Path, tmp_path: Path, saved: dict):
+    """appliedtorch-predict on an ensemble's model file answers as the model file does."""
     png = tmp_path / "digit.png"
     predict = str(REPO / ".venv" / "bin" / "appliedtorch-predict")
     subprocess.run([predict, "--export-test-image", data_dir, png], check=True, capture_output=True)
