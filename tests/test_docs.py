@@ -325,6 +325,7 @@ def test_mlflow_ui(readme_ws, request):
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=50", proc, log
         )
         started = psutil.Process(proc.pid).children(recursive=True)
+        commands = [" ".join(command_of(p)[:4]) for p in started]  # while they run
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -332,8 +333,15 @@ def test_mlflow_ui(readme_ws, request):
     assert {"mnist-mlp", "cifar10-cnn", "pinn-ode", "math-demos"} <= names, names
     # `mlflow ui` and its one worker: MLflow's defaults start 4 workers and a job runner's
     # processes (15 in all), which one person browsing does not need.
-    commands = [" ".join(p.cmdline()[:4]) for p in started]
     assert len(started) <= 2, commands
+
+
+def command_of(process: psutil.Process) -> list[str]:
+    """A process's command line; [its pid] once it has ended (a zombie has none to read)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return [str(process.pid)]
 
 
 def wait_for_json(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> dict:

@@ -186,7 +186,7 @@ def test_an_edit_to_the_mlflow_code_reruns_no_download(tmp_path):
         p.relative_to(ws).as_posix() for p in importers
     ]
     # The check sees an edit to what the downloads do load.
-    fetch = ws / "src" / "appliedtorch" / "data" / "fetch.py"
+    fetch = ws / "src" / "appliedtorch" / "data" / "download" / "fetch.py"
     fetch.write_text(fetch.read_text() + "# an edit\n")
     assert changed_stages(ws, env) >= DOWNLOADS
 

@@ -50,8 +50,16 @@ SYSTEM_METRICS_INTERVAL = 1.0
 
 def mark_model_training(client: Any, experiment: Any) -> None:
     """Tag `experiment` as model training unless a kind is already set (by a person, in the UI)."""
-    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+    if EXPERIMENT_KIND_TAG in (experiment.tags or {}):
+        return
+    try:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    except Exception:  # noqa: BLE001 - MLflow's store errors come in several types
+        # Stages started together (a sweep's points) tag a new experiment at once, and the
+        # store refuses the second insert of the same tag: fine if the tag is there now.
+        tags = client.get_experiment(experiment.experiment_id).tags or {}
+        if EXPERIMENT_KIND_TAG not in tags:
+            raise
 
 
 @contextlib.contextmanager

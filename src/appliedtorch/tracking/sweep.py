@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from appliedtorch.tracking.run import EXPERIMENT_TAGS
+
 # Tags of a sweep's runs; `sweep`, `variant` and `seed` as in the tracking contract.
 SWEEP, VARIANT, SEED, ROLE = "sweep", "variant", "seed", "sweep.role"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows the children under it
@@ -44,7 +46,10 @@ def open_parent(uri: str, experiment: str, sweep: str, commit: str) -> str:
 
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    # Created with its kind tag, so the points' stages, started together, need not tag it.
+    exp_id = (
+        exp.experiment_id if exp else client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
+    )
     found = client.search_runs(
         [exp_id],
         filter_string=(
