@@ -559,3 +559,21 @@ def test_logged_model_metadata_is_checked_before_mlflow_loads_it(monkeypatch, ca
     assert code == 1 and loaded == []
     assert err == ("error: model 'models:/m@champion': input_shape must be 1 or 3 channels of at "
                    "most 512x512 pixels (got 1x28x9999)\n")  # fmt: skip
+
+
+def test_an_image_stored_upside_down_is_read_as_every_viewer_shows_it(tmp_path):
+    """EXIF Orientation 3 (rotate 180) is applied before the pixels reach the model: a digit
+    stored upside down with that tag reads as the upright digit, not as its rotation."""
+    from PIL import Image
+
+    from appliedtorch.classify.inference.predict import read_image
+
+    upright = np.zeros((28, 28), dtype=np.uint8)
+    upright[4:12, 10:14] = 255  # a mark near the top: upside down, it is near the bottom
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 3  # Orientation: rotated 180
+    Image.fromarray(upright[::-1, ::-1].copy()).save(tmp_path / "tagged.png", exif=exif)
+    tagged = read_image(tmp_path / "tagged.png", (1, 28, 28))
+    assert torch.equal(tagged, read_image(tmp_path / "upright.png", (1, 28, 28)))
+    assert tagged[0, 4:12, 10:14].min() == 255
