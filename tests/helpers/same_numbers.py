@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from helpers import REPO, merge
+from helpers.repo import SHRUNK
 
 TINY = {
     "seed": 7,
@@ -43,17 +44,9 @@ TINY = {
     "mlp": {"epochs": 2, "batch_size": 32, "bf16": False},
     "cnn": {"epochs": 2, "batch_size": 32, "step_size": 1, "bf16": False},
     "pinn": {"adam_steps": 200, "lbfgs_steps": 30, "lm_steps": 50},
-    "pinn_inverse": {"adam_steps": 100, "lbfgs_steps": 30, "lm_steps": 50},
-    "pinn_family": {
-        "hidden_sizes": [6, 6],
-        "x_points": 12,
-        "k_points": 6,
-        "adam_steps": 50,
-        "lbfgs_steps": 10,
-        "lm_steps": 30,
-        "eval_k_points": 20,
-        "eval_x_points": 100,
-    },
+    # the inverse and family problems as small as the built pipeline's (recorded so)
+    "pinn_inverse": SHRUNK["pinn_inverse"],
+    "pinn_family": SHRUNK["pinn_family"],
 }
 
 STAGES = {
