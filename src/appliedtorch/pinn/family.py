@@ -13,9 +13,7 @@ only, shapes checked against the config, every value finite.
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +36,6 @@ from appliedtorch.pinn.problem import (
     layer_pairs,
     taylor,
 )
-
-log = logging.getLogger(__name__)
 
 X_SCALE = 2 / (B - A)  # the net sees x scaled onto [-1, 1]
 MAX_MODEL_BYTES = 64 << 20  # a family net is a few KB; refuse to unpickle anything much larger
@@ -165,16 +161,14 @@ def _train(cfg: Any) -> FamilyResult:
             result.loss,
         ),
     }
-    total, cpu = time.perf_counter(), time.process_time()
-    for name, run in phases.items():
-        if getattr(cfg, f"{name}_steps"):
-            start, tic = len(result.loss), time.perf_counter()
-            run()
-            result.phases[name] = (start, len(result.loss))
-            result.seconds[name] = time.perf_counter() - tic
-            log.info("%s: loss %.3e, %.2f s", name, result.loss[-1], result.seconds[name])
-    result.seconds["total"] = time.perf_counter() - total
-    result.seconds["cpu"] = time.process_time() - cpu  # this process, all threads
+    optim.run_phases(
+        phases,
+        lambda name: getattr(cfg, f"{name}_steps"),
+        result.loss,
+        result.phases,
+        result.seconds,
+        lambda name: f"{name}: loss {result.loss[-1]:.3e}, {result.seconds[name]:.2f} s",
+    )
     return result
 
 

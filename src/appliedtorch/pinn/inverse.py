@@ -102,16 +102,14 @@ def _fit(cfg: Any, x_obs: np.ndarray, u_obs: np.ndarray) -> InverseResult:
             optim.levenberg_marquardt(params, res, res.rows, cfg.lm_steps, result.loss, record)
         ),
     }
-    total, cpu = time.perf_counter(), time.process_time()
-    for name, run in phases.items():
-        if getattr(cfg, f"{name}_steps"):
-            start, tic = len(result.loss), time.perf_counter()
-            run()
-            result.phases[name] = (start, len(result.loss))
-            result.seconds[name] = time.perf_counter() - tic
-            log.info("%s: k = %.9f, loss %.3e", name, float(k.detach()), result.loss[-1])
-    result.seconds["total"] = time.perf_counter() - total
-    result.seconds["cpu"] = time.process_time() - cpu  # this process, all threads
+    optim.run_phases(
+        phases,
+        lambda name: getattr(cfg, f"{name}_steps"),
+        result.loss,
+        result.phases,
+        result.seconds,
+        lambda name: f"{name}: k = {float(k.detach()):.9f}, loss {result.loss[-1]:.3e}",
+    )
     result.k = float(k.detach())
     with torch.no_grad():
         r = res(params)

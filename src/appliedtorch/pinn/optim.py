@@ -262,3 +262,26 @@ def _damped_step(
             return theta + delta, loss_new, mu / LM_DOWN
         mu *= LM_UP
     return None
+
+
+def run_phases(
+    phases: dict[str, Callable[[], object]],
+    steps: Callable[[str], int],
+    loss: list[float],
+    spans: dict[str, tuple[int, int]],
+    seconds: dict[str, float],
+    describe: Callable[[str], str],
+) -> None:
+    """Run each phase that has steps (`steps(name)`), in order: its span of `loss` into
+    `spans`, its seconds (and the total's and this process's CPU seconds) into `seconds`, and
+    one log line, `describe(name)`, after it."""
+    total, cpu = time.perf_counter(), time.process_time()
+    for name, run in phases.items():
+        if steps(name):
+            start, tic = len(loss), time.perf_counter()
+            run()
+            spans[name] = (start, len(loss))
+            seconds[name] = time.perf_counter() - tic
+            log.info("%s", describe(name))
+    seconds["total"] = time.perf_counter() - total
+    seconds["cpu"] = time.process_time() - cpu  # this process, all threads
