@@ -58,10 +58,19 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     return ByFile(config, log)
 
 
+# Fixtures that take well over ~10 s (a full `dvc repro`, a benchmark run): every test that uses
+# one is `slow`, so `pytest -m "not slow"` never builds them.
+SLOW_FIXTURES = frozenset({"built_pipeline", "quick_run"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses `built_pipeline` outside BUILT_PIPELINE_FILES would build it again."""
+    """A test that uses `built_pipeline` outside BUILT_PIPELINE_FILES would build it again; a
+    test that uses a SLOW_FIXTURES fixture is marked slow."""
     for item in items:
-        uses = "built_pipeline" in getattr(item, "fixturenames", ())
+        names = getattr(item, "fixturenames", ())
+        if SLOW_FIXTURES.intersection(names):
+            item.add_marker(pytest.mark.slow)
+        uses = "built_pipeline" in names
         if uses and item.path.name not in BUILT_PIPELINE_FILES:
             raise pytest.UsageError(
                 f"{item.nodeid} uses built_pipeline: add its file to BUILT_PIPELINE_FILES"

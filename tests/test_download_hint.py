@@ -40,6 +40,7 @@ def test_outside_a_project_the_hint_is_the_download_stage(tmp_path):
     assert download_command("mnist", tmp_path) == "`dvc repro download@mnist`"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 def test_the_hinted_command_runs_in_the_project(tmp_path, tracking_uri, monkeypatch, dataset):
     """The command in the missing-data message, run in a copy of the project whose sections

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -56,3 +58,17 @@ def lazy():
         "test_stage_deps",
         "test_training.sub",
     ]
+
+
+def test_a_test_that_builds_a_slow_fixture_is_marked_slow(request):
+    """`pytest -m "not slow"` never builds the pipeline or runs a benchmark (conftest.py)."""
+    (conftest,) = [
+        plugin
+        for plugin in request.config.pluginmanager.get_plugins()
+        if getattr(plugin, "__file__", "") == str(Path(__file__).with_name("conftest.py"))
+    ]
+    users = [i for i in request.session.items if conftest.SLOW_FIXTURES & set(i.fixturenames)]
+    if not users:
+        pytest.skip("no test of this session uses a slow fixture (run with the whole suite)")
+    unmarked = [i.nodeid for i in users if i.get_closest_marker("slow") is None]
+    assert not unmarked, unmarked
