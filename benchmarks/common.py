@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from appliedtorch.core import openmp
 from appliedtorch.core.utils import write_json
-from appliedtorch.machine import openmp
 from appliedtorch.machine.hardware import cpu_description
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ Writes reports/benchmarks/dvc_noop.json.
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # this process trains nothing; the stages DVC starts decide for themselves
 

@@ -11,7 +11,7 @@ epoch by its seconds for the achieved GFLOP/s and compares that with the peak: t
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads (benchmarks/common.py)
 

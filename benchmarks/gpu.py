@@ -24,7 +24,7 @@ is recorded with the card's name (docs/performance.md).
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

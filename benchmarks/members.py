@@ -14,7 +14,7 @@ CPU's name, the GPU's (if any) and the load average, which on a shared machine m
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

@@ -24,7 +24,7 @@ is recorded at start and end, and the CPU is named. Writes reports/overhead.json
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads (this process only reads MLflow; the stages decide their own)
 

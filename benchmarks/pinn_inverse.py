@@ -13,7 +13,7 @@ shared machine mean little without it.
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

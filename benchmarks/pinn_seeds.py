@@ -12,7 +12,7 @@ timings on a shared machine mean little without it. Writes reports/benchmarks/pi
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

@@ -14,7 +14,7 @@ The sweep pays for a clone, `dvc push` and `dvc exp push` per run; the sequentia
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads (the stages it starts decide for themselves)
 

@@ -15,7 +15,7 @@ epoch time is extrapolated from them. Writes reports/benchmarks/train_speed.json
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

@@ -11,7 +11,7 @@ stage depends on. Why three layers: appliedtorch.data.usage. No MLflow run.
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

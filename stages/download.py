@@ -13,7 +13,7 @@ No MLflow run: the training stages tag their runs with the data's source and has
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

@@ -9,7 +9,7 @@ one MLflow run in experiment `math-demos`.
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 
@@ -19,12 +19,12 @@ from pathlib import Path
 
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.params import run_params
-from appliedtorch.core.plots import save_figure
 from appliedtorch.core.utils import check_writable, output_set, seed_everything, write_json
 from appliedtorch.demos import checks as demos
 from appliedtorch.demos import figures as plots
 from appliedtorch.demos.budget import check_budget
 from appliedtorch.params import load_params
+from appliedtorch.plots import save_figure
 from appliedtorch.tracking.run import stage_run
 
 log = logging.getLogger("math_demos")

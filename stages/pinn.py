@@ -10,7 +10,7 @@ nodes and time, and the PINN's over them, go to metrics.json as `bvp_*` and `*_r
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

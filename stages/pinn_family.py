@@ -13,7 +13,7 @@ Logs one MLflow run in `pinn-family`. Evaluate the model at your k:
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

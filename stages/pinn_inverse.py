@@ -13,7 +13,7 @@ residual.png, k_trace.png). Logs one MLflow run in `pinn-inverse`, k̂ per step 
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

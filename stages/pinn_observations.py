@@ -9,7 +9,7 @@ with `noise_seed`. No MLflow run: the inverse stage logs what it read (with the 
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

@@ -14,7 +14,7 @@ with `mlp.dataset: fashion-mnist`), and alias `champion` moves by the project's 
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

@@ -9,7 +9,7 @@ which opens from disk with no server. Logs no MLflow run of its own: it only rea
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

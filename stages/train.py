@@ -13,7 +13,7 @@ its shard; rank 0 alone writes outputs and logs.
 
 from __future__ import annotations
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 
 openmp.settle()  # before torch loads: libgomp reads how its threads wait once, as it loads
 

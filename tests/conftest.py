@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 # Three workers on two cores, and the stages they start beside them: never a quiet machine, so
-# idle OpenMP threads sleep in every process of the suite (appliedtorch.machine.openmp would
+# idle OpenMP threads sleep in every process of the suite (appliedtorch.core.openmp would
 # decide so at most starts; set here, before anything imports appliedtorch, it is decided once).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -13,7 +13,8 @@ import torch
 from appliedtorch.classify.nets.models import build_model
 from appliedtorch.classify.training import tuning
 from appliedtorch.classify.training.steps import training_step
-from appliedtorch.machine import autotune, openmp
+from appliedtorch.core import openmp
+from appliedtorch.machine import autotune
 
 CPU = torch.device("cpu")
 FAST = {"warmup": 1, "rounds": 2, "steps": 2}  # 4 timed steps per candidate

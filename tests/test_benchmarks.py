@@ -75,7 +75,7 @@ def test_each_loop_runs_as_its_user_runs_it(quick_run):
     """The project's loop in a process set up as a stage (appliedtorch's OpenMP default), the
     tutorial's in one with torch's defaults and the threads torch picks."""
     _, report, _ = quick_run
-    # appliedtorch decided the wait from the run queue (machine/openmp.py); the tutorial kept none
+    # appliedtorch decided the wait from the run queue (core/openmp.py); the tutorial kept none
     assert report["machine"]["openmp_wait"].split(" (")[0] in ("spin", "passive")
     r = report["results"]["mlp_epoch"]
     assert r["tutorial_omp_wait_policy"] is None

@@ -1,4 +1,4 @@
-"""How idle OpenMP threads wait (machine/openmp.py): spin when the run queue leaves a core for each
+"""How idle OpenMP threads wait (core/openmp.py): spin when the run queue leaves a core for each
 of torch's threads, sleep (PASSIVE) beside runnable processes, the user's setting kept; decided
 before torch loads."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from appliedtorch.machine import openmp
+from appliedtorch.core import openmp
 from helpers import REPO
 
 
@@ -85,7 +85,7 @@ def test_the_run_queue_is_read_from_proc_stat(tmp_path):
 def _fresh_process(env: dict[str, str]) -> list[str]:
     code = (
         "import os, sys\n"
-        "from appliedtorch.machine import openmp\n"
+        "from appliedtorch.core import openmp\n"
         "openmp.settle()  # as every entry point's first statement\n"
         "print('torch' in sys.modules)\n"
         "print(openmp.decision().tag())\n"
@@ -125,7 +125,7 @@ def test_beside_a_busy_process_a_stage_sleeps_before_torch_loads():
 def test_torch_loaded_first_is_reported_as_it_was():
     code = (
         "import torch, appliedtorch\n"
-        "from appliedtorch.machine import openmp\n"
+        "from appliedtorch.core import openmp\n"
         "openmp.settle()\n"
         "print(openmp.decision().tag())\n"
     )
@@ -140,7 +140,7 @@ def test_importing_appliedtorch_decides_nothing():
     decision belongs to the entry point that calls `settle()`."""
     code = (
         "import os, appliedtorch, appliedtorch.params\n"
-        "from appliedtorch.machine import openmp\n"
+        "from appliedtorch.core import openmp\n"
         "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get(openmp.MARK))\n"
         "print(openmp.decision().policy)\n"
     )
@@ -156,5 +156,5 @@ def test_every_stage_decides_before_anything_imports_torch():
         body = [n for n in tree.body if not isinstance(n, ast.Expr) or n is not tree.body[0]]
         body = [n for n in body if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
         first, second = ast.unparse(body[0]), ast.unparse(body[1])
-        assert first == "from appliedtorch.machine import openmp", script.name
+        assert first == "from appliedtorch.core import openmp", script.name
         assert second == "openmp.settle()", script.name

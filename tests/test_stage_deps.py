@@ -218,7 +218,7 @@ def test_stage_code_deps_are_exactly_what_it_imports(stage):
 
 def test_code_closure_follows_lazy_imports_and_skips_type_checking():
     closure = code_closure("stages/train.py")
-    assert "src/appliedtorch/core/plots.py" in closure  # imported inside a function only
+    assert "src/appliedtorch/plots.py" in closure  # imported inside a function only
     assert "src/appliedtorch/classify/inference/predict.py" not in closure
 
 

@@ -32,12 +32,12 @@ from appliedtorch.classify.training.batches import (
 )
 from appliedtorch.classify.training.loop import evaluate, train_classifier
 from appliedtorch.classify.training.results import Evaluation
+from appliedtorch.core import openmp
 from appliedtorch.core.errors import DivergenceError
 from appliedtorch.core.params import run_params
 from appliedtorch.core.utils import flatten, thread_count
 from appliedtorch.data.download.fetch import download
 from appliedtorch.data.loading import ImageData, load_dataset
-from appliedtorch.machine import openmp
 from appliedtorch.params import load_params
 from helpers import run_script
 from helpers.data import make_data

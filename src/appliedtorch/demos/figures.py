@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 from matplotlib.figure import Figure
 
-from appliedtorch.core.plots import plt
+from appliedtorch.plots import plt
 
 
 def gradient_descent_figure(

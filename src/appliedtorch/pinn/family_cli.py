@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Print u at the points (or write the CSV); one `error:` line on bad input."""
-    from appliedtorch.machine import openmp
+    from appliedtorch.core import openmp
 
     openmp.settle()  # before torch loads
     from appliedtorch.core.cli import run_stage

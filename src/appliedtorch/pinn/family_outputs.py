@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from appliedtorch.core.plots import plt
 from appliedtorch.core.utils import error_digits
 from appliedtorch.pinn.family import FamilyNet, FamilyResult, chebyshev, errors_by_k, unseen_k
 from appliedtorch.pinn.problem import exact_solution_k, grid
+from appliedtorch.plots import plt
 
 # metrics.json: the forward PINN's key names, so `dvc metrics show` adds no column for them;
 # details.json holds the rest.
@@ -66,9 +66,9 @@ def write_reports(
     paths written)."""
     import pandas as pd
 
-    from appliedtorch.core.plots import save_figure
     from appliedtorch.core.utils import write_json, write_text
     from appliedtorch.pinn.figures import pinn_loss_figure
+    from appliedtorch.plots import save_figure
 
     reports = Path(reports)
     ks = unseen_k(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from appliedtorch.core.plots import plt
+from appliedtorch.plots import plt
 
 
 def pinn_solution_figure(x: np.ndarray, u_pred: np.ndarray, u_exact: np.ndarray) -> Figure:

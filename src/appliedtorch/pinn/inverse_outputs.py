@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from appliedtorch.core.plots import plt
 from appliedtorch.core.utils import error_digits
 from appliedtorch.pinn.inverse import InverseResult, LeastSquaresK, fitted
 from appliedtorch.pinn.problem import A, B, closed_form
+from appliedtorch.plots import plt
 
 # metrics.json: few keys, since `dvc metrics show` draws one column per key of every stage;
 # details.json holds the rest (the error against k_true, the residuals, timings of the parts).
@@ -113,8 +113,8 @@ def write_reports(
     metrics, paths written)."""
     import pandas as pd
 
-    from appliedtorch.core.plots import save_figure
     from appliedtorch.core.utils import write_json, write_text
+    from appliedtorch.plots import save_figure
 
     reports = Path(reports)
     x, u = observations

@@ -119,8 +119,8 @@ def write_reports(
     import pandas as pd
 
     import appliedtorch.pinn.figures as plots
-    from appliedtorch.core.plots import save_figure
     from appliedtorch.core.utils import write_json, write_text
+    from appliedtorch.plots import save_figure
 
     reports = Path(reports)
     x = grid(n_points, next(result.net.parameters()).dtype)

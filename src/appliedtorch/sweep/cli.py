@@ -25,9 +25,9 @@ import os
 import sys
 from pathlib import Path
 
+from appliedtorch.core import openmp
 from appliedtorch.core.cli import run_stage
 from appliedtorch.core.errors import AppliedTorchError, ParamsError
-from appliedtorch.machine import openmp
 
 
 def parser() -> argparse.ArgumentParser:

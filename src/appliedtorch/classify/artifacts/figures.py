@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from appliedtorch.core.plots import plt
+from appliedtorch.plots import plt
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -29,9 +29,9 @@ from appliedtorch.classify.nets.models import PixelClassifier, load_model, save_
 from appliedtorch.classify.runs.ensemble import member_frame, member_metrics, seed_summary
 from appliedtorch.classify.training.loop import net_name
 from appliedtorch.classify.training.results import EpochStats, Evaluation, TrainResult
+from appliedtorch.core import openmp
 from appliedtorch.core.errors import AppliedTorchError
 from appliedtorch.core.utils import atomic_path, flatten, output_set, thread_count
-from appliedtorch.machine import openmp
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -234,8 +234,8 @@ def write_reports(
 
     Returns every number (headline and details: what MLflow gets) and the paths written."""
     from appliedtorch.classify.artifacts import figures as plots
-    from appliedtorch.core.plots import save_figure
     from appliedtorch.core.utils import write_json, write_text
+    from appliedtorch.plots import save_figure
 
     out = Path(out_dir)
     ev, classes = result.evaluation, result.classes

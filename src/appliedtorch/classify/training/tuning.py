@@ -31,8 +31,8 @@ from torch import nn
 from appliedtorch.classify.runs.distributed import SINGLE, World
 from appliedtorch.classify.training.batches import Batches
 from appliedtorch.classify.training.steps import training_step
+from appliedtorch.core import openmp
 from appliedtorch.core.utils import thread_count
-from appliedtorch.machine import openmp
 from appliedtorch.machine.autotune import Tuned, enabled, lookup, pick_fastest, probe_steps
 from appliedtorch.machine.hardware import native_bf16, resolve_bf16
 

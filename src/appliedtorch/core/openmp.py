@@ -13,7 +13,7 @@ The decision holds for the whole process: libgomp cannot change it later, so a p
 becomes busy after its start keeps spinning (docs/performance.md measures both sides; set
 `OMP_WAIT_POLICY=PASSIVE` for runs you start side by side). It changes no number, only the time.
 
-    from appliedtorch.machine import openmp
+    from appliedtorch.core import openmp
 
     openmp.settle()  # first, before anything imports torch
     ...

@@ -1,4 +1,5 @@
-"""Matplotlib set up once for files, not screens (Agg), and saving a Figure atomically."""
+"""For the stages that draw (beside `core`, which every stage imports): matplotlib set up once
+for files, not screens (Agg), and saving a Figure atomically."""
 
 from __future__ import annotations
 
