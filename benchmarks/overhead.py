@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                  # default params, upstream-size synthetic data
     python benchmarks/overhead.py --quick          # small data, one epoch: a smoke run (~3 min)
     python benchmarks/overhead.py --workspace /tmp/ovh --reps 3 --repro
+    python benchmarks/overhead.py --only train_mlp --reps 3   # one stage (default params)
 
 Builds a git+DVC copy of the project (`data.source: synthetic`, device cpu; the datasets
 downloaded once), then runs each stage's command from dvc.yaml in a process of its own, in
@@ -235,7 +236,9 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, help="build here (or reuse) instead of a temp")
     parser.add_argument("--repro", action="store_true", help="also time `dvc repro --force`")
     parser.add_argument("--json", type=Path, default=REPO / "reports" / "overhead.json")
+    parser.add_argument("--only", help="comma-separated stages to time (default: every stage)")
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
     cpu = cpu_description()
     machine = {"cpu": cpu["model"], "cores": cpu["cores"], "load_start": os.getloadavg()[0]}
     print(f"CPU {cpu['model']}, {cpu['cores']} cores, load average {machine['load_start']:.2f}")
@@ -244,6 +247,8 @@ def main() -> None:
         env = stage_env(ws) if (ws / "dvc.yaml").exists() else make_workspace(ws, args.quick)
         results = {}
         for stage, cmd in stage_commands(ws).items():
+            if only is not None and stage not in only:
+                continue
             print(f"  {stage} x{args.reps} ...", flush=True)
             results[stage] = median_row([time_stage(ws, env, stage, cmd) for _ in range(args.reps)])
         repro = None

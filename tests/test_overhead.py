@@ -47,6 +47,27 @@ def test_logging_a_model_skips_mlflows_scan_of_installed_packages(monkeypatch):
     assert calls == [["torch==0.0"]], "the check is back after the block"
 
 
+def test_a_logged_model_is_not_loaded_back_to_check_its_example(tracking_uri, monkeypatch):
+    """log_model skips MLflow's serving check (a reload and a prediction, only to warn); the
+    model it logs still loads and predicts the example."""
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import utils
+
+    from appliedtorch.tracking.run import stage_run
+
+    checks = []
+    monkeypatch.setattr(utils, "_validate_serving_input", lambda *a, **k: checks.append(a))
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.Softmax(1))
+    example = np.ones((2, 1, 2, 2), dtype=np.float32)
+    with stage_run("overhead", "train_mlp", {"seed": 1}, tracking_uri) as run:
+        info = run.log_model(net.eval(), "model", example)
+    assert checks == []
+    predicted = mlflow.pyfunc.load_model(info.model_uri).predict(example)
+    assert np.asarray(predicted).shape == (2, 3)
+
+
 def test_the_benchmark_runs_each_stage_as_dvc_yaml_says(tmp_path):
     """benchmarks/overhead.py times each stage's cmd from dvc.yaml, params filled in, and takes
     a classifier's work from its metrics.json."""
