@@ -13,9 +13,11 @@ run KILLED and stops the local instance; what finished stays pushed.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -82,9 +84,14 @@ def cluster(address: str | None, cpus: int | None) -> Iterator[Any]:
 def run_sweep(plan: Plan, out: Any = None) -> Outcome:
     """Run every point not already pushed, on the cluster; return what came back."""
     from appliedtorch.sweep.progress import Progress
-    from appliedtorch.tracking.sweep import end_parent, open_parent
 
+    # What the driver imports later loads while it waits: MLflow (the parent run's) while Ray
+    # connects, the comparison's SciPy and `dvc exp show` reader while the points run.
+    warm = background_import("mlflow", "appliedtorch.tracking.sweep")
     with cluster(plan.address, plan.local_cpus) as ray:
+        warm.join()
+        from appliedtorch.tracking.sweep import end_parent, open_parent
+
         nodes = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
         places = {"git remote": plan.git_url, "DVC remote": plan.dvc_url}
         check_shared(
@@ -97,13 +104,29 @@ def run_sweep(plan: Plan, out: Any = None) -> Outcome:
         progress = Progress(len(plan.points), len(done), slots(ray, plan.cpus), out)
         claim_done(plan, outcome, [p for p in plan.points if p.name in done], progress)
         try:
-            collect(ray, submit(ray, plan, outcome.parent_id, todo), outcome, progress)
+            refs = submit(ray, plan, outcome.parent_id, todo)
+            background_import("scipy.stats", "appliedtorch.recipes", "appliedtorch.sweep.results")
+            collect(ray, refs, outcome, progress)
         except BaseException:
             end_parent(plan.tracking_uri, outcome.parent_id, "KILLED", {})
             raise
         finally:
             progress.close()
     return outcome
+
+
+def background_import(*modules: str) -> threading.Thread:
+    """Import `modules` in a daemon thread; the thread. An import elsewhere waits for it, and
+    raises again whatever the thread's import raised."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            for name in modules:
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    return thread
 
 
 def slots(ray: Any, cpus: float) -> int:
