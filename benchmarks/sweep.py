@@ -1,8 +1,8 @@
 """Time a 6-run MLP sweep on two local Ray nodes of one CPU each against the same runs one after
 another (`dvc exp run` in the workspace, as a user would type them).
 
-    python benchmarks/sweep.py                       # 2 variants x 3 seeds, tiny synthetic MNIST
-    python benchmarks/sweep.py --train-limit 5000 --epochs 2 --json /tmp/sweep.json
+    python benchmarks/sweep.py                       # 2 variants x 3 seeds of the default MLP
+    python benchmarks/sweep.py --train-limit 1000 --epochs 1 --json /tmp/sweep.json   # tiny runs
 
 Builds a throwaway project copy under a temporary directory (a bare git remote, a directory DVC
 remote, tracking in an sqlite file beside them: every node is on this machine), downloads the
@@ -132,8 +132,9 @@ def on_two_nodes(ws: Path, env: dict, root: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-limit", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=1)
+    # params.yaml's MLP: all 60,000 training images of (synthetic) MNIST, 5 epochs.
+    parser.add_argument("--train-limit", type=int, default=60000)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="appliedtorch-sweep-bench-") as tmp:
