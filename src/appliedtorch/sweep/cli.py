@@ -100,8 +100,10 @@ def plan_from(args: argparse.Namespace):  # -> driver.Plan
 
 def run(args: argparse.Namespace) -> None:
     """Fan the sweep out, then print the comparison; exit 1 when a point failed."""
-    from appliedtorch.sweep.driver import finish, run_sweep
+    from appliedtorch.sweep.driver import background_import, finish, run_sweep
 
+    # MLflow (the parent run's) loads while the checks wait on git and DVC and Ray connects.
+    background_import("mlflow", "mlflow.store.tracking.sqlalchemy_store")
     plan = plan_from(args)
     print(f"sweep {plan.points[0].sweep}: {len(plan.points)} points, commit {plan.commit[:12]}")
     outcome = run_sweep(plan)

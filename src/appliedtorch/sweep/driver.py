@@ -84,14 +84,9 @@ def cluster(address: str | None, cpus: int | None) -> Iterator[Any]:
 def run_sweep(plan: Plan, out: Any = None) -> Outcome:
     """Run every point not already pushed, on the cluster; return what came back."""
     from appliedtorch.sweep.progress import Progress
+    from appliedtorch.tracking.sweep import end_parent, open_parent
 
-    # What the driver imports later loads while it waits: MLflow (the parent run's) while Ray
-    # connects, the comparison's SciPy and `dvc exp show` reader while the points run.
-    warm = background_import("mlflow", "appliedtorch.tracking.sweep")
     with cluster(plan.address, plan.local_cpus) as ray:
-        warm.join()
-        from appliedtorch.tracking.sweep import end_parent, open_parent
-
         nodes = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
         places = {"git remote": plan.git_url, "DVC remote": plan.dvc_url}
         check_shared(
@@ -105,6 +100,7 @@ def run_sweep(plan: Plan, out: Any = None) -> Outcome:
         claim_done(plan, outcome, [p for p in plan.points if p.name in done], progress)
         try:
             refs = submit(ray, plan, outcome.parent_id, todo)
+            # The comparison's SciPy and `dvc exp show` reader load while the points run.
             background_import("scipy.stats", "appliedtorch.recipes", "appliedtorch.sweep.results")
             collect(ray, refs, outcome, progress)
         except BaseException:
