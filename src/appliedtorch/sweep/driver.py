@@ -26,7 +26,7 @@ from typing import Any
 
 from appliedtorch.sweep.checks import check_shared
 from appliedtorch.sweep.grid import Point
-from appliedtorch.sweep.task import Job, pushed, run_point
+from appliedtorch.sweep.task import Job, PointFailed, pushed, run_point
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +92,22 @@ def run_sweep(plan: Plan, out: Any = None) -> Outcome:
         check_shared(
             places | {"tracking URI": plan.tracking_uri}, nodes, ray.util.get_node_ip_address()
         )
-        sweep = plan.points[0].sweep
-        outcome = Outcome(open_parent(plan.tracking_uri, plan.experiment, sweep, plan.commit))
         done = pushed(plan.git_url, plan.commit, [p.name for p in plan.points])
         todo = [p for p in plan.points if p.name not in done]
-        progress = Progress(len(plan.points), len(done), slots(ray, plan.cpus), out)
-        claim_done(plan, outcome, [p for p in plan.points if p.name in done], progress)
+        # The points start first: the parent run opens while they run (they need no MLflow).
+        refs = submit(ray, plan, todo)
         try:
-            refs = submit(ray, plan, outcome.parent_id, todo)
-            # The comparison's SciPy and `dvc exp show` reader load while the points run.
-            background_import("scipy.stats", "appliedtorch.recipes", "appliedtorch.sweep.results")
-            collect(ray, refs, outcome, progress)
+            sweep = plan.points[0].sweep
+            outcome = Outcome(open_parent(plan.tracking_uri, plan.experiment, sweep, plan.commit))
+        except BaseException:
+            cancel(ray, list(refs))
+            raise
+        # The comparison's SciPy and `dvc exp show` reader load while the points run.
+        background_import("scipy.stats", "appliedtorch.recipes", "appliedtorch.sweep.results")
+        progress = Progress(len(plan.points), len(done), slots(ray, plan.cpus), out)
+        try:
+            collect(ray, refs, plan, outcome, progress)
+            claim_done(plan, outcome, [p for p in plan.points if p.name in done])
         except BaseException:
             end_parent(plan.tracking_uri, outcome.parent_id, "KILLED", {})
             raise
@@ -130,17 +135,22 @@ def slots(ray: Any, cpus: float) -> int:
     return max(1, math.floor(ray.cluster_resources().get("CPU", 1) / max(cpus, 1e-9) + 1e-9))
 
 
-def claim_done(plan: Plan, outcome: Outcome, done: list[Point], progress: Any) -> None:
-    """Points a previous run of this sweep pushed: their runs become (or stay) children."""
+def claim(plan: Plan, outcome: Outcome, point: Point) -> str | None:
+    """Make the point's finished MLflow run a child of the sweep's parent run; its id."""
     from appliedtorch.tracking.sweep import claim_child
 
+    tags = {"sweep": point.sweep, "variant": point.variant, "seed": str(point.seed)}
+    return claim_child(plan.tracking_uri, point.name, outcome.parent_id, tags)
+
+
+def claim_done(plan: Plan, outcome: Outcome, done: list[Point]) -> None:
+    """Points a previous run of this sweep pushed: their runs become (or stay) children."""
     for point in done:
-        tags = {"sweep": point.sweep, "variant": point.variant, "seed": str(point.seed)}
-        run_id = claim_child(plan.tracking_uri, point.name, outcome.parent_id, tags)
+        run_id = claim(plan, outcome, point)
         outcome.results[point.name] = {"name": point.name, "run_id": run_id, "trained": False}
 
 
-def submit(ray: Any, plan: Plan, parent_id: str, todo: list[Point]) -> dict[Any, Point]:
+def submit(ray: Any, plan: Plan, todo: list[Point]) -> dict[Any, Point]:
     """One Ray task per point: its CPUs and GPU fraction, retried where its node dies (never
     for an error of its own)."""
     task = ray.remote(run_point).options(
@@ -148,13 +158,14 @@ def submit(ray: Any, plan: Plan, parent_id: str, todo: list[Point]) -> dict[Any,
     )
     refs = {}
     for point in todo:
-        job = Job(point, plan.git_url, plan.commit, plan.tracking_uri, parent_id, plan.clones)
+        job = Job(point, plan.git_url, plan.commit, plan.tracking_uri, plan.clones)
         refs[task.remote(job)] = point
     return refs
 
 
-def collect(ray: Any, refs: dict[Any, Point], outcome: Outcome, progress: Any) -> None:
-    """Wait for every task, one progress line each; Ctrl-C cancels the rest (see cancel)."""
+def collect(ray: Any, refs: dict[Any, Point], plan: Plan, outcome: Outcome, progress: Any) -> None:
+    """Wait for every task and claim its run, one progress line each; Ctrl-C cancels the rest
+    (see cancel)."""
     pending = dict(refs)
     try:
         while pending:
@@ -163,6 +174,11 @@ def collect(ray: Any, refs: dict[Any, Point], outcome: Outcome, progress: Any) -
                 point = pending.pop(ref)
                 try:
                     result = ray.get(ref)
+                    result["run_id"] = claim(plan, outcome, point)
+                    if result["run_id"] is None:  # e.g. DVC restored it from a run-cache
+                        raise PointFailed(
+                            f"{point.name} has no FINISHED MLflow run at {plan.tracking_uri}"
+                        )
                 except Exception as exc:  # noqa: BLE001 - each point's failure is its own line
                     outcome.failed[point.name] = failure_line(exc)
                     progress.failed(point, outcome.failed[point.name], len(pending))

@@ -8,7 +8,7 @@ rw.lock would serialise the points): `dvc exp run --pull` fetches the inputs fro
 overrides, then `dvc push` and a push of the experiment's git ref (what `dvc exp push` does)
 publish outputs and experiment, outputs first, so an experiment ref on the remote always has its
 data. The point's MLflow run (the stage's own, tagged `dvc.exp_name`) becomes a child of the
-sweep's parent run.
+sweep's parent run (the driver claims it when the point comes back: a task needs no MLflow).
 
 An attempt that finds its experiment already on the git remote trains nothing (a retry after the
 node died between push and reply). Whatever stops the task (a cancel, Ctrl-C on the driver) stops
@@ -63,7 +63,6 @@ class Job:
     git_url: str
     commit: str
     tracking_uri: str
-    parent_id: str
     clones: str = ""  # directory for the clone on the node; '' = the node's temporary directory
 
 
@@ -95,10 +94,8 @@ def node_name() -> str:
 
 
 def run_point(job: Job) -> dict[str, Any]:
-    """Train `job.point` as one DVC experiment, push it and claim its MLflow run; return
-    {name, variant, seed, run_id, metrics, node, seconds, trained}."""
-    from appliedtorch.tracking.sweep import claim_child
-
+    """Train `job.point` as one DVC experiment and push it; return {name, variant, seed,
+    metrics, node, seconds, trained}. The driver makes its MLflow run a child of the sweep's."""
     start, point = time.monotonic(), job.point
     trained = point.name not in pushed(job.git_url, job.commit, [point.name])
     metrics: dict[str, Any] = {}
@@ -110,15 +107,10 @@ def run_point(job: Job) -> dict[str, Any]:
             metrics = read_metrics(work, point.stages)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    tags = {"sweep": point.sweep, "variant": point.variant, "seed": str(point.seed)}
-    run_id = claim_child(job.tracking_uri, point.name, job.parent_id, tags)
-    if run_id is None:  # e.g. DVC restored the stage from a run-cache the remote held
-        raise PointFailed(f"{point.name} has no FINISHED MLflow run at {job.tracking_uri}")
     return {
         "name": point.name,
         "variant": point.variant,
         "seed": point.seed,
-        "run_id": run_id,
         "metrics": metrics,
         "node": node_name(),
         "seconds": time.monotonic() - start,
