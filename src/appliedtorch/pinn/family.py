@@ -34,6 +34,7 @@ from appliedtorch.pinn.problem import (
     exact_solution_k,
     grid,
     layer_pairs,
+    tanh_body,
     taylor,
 )
 
@@ -47,13 +48,7 @@ class FamilyNet(nn.Module):
     def __init__(self, hidden_sizes: list[int], k_min: float, k_max: float, dtype: torch.dtype):
         super().__init__()
         self.hidden_sizes, self.k_min, self.k_max = list(hidden_sizes), k_min, k_max
-        widths = [2, *self.hidden_sizes, 1]
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            layers.append(nn.Linear(n_in, n_out, dtype=dtype))
-            if i < len(widths) - 2:
-                layers.append(nn.Tanh())
-        self.body = nn.Sequential(*layers)
+        self.body = tanh_body([2, *self.hidden_sizes, 1], dtype)
 
     def config(self) -> dict[str, Any]:
         """What rebuilds this network (dtype as a string)."""

@@ -44,6 +44,16 @@ def closed_form(x: np.ndarray, k: float) -> np.ndarray:
     return np.sin(math.sqrt(k) * x) / math.sin(math.sqrt(k) * B)
 
 
+def tanh_body(widths: list[int], dtype: torch.dtype) -> nn.Sequential:
+    """Linear layers of `widths` (inputs, hidden..., outputs) with tanh between them."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out, dtype=dtype))
+        if i < len(widths) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
 class PINNNet(nn.Module):
     """Tanh MLP N(x); with `boundary="hard"` it returns u = g(x) + (x - A)(B - x) N(x).
 
@@ -63,13 +73,7 @@ class PINNNet(nn.Module):
             raise ValueError(f"boundary must be 'soft' or 'hard' (got {boundary!r})")
         self.hidden_sizes = list(hidden_sizes)
         self.boundary = boundary
-        widths = [1, *self.hidden_sizes, 1]
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            layers.append(nn.Linear(n_in, n_out, dtype=dtype))
-            if i < len(widths) - 2:
-                layers.append(nn.Tanh())
-        self.body = nn.Sequential(*layers)
+        self.body = tanh_body([1, *self.hidden_sizes, 1], dtype)
 
     @property
     def linears(self) -> list[nn.Linear]:
