@@ -158,10 +158,8 @@ def _train(cfg: Any) -> FamilyResult:
     }
     optim.run_phases(
         phases,
-        lambda name: getattr(cfg, f"{name}_steps"),
-        result.loss,
-        result.phases,
-        result.seconds,
+        cfg,
+        result,
         lambda name: f"{name}: loss {result.loss[-1]:.3e}, {result.seconds[name]:.2f} s",
     )
     return result

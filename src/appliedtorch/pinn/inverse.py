@@ -104,10 +104,8 @@ def _fit(cfg: Any, x_obs: np.ndarray, u_obs: np.ndarray) -> InverseResult:
     }
     optim.run_phases(
         phases,
-        lambda name: getattr(cfg, f"{name}_steps"),
-        result.loss,
-        result.phases,
-        result.seconds,
+        cfg,
+        result,
         lambda name: f"{name}: k = {float(k.detach()):.9f}, loss {result.loss[-1]:.3e}",
     )
     result.k = float(k.detach())

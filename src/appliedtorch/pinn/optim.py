@@ -18,6 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -266,21 +267,20 @@ def _damped_step(
 
 def run_phases(
     phases: dict[str, Callable[[], object]],
-    steps: Callable[[str], int],
-    loss: list[float],
-    spans: dict[str, tuple[int, int]],
-    seconds: dict[str, float],
+    config: Any,
+    result: Any,
     describe: Callable[[str], str],
 ) -> None:
-    """Run each phase that has steps (`steps(name)`), in order: its span of `loss` into
-    `spans`, its seconds (and the total's and this process's CPU seconds) into `seconds`, and
-    one log line, `describe(name)`, after it."""
+    """Run each phase with steps (`config.<name>_steps`), in order: its span of `result.loss`
+    into `result.phases`, its seconds (and the total's and this process's CPU seconds) into
+    `result.seconds`, and one log line, `describe(name)`, after it."""
+    loss, seconds = result.loss, result.seconds
     total, cpu = time.perf_counter(), time.process_time()
     for name, run in phases.items():
-        if steps(name):
+        if getattr(config, f"{name}_steps"):
             start, tic = len(loss), time.perf_counter()
             run()
-            spans[name] = (start, len(loss))
+            result.phases[name] = (start, len(loss))
             seconds[name] = time.perf_counter() - tic
             log.info("%s", describe(name))
     seconds["total"] = time.perf_counter() - total
