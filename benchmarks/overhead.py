@@ -4,7 +4,7 @@
     python benchmarks/overhead.py --quick          # small data, one epoch: a smoke run (~3 min)
     python benchmarks/overhead.py --workspace /tmp/ovh --reps 3 --repro
     python benchmarks/overhead.py --only train_mlp --reps 3   # one stage (default params)
-    python benchmarks/overhead.py --only none --repro         # the whole `dvc repro` alone
+    python benchmarks/overhead.py --reps 0 --repro            # the whole `dvc repro` alone
 
 Builds a git+DVC copy of the project (`data.source: synthetic`, device cpu; the datasets
 downloaded once), then runs each stage's command from dvc.yaml in a process of its own, in
@@ -235,7 +235,7 @@ def show(results: dict[str, dict[str, float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, one epoch")
-    parser.add_argument("--reps", type=int, default=1, help="runs of each stage (median)")
+    parser.add_argument("--reps", type=int, default=1, help="runs of each stage (median; 0: none)")
     parser.add_argument("--workspace", type=Path, help="build here (or reuse) instead of a temp")
     parser.add_argument("--repro", action="store_true", help="also time `dvc repro --force`")
     parser.add_argument("--json", type=Path, default=REPO / "reports" / "overhead.json")
@@ -250,13 +250,14 @@ def main() -> None:
         env = stage_env(ws) if (ws / "dvc.yaml").exists() else make_workspace(ws, args.quick)
         results = {}
         for stage, cmd in stage_commands(ws).items():
-            if only is not None and stage not in only:
+            if args.reps < 1 or (only is not None and stage not in only):
                 continue
             print(f"  {stage} x{args.reps} ...", flush=True)
             results[stage] = median_row([time_stage(ws, env, stage, cmd) for _ in range(args.reps)])
         repro = repro_benchmark(ws, env) if args.repro else None
     machine["load_end"] = os.getloadavg()[0]
-    show(results)
+    if results:
+        show(results)
     if repro:
         print(
             f"\ndvc repro --force (no downloads): {repro['seconds']:.1f} s; work {repro['work']:.1f} s"
