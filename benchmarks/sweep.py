@@ -69,7 +69,9 @@ def workspace(root: Path, args: argparse.Namespace) -> tuple[Path, dict]:
     params["mlp"] |= {"epochs": args.epochs, "train_limit": args.train_limit}
     params["tracking"] |= {"uri": f"sqlite:///{root / 'mlflow.db'}", "system_metrics": False}
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # As on a user's machine: bytecode written (the runs in turn reuse it; each clone writes its own).
+    drop = ("MLFLOW_TRACKING_URI", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env |= {"PYTHONPATH": str(ws / "src"), "DVC_NO_ANALYTICS": "1", "RAY_AUTH_MODE": "disabled"}
     env |= {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@appliedtorch.invalid"}
     env |= {"GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@appliedtorch.invalid"}
